@@ -1,0 +1,95 @@
+"""Where the app keeps things on the user's machine, and how a model name becomes a folder.
+
+All locations come from platformdirs so that the app behaves like a native citizen on each OS.
+Tests and portable installs redirect them with environment variables instead of monkeypatching.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from platformdirs import user_config_path, user_data_path
+
+APP_NAME = "SmolVLM Desktop"
+APP_ID = "smolvlm-desktop"
+DEMO_MODEL_NAME = "demo"
+
+
+def data_dir() -> Path:
+    """Models, the library database and job state. Override: SMOLVLM_DATA_DIR."""
+    override = os.environ.get("SMOLVLM_DATA_DIR")
+    return Path(override) if override else user_data_path(APP_ID, appauthor=False)
+
+
+def config_dir() -> Path:
+    """The settings file. Override: SMOLVLM_CONFIG_DIR."""
+    override = os.environ.get("SMOLVLM_CONFIG_DIR")
+    return Path(override) if override else user_config_path(APP_ID, appauthor=False)
+
+
+def models_dir() -> Path:
+    return data_dir() / "models"
+
+
+def library_path() -> Path:
+    return data_dir() / "library.sqlite3"
+
+
+def demo_model_dir() -> Path:
+    """The tiny random-weight model shipped inside the package: its answers are noise."""
+    return Path(__file__).resolve().parent / "data" / "tiny-smolvlm"
+
+
+class ModelNotFoundError(LookupError):
+    """No model matches what the user asked for; the message says what to do next."""
+
+
+def default_model_file() -> Path:
+    return models_dir() / "default.txt"
+
+
+def installed_models() -> list[Path]:
+    """Folders under the models dir that look like model folders (have a config.json)."""
+    root = models_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / "config.json").is_file())
+
+
+def default_model_name() -> str | None:
+    """The name set by `models default NAME`, else the only installed model, else None."""
+    marker = default_model_file()
+    if marker.is_file():
+        name = marker.read_text(encoding="utf-8").strip()
+        if name:
+            return name
+    models = installed_models()
+    return models[0].name if len(models) == 1 else None
+
+
+def resolve_model(name_or_dir: str | None) -> Path:
+    """Turn --model (a folder, an installed name, or 'demo') into a folder.
+
+    Without --model: SMOLVLM_MODEL, then the installed default model.
+    """
+    wanted = name_or_dir or os.environ.get("SMOLVLM_MODEL") or default_model_name()
+    if not wanted:
+        raise ModelNotFoundError(
+            "no model is installed. Run `smolvlm-desktop models pull SmolVLM-256M-Instruct`, "
+            "import a folder with `smolvlm-desktop models import DIR`, "
+            "or try the bundled noise model with `--model demo`."
+        )
+    if wanted == DEMO_MODEL_NAME:
+        return demo_model_dir()
+    as_path = Path(wanted).expanduser()
+    if as_path.is_dir():
+        return as_path
+    installed = models_dir() / wanted
+    if installed.is_dir():
+        return installed
+    names = ", ".join(p.name for p in installed_models()) or "none"
+    raise ModelNotFoundError(
+        f"no model folder or installed model named {wanted!r} (installed: {names}; "
+        f"'{DEMO_MODEL_NAME}' is the bundled noise model)."
+    )
