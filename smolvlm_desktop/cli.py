@@ -1,0 +1,132 @@
+"""`smolvlm-desktop`: with no subcommand it opens the window; subcommands do the same work headless.
+
+Exit status: 0 when everything succeeded, 4 when some inputs failed (each reported, the rest
+still done), 2 for bad usage, 1 otherwise. Users never see a traceback for an expected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 4
+
+
+class UsageError(Exception):
+    """Bad arguments that argparse could not catch; exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smolvlm-desktop",
+        description="Understand images entirely offline with SmolVLM. "
+                    "Without a command, opens the window.",
+    )
+    parser.add_argument("--demo", action="store_true",
+                        help="open the window on the bundled tiny model (its answers are noise)")
+    parser.add_argument("--self-test", action="store_true",
+                        help="open the window offscreen, run a chat and a batch, exit 0 if all is well")
+    parser.add_argument("--model", help="model name, folder, or 'demo' for the window")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_caption_parser(sub)
+    add_models_parser(sub)
+    bench = sub.add_parser("bench", help="measure speed on this machine (builds a random-weight model)")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to bench/run.py")
+    return parser
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="installed model name, model folder, or 'demo'")
+    p.add_argument("--variant", help="ONNX variant: int8 (default on CPU), uint8, fp32, fp16, ...")
+    p.add_argument("--provider", default="auto", help="auto|cpu|dml|coreml|cuda (default auto)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+
+
+def add_generation_options(p: argparse.ArgumentParser) -> None:
+    from .presets import DEFAULT_PRESET, PRESETS
+
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--prompt", help="the question or instruction")
+    what.add_argument("--preset", choices=sorted(PRESETS), help=f"a ready prompt (default {DEFAULT_PRESET})")
+    p.add_argument("--detail", type=int, metavar="PX",
+                   help="longest edge the image is resized to (the model's own by default); "
+                        "lower is faster")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+
+
+def add_caption_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("caption", help="caption or question images; prints the answers")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files (or folders)")
+    add_model_options(p)
+    add_generation_options(p)
+    p.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    p.add_argument("--recursive", action="store_true", help="look into sub-folders of folders given")
+
+
+def add_models_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="list, import, export models")
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    msub.add_parser("list", help="installed models and the bundled demo model")
+    exp = msub.add_parser("export", help="PyTorch SmolVLM checkpoint -> ONNX folder (needs the export extra)")
+    exp.add_argument("src", type=Path)
+    exp.add_argument("dst", type=Path)
+    exp.add_argument("--quantize", action="append", choices=["int8", "uint8"], default=None,
+                     help="also write quantised variants (repeatable; default int8)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    try:
+        if args.command is None:
+            from .app import main as app_main
+
+            return app_main(argv)
+        if args.command == "caption":
+            from .commands.caption import run_caption
+
+            return run_caption(args)
+        if args.command == "models":
+            from .commands.models import run_models
+
+            return run_models(args)
+        if args.command == "bench":
+            from .commands.bench import run_bench
+
+            return run_bench(args.rest)
+    except UsageError as exc:
+        print(f"smolvlm-desktop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last line of defence: a message, not a traceback
+        from .engine.types import EngineError
+        from .paths import ModelNotFoundError
+
+        if isinstance(exc, (EngineError, ModelNotFoundError, OSError)):
+            print(f"smolvlm-desktop: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        raise
+    parser.print_help()
+    return EXIT_USAGE
+
+
+def print_json(obj: dict) -> None:
+    print(json.dumps(obj, ensure_ascii=False), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

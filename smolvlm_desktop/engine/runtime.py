@@ -1,0 +1,160 @@
+"""ONNX Runtime sessions: which execution provider runs each graph, with a visible fall-back.
+
+A GPU provider (DirectML on Windows, CoreML on macOS, CUDA) is tried first when the user asks
+for it (or for "auto"); when a session cannot be created on it, that one graph falls back to the
+CPU and the reason is kept, so that the window can say "vision: CPU (DirectML failed: …)"
+instead of silently being slow.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import onnxruntime as ort
+
+from .types import EngineError, ModelFolderError
+
+PROVIDER_NAMES: dict[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+}
+# "auto" tries these in order, skipping the ones this onnxruntime build does not have.
+AUTO_ORDER = ("cuda", "dml", "coreml")
+SHORT_NAMES = {v: k for k, v in PROVIDER_NAMES.items()}
+
+# The official graphs' input names (SMOLVLM_FORMAT.md); checked so that a mis-named or
+# foreign graph is reported clearly instead of failing deep inside a run.
+EXPECTED_INPUTS: dict[str, tuple[str, ...]] = {
+    "vision_encoder": ("pixel_values", "pixel_attention_mask"),
+    "embed_tokens": ("input_ids",),
+    "decoder_model_merged": ("inputs_embeds", "attention_mask", "position_ids"),
+}
+EXPECTED_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "vision_encoder": ("image_features",),
+    "embed_tokens": ("inputs_embeds",),
+    "decoder_model_merged": ("logits",),
+}
+
+
+class ProviderError(EngineError):
+    """The requested execution provider is unknown."""
+
+
+@dataclass
+class GraphSession:
+    """One loaded graph and the provider that actually runs it."""
+
+    name: str
+    path: Path
+    session: ort.InferenceSession
+    provider: str  # short name: cpu, dml, coreml, cuda
+    fallback_reason: str | None = None
+    input_names: tuple[str, ...] = field(default_factory=tuple)
+    output_names: tuple[str, ...] = field(default_factory=tuple)
+
+    def run(self, feeds: dict[str, Any], run_options: ort.RunOptions | None = None,
+            outputs: Sequence[str] | None = None) -> list[Any]:
+        return self.session.run(list(outputs) if outputs else None, feeds, run_options)
+
+    def input_type(self, name: str) -> str:
+        for i in self.session.get_inputs():
+            if i.name == name:
+                return i.type
+        raise KeyError(name)
+
+
+def available_providers() -> list[str]:
+    """Short names of the providers this onnxruntime build offers (always includes cpu)."""
+    names = [SHORT_NAMES[p] for p in ort.get_available_providers() if p in SHORT_NAMES]
+    return names if "cpu" in names else names + ["cpu"]
+
+
+def provider_order(requested: str) -> list[str]:
+    """The providers to try, best first; the CPU is always the last resort."""
+    requested = requested.lower()
+    if requested != "auto" and requested not in PROVIDER_NAMES:
+        raise ProviderError(
+            f"unknown provider {requested!r}; choose auto, {', '.join(PROVIDER_NAMES)}"
+        )
+    have = available_providers()
+    wanted = AUTO_ORDER if requested == "auto" else (requested,)
+    order = [p for p in wanted if p in have and p != "cpu"]
+    return order + ["cpu"]
+
+
+def default_threads() -> int:
+    """Physical cores are what matter for matmul-bound work; os.cpu_count() counts SMT threads."""
+    count = os.cpu_count() or 1
+    return max(1, count // 2) if count >= 8 else count
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or default_threads()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only: ORT's warnings are not for end users
+    return opts
+
+
+def open_graph(name: str, path: Path, requested_provider: str = "auto",
+               threads: int | None = None) -> GraphSession:
+    """Create a session for one graph, trying providers in order and falling back to the CPU."""
+    if not path.is_file():
+        raise ModelFolderError(f"missing graph file {path}")
+    reasons: list[str] = []
+    for short in provider_order(requested_provider):
+        try:
+            session = ort.InferenceSession(
+                str(path), sess_options=session_options(threads),
+                providers=[PROVIDER_NAMES[short]] + (["CPUExecutionProvider"] if short != "cpu" else []),
+            )
+        except Exception as exc:  # noqa: BLE001 - ORT raises many types; each is reported
+            reasons.append(f"{short}: {str(exc).splitlines()[0][:200]}")
+            if short == "cpu":
+                raise ModelFolderError(
+                    f"cannot load {path.name}: {reasons[-1]}. The file may be damaged: "
+                    "run `smolvlm-desktop models verify` or pull the model again."
+                ) from exc
+            continue
+        actual = SHORT_NAMES.get(session.get_providers()[0], session.get_providers()[0])
+        graph = GraphSession(
+            name=name, path=path, session=session, provider=actual,
+            fallback_reason="; ".join(reasons) or None,
+            input_names=tuple(i.name for i in session.get_inputs()),
+            output_names=tuple(o.name for o in session.get_outputs()),
+        )
+        check_graph_names(graph)
+        return graph
+    raise AssertionError("unreachable: the CPU is always tried last")
+
+
+def check_graph_names(graph: GraphSession) -> None:
+    """Raise a ModelFolderError naming the file and the inputs it should have had."""
+    missing_in = [n for n in EXPECTED_INPUTS[graph.name] if n not in graph.input_names]
+    missing_out = [n for n in EXPECTED_OUTPUTS[graph.name] if n not in graph.output_names]
+    if graph.name == "decoder_model_merged" and not any(
+        n.startswith("past_key_values.") for n in graph.input_names
+    ):
+        missing_in.append("past_key_values.{i}.key/value")
+    if missing_in or missing_out:
+        raise ModelFolderError(
+            f"{graph.path.name} does not look like a SmolVLM {graph.name} graph: expected inputs "
+            f"{', '.join(EXPECTED_INPUTS[graph.name])}"
+            f"{', past_key_values.{i}.key/value' if graph.name == 'decoder_model_merged' else ''}"
+            f" and outputs {', '.join(EXPECTED_OUTPUTS[graph.name])}; found inputs "
+            f"{', '.join(graph.input_names)} and outputs {', '.join(graph.output_names)}."
+        )
+
+
+def numpy_dtype(onnx_type: str) -> str:
+    """'tensor(float16)' -> 'float16'."""
+    mapping = {"tensor(float)": "float32", "tensor(float16)": "float16",
+               "tensor(int64)": "int64", "tensor(bool)": "bool", "tensor(int32)": "int32"}
+    return mapping.get(onnx_type, "float32")
