@@ -119,6 +119,24 @@ class VisionLanguageModel:
         assert generation.result is not None
         return generation.result
 
+    def teacher_forced_logits(self, messages: Sequence[Message], continuation: Sequence[int],
+                              settings: GenerationSettings | None = None) -> np.ndarray:
+        """Logits [len(continuation) + 1, vocab] predicting each continuation token and the one after.
+
+        Feeds the given tokens instead of the model's own choices, so that two variants (fp32
+        and int8) can be compared position by position even when their free-running text
+        would drift apart.
+        """
+        settings = settings or GenerationSettings()
+        run_options = new_run_options(None)
+        embeds, _ = self._prefill_inputs(list(messages), settings, run_options, Timings())
+        state = DecoderState(self.graphs["decoder_model_merged"], self.cache_layout)
+        rows = [state.forward(embeds, run_options)]
+        for token in continuation:
+            step = self._embed(np.array([[token]], dtype=np.int64), run_options)
+            rows.append(state.forward(step, run_options))
+        return np.stack(rows)
+
     def _run(self, generation: Generation, messages: list[Message], settings: GenerationSettings,
              cancel: CancelToken | None) -> Iterator[TokenEvent]:
         timings = Timings()

@@ -9,6 +9,7 @@ instead of silently being slow.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -111,10 +112,14 @@ def open_graph(name: str, path: Path, requested_provider: str = "auto",
     reasons: list[str] = []
     for short in provider_order(requested_provider):
         try:
-            session = ort.InferenceSession(
-                str(path), sess_options=session_options(threads),
-                providers=[PROVIDER_NAMES[short]] + (["CPUExecutionProvider"] if short != "cpu" else []),
-            )
+            with warnings.catch_warnings():
+                # ORT only *warns* when a provider is unusable and quietly runs on the CPU;
+                # an error here lets us record why and say so.
+                warnings.simplefilter("error")
+                session = ort.InferenceSession(
+                    str(path), sess_options=session_options(threads),
+                    providers=[PROVIDER_NAMES[short]],
+                )
         except Exception as exc:  # noqa: BLE001 - ORT raises many types; each is reported
             reasons.append(f"{short}: {str(exc).splitlines()[0][:200]}")
             if short == "cpu":
@@ -124,6 +129,8 @@ def open_graph(name: str, path: Path, requested_provider: str = "auto",
                 ) from exc
             continue
         actual = SHORT_NAMES.get(session.get_providers()[0], session.get_providers()[0])
+        if actual != short:
+            reasons.append(f"{short}: onnxruntime placed the graph on {actual}")
         graph = GraphSession(
             name=name, path=path, session=session, provider=actual,
             fallback_reason="; ".join(reasons) or None,

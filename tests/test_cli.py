@@ -1,0 +1,88 @@
+"""The command line, run in-process on the bundled tiny model with real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from smolvlm_desktop.cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
+
+
+def write_photo(path: Path, seed: int = 0, size: tuple[int, int] = (120, 90)) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def json_lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_caption_json_one_object_per_image(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a = write_photo(tmp_path / "a.jpg", 1)
+    b = write_photo(tmp_path / "b.png", 2)
+    code = main(["caption", str(a), str(b), "--model", "demo", "--json", "--max-new-tokens", "6",
+                 "--threads", "1"])
+    rows = json_lines(capsys.readouterr().out)
+    assert code == EXIT_OK
+    assert [Path(r["path"]).name for r in rows] == ["a.jpg", "b.png"]
+    for row in rows:
+        assert row["ok"] is True and row["error"] is None
+        assert isinstance(row["text"], str) and row["token_ids"]
+        assert row["variant"] == "int8"
+        assert set(row["providers"]) == {"vision_encoder", "embed_tokens", "decoder_model_merged"}
+        assert set(row["timings"]) >= {"image_ms", "prefill_ms", "decode_ms", "new_tokens"}
+
+
+def test_bad_image_is_reported_and_the_rest_still_runs(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is a text file, not a photo")
+    good = write_photo(tmp_path / "good.jpg")
+    code = main(["caption", str(bad), str(good), "--model", "demo", "--json",
+                 "--max-new-tokens", "3", "--threads", "1"])
+    captured = capsys.readouterr()
+    rows = {Path(r["path"]).name: r for r in json_lines(captured.out)}
+    assert code == EXIT_SOME_FAILED
+    assert rows["notes.jpg"]["ok"] is False and rows["notes.jpg"]["error"]
+    assert rows["good.jpg"]["ok"] is True
+    assert "Traceback" not in captured.err
+
+
+def test_plain_output_streams_the_caption(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a = write_photo(tmp_path / "a.jpg")
+    code = main(["caption", str(a), "--model", "demo", "--max-new-tokens", "5",
+                 "--prompt", "What does the sign say?", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert code == EXIT_OK
+    assert out.endswith("\n") and len(out.strip()) > 0
+
+
+def test_missing_file_is_a_failure_not_a_crash(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["caption", str(tmp_path / "nope.jpg"), "--model", "demo", "--threads", "1"])
+    assert code in (EXIT_SOME_FAILED, EXIT_ERROR)
+    assert "nope.jpg" in capsys.readouterr().err
+
+
+def test_no_model_installed_says_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a = write_photo(tmp_path / "a.jpg")
+    code = main(["caption", str(a)])
+    err = capsys.readouterr().err
+    assert code == EXIT_ERROR
+    assert "models pull" in err and "Traceback" not in err
+
+
+def test_bad_usage_exits_2(capsys: pytest.CaptureFixture) -> None:
+    assert main(["caption"]) == EXIT_USAGE
+    assert main(["caption", "x.jpg", "--top-p", "0", "--model", "demo"]) == EXIT_USAGE
+    assert main(["caption", "x.jpg", "--prompt", "a", "--preset", "ocr"]) == EXIT_USAGE
+    capsys.readouterr()
+
+
+def test_models_list_shows_the_demo_model(capsys: pytest.CaptureFixture) -> None:
+    assert main(["models", "list"]) == EXIT_OK
+    assert "demo" in capsys.readouterr().out

@@ -1,0 +1,190 @@
+"""Engine behaviour on the real tiny ONNX model: stopping, limits, cancelling, sampling, errors."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from smolvlm_desktop.engine import runtime
+from smolvlm_desktop.engine.model import VisionLanguageModel
+from smolvlm_desktop.engine.types import (
+    CancelToken,
+    EngineError,
+    GenerationSettings,
+    Message,
+    ModelFolderError,
+)
+
+
+def photo(seed: int = 0, size: tuple[int, int] = (150, 100)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+
+
+def ask(text: str = "Describe this image.", seed: int = 0) -> list[Message]:
+    return [Message("user", text, images=(photo(seed),))]
+
+
+def test_max_new_tokens_is_respected(tiny_model: VisionLanguageModel) -> None:
+    result = tiny_model.generate(ask(), GenerationSettings(max_new_tokens=5))
+    if result.stop_reason == "stop_token":
+        pytest.fail("the tiny model stopped on its own before 5 tokens; pick another prompt")
+    assert result.stop_reason == "max_tokens"
+    assert len(result.token_ids) == 5
+    assert result.timings.new_tokens == 5
+
+
+def test_generation_stops_at_a_stop_id_and_leaves_it_out(tiny_model: VisionLanguageModel) -> None:
+    free = tiny_model.generate(ask(), GenerationSettings(max_new_tokens=12)).token_ids
+    stop_at = free[4]
+    first = free.index(stop_at)
+    result = tiny_model.generate(ask(), GenerationSettings(max_new_tokens=12,
+                                                           extra_stop_ids=(stop_at,)))
+    assert result.stop_reason == "stop_token"
+    assert result.token_ids == free[:first]
+
+
+def test_streamed_text_is_the_result_text(tiny_model: VisionLanguageModel) -> None:
+    gen = tiny_model.stream(ask(), GenerationSettings(max_new_tokens=16))
+    streamed = "".join(event.text for event in gen)
+    assert gen.result is not None
+    assert streamed == gen.result.text
+    assert gen.result.text == tiny_model.prompt.decode(gen.result.token_ids)
+    timings = gen.result.timings
+    assert timings.image_ms > 0 and timings.prefill_ms > 0 and timings.prompt_tokens > 16
+
+
+def test_cancel_mid_generation_stops_at_once(tiny_model: VisionLanguageModel) -> None:
+    cancel = CancelToken()
+    gen = tiny_model.stream(ask(), GenerationSettings(max_new_tokens=50), cancel=cancel)
+    seen = 0
+    for _ in gen:
+        seen += 1
+        if seen == 3:
+            cancel.cancel()
+    assert gen.result is not None and gen.result.stop_reason == "cancelled"
+    assert len(gen.result.token_ids) == 3
+
+
+def test_cancel_before_the_vision_pass_terminates_onnxruntime(tiny_model: VisionLanguageModel) -> None:
+    """RunOptions.terminate is set by the token, so even the first ORT run refuses to start."""
+    cancel = CancelToken()
+    cancel.cancel()
+    result = tiny_model.generate(ask(), GenerationSettings(max_new_tokens=50), cancel=cancel)
+    assert result.stop_reason == "cancelled"
+    assert result.token_ids == []
+
+
+def test_cancel_from_another_thread(tiny_model: VisionLanguageModel) -> None:
+    cancel = CancelToken()
+    started = threading.Event()
+    gen = tiny_model.stream(ask(), GenerationSettings(max_new_tokens=2000,
+                                                      extra_stop_ids=()), cancel=cancel)
+
+    def consume() -> None:
+        for _ in gen:
+            started.set()
+
+    worker = threading.Thread(target=consume)
+    worker.start()
+    assert started.wait(30)
+    cancel.cancel()
+    worker.join(30)
+    assert not worker.is_alive()
+    assert gen.result is not None and gen.result.stop_reason in ("cancelled", "stop_token")
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_model: VisionLanguageModel) -> None:
+    settings = GenerationSettings(max_new_tokens=12, temperature=1.2, top_p=0.95, top_k=50, seed=7)
+    a = tiny_model.generate(ask(), settings).token_ids
+    b = tiny_model.generate(ask(), settings).token_ids
+    other = tiny_model.generate(ask(), GenerationSettings(
+        max_new_tokens=12, temperature=1.2, top_p=0.95, top_k=50, seed=8)).token_ids
+    greedy = tiny_model.generate(ask(), GenerationSettings(max_new_tokens=12)).token_ids
+    assert a == b
+    assert a != other or a != greedy
+
+
+def test_repetition_penalty_changes_greedy_choice(tiny_model: VisionLanguageModel) -> None:
+    plain = tiny_model.generate(ask(), GenerationSettings(max_new_tokens=20)).token_ids
+    penalised = tiny_model.generate(ask(), GenerationSettings(
+        max_new_tokens=20, repetition_penalty=5.0)).token_ids
+    assert plain != penalised
+
+
+def test_text_only_turn_needs_no_image(tiny_model: VisionLanguageModel) -> None:
+    result = tiny_model.generate([Message("user", "Hello there")], GenerationSettings(max_new_tokens=4))
+    assert result.timings.image_ms < 1000
+    assert result.stop_reason in ("max_tokens", "stop_token")
+
+
+def test_model_info_reports_real_providers(tiny_model: VisionLanguageModel) -> None:
+    info = tiny_model.info
+    assert info.variant == "fp32"
+    assert set(info.providers) == {"vision_encoder", "embed_tokens", "decoder_model_merged"}
+    assert set(info.providers.values()) == {"cpu"}
+    assert info.tile_size == 64 and info.image_seq_len == 16
+
+
+def test_int8_is_the_default_variant_on_cpu(tiny_model_dir: Path) -> None:
+    model = VisionLanguageModel.load(tiny_model_dir, provider="cpu", threads=1)
+    assert model.info.variant == "int8"
+    assert model.generate(ask(), GenerationSettings(max_new_tokens=3)).token_ids
+
+
+def test_unavailable_gpu_provider_falls_back_to_cpu_visibly_mocked_dml(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No DirectML device exists here: pretend the build offers it; ORT cannot place the graph
+    on it, so the graph must run on the CPU and say why."""
+    monkeypatch.setattr(runtime, "available_providers", lambda: ["dml", "cpu"])
+    graph = runtime.open_graph("embed_tokens", tiny_model_dir / "onnx" / "embed_tokens.onnx", "dml", 1)
+    assert graph.provider == "cpu"
+    assert graph.fallback_reason and "dml" in graph.fallback_reason
+
+
+def test_unknown_provider_is_a_clear_error() -> None:
+    with pytest.raises(runtime.ProviderError, match="unknown provider 'tpu'"):
+        runtime.provider_order("tpu")
+
+
+def copy_model(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_misnamed_graph_names_the_file_and_the_inputs(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = copy_model(tiny_model_dir, tmp_path / "m")
+    shutil.copy(folder / "onnx" / "embed_tokens.onnx", folder / "onnx" / "vision_encoder.onnx")
+    with pytest.raises(ModelFolderError, match=r"vision_encoder\.onnx.*expected inputs pixel_values"):
+        VisionLanguageModel.load(folder, variant="fp32", provider="cpu")
+
+
+def test_damaged_graph_says_to_verify(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = copy_model(tiny_model_dir, tmp_path / "m")
+    (folder / "onnx" / "decoder_model_merged.onnx").write_bytes(b"not a protobuf at all")
+    with pytest.raises(ModelFolderError, match="verify"):
+        VisionLanguageModel.load(folder, variant="fp32", provider="cpu")
+
+
+def test_missing_variant_is_a_clear_error(tiny_model_dir: Path) -> None:
+    with pytest.raises(ModelFolderError, match="q4"):
+        VisionLanguageModel.load(tiny_model_dir, variant="q4", provider="cpu")
+
+
+def test_unloaded_model_refuses_politely(tiny_model_dir: Path) -> None:
+    model = VisionLanguageModel.load(tiny_model_dir, variant="fp32", provider="cpu", threads=1)
+    model.close()
+    with pytest.raises(EngineError, match="unloaded"):
+        model.stream(ask())
+
+
+def test_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationSettings(top_p=0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        GenerationSettings(max_new_tokens=0)
