@@ -20,9 +20,10 @@ functions so the rest of the app never pays for them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,21 @@ def require_export_extra() -> None:
             f"exporting needs {', '.join(missing)}: install the export extra with "
             "`pip install smolvlm-desktop[export]`"
         )
+
+
+@contextlib.contextmanager
+def quiet_progress_bars() -> Iterator[None]:
+    """Silence transformers' progress bars (weights of a few MB load in a blink), then
+    restore whatever the caller had."""
+    from transformers.utils import logging as hf_logging
+
+    were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if were_on:
+            hf_logging.enable_progress_bar()
 
 
 # --- export-friendly modules ---------------------------------------------------------------
@@ -231,7 +247,8 @@ def load_checkpoint(src: Path) -> Any:
     config = AutoConfig.from_pretrained(src)
     if config.model_type not in classes:
         raise ExportError(f"{src}: model_type {config.model_type!r} is not idefics3 or smolvlm")
-    model = classes[config.model_type].from_pretrained(src, dtype=torch.float32, attn_implementation="eager")
+    with quiet_progress_bars():
+        model = classes[config.model_type].from_pretrained(src, dtype=torch.float32, attn_implementation="eager")
     return model.eval()
 
 

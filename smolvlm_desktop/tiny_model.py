@@ -338,15 +338,26 @@ def _randomise(model: Any, seed: int) -> None:
             param.copy_(torch.randn(param.shape, generator=gen, dtype=torch.float32) * std + mean)
 
 
-def build_tiny_model() -> Any:
-    """The random-weight Idefics3ForConditionalGeneration in eval mode (not saved)."""
+def build_tiny_model(model_type: str = "idefics3") -> Any:
+    """The random-weight model in eval mode (not saved).
+
+    model_type "idefics3" (SmolVLM v1, the shipped demo) or "smolvlm" (SmolVLM2's class):
+    same architecture and parameter names, so the same seed gives the same weights.
+    """
     from smolvlm_desktop.export import require_export_extra
 
     require_export_extra()
-    from transformers import GenerationConfig, Idefics3Config, Idefics3ForConditionalGeneration
+    import transformers
+    from transformers import GenerationConfig
 
-    config = Idefics3Config(**tiny_config_dict())
-    model = Idefics3ForConditionalGeneration(config)
+    prefixes = {"idefics3": "Idefics3", "smolvlm": "SmolVLM"}
+    if model_type not in prefixes:
+        raise ValueError(f"model_type must be one of {list(prefixes)}")
+    config_class = getattr(transformers, f"{prefixes[model_type]}Config")
+    model_class = getattr(transformers, f"{prefixes[model_type]}ForConditionalGeneration")
+    kwargs = tiny_config_dict()
+    kwargs["architectures"] = [model_class.__name__]
+    model = model_class(config_class(**kwargs))
     _randomise(model, SEED)
     lm_head, embed = model.lm_head.weight, model.model.text_model.embed_tokens.weight
     if lm_head.data_ptr() != embed.data_ptr():
@@ -356,15 +367,18 @@ def build_tiny_model() -> Any:
     return model.eval()
 
 
-def build_tiny_checkpoint(out_dir: Path) -> Path:
+def build_tiny_checkpoint(out_dir: Path, model_type: str = "idefics3") -> Path:
     """Write the checkpoint folder (weights, configs, tokenizer, processor) and return it.
 
     Identical bytes on every run with the same library versions.
     """
+    from smolvlm_desktop.export import quiet_progress_bars
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = build_tiny_model()
-    model.save_pretrained(out_dir)
+    model = build_tiny_model(model_type)
+    with quiet_progress_bars():
+        model.save_pretrained(out_dir)
     write_tokenizer_files(out_dir)
     write_processor_files(out_dir)
     return out_dir
