@@ -156,13 +156,14 @@ def test_unknown_quantization_is_refused(tmp_path: Path) -> None:
 
 # --- against PyTorch, same weights --------------------------------------------------------------
 @pytest.fixture(scope="module")
-def torch_model():
-    """The PyTorch model the committed graphs were exported from (rebuilt from its seed)."""
+def torch_model(tmp_path_factory: pytest.TempPathFactory):
+    """The PyTorch model the committed graphs were exported from: the checkpoint rebuilt
+    from its seed, saved and loaded back the way export_checkpoint loads it."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from smolvlm_desktop.tiny_model import build_tiny_model
+    from smolvlm_desktop.tiny_model import build_tiny_checkpoint
 
-    return build_tiny_model()
+    return export.load_checkpoint(build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ckpt")))
 
 
 @pytest.mark.reference
