@@ -1,0 +1,333 @@
+"""The one long-lived worker that owns the model, so that the window never waits on inference.
+
+    worker = EngineWorker()                 # a QObject
+    thread = WorkerThread(worker)           # moves it to its own QThread and starts it
+    worker.submit(ChatJob(...))             # from the GUI thread; returns at once
+    ... worker.token / chat_finished / batch signals arrive on the GUI thread ...
+    thread.shutdown()                       # cancels what runs, waits for the thread
+
+Jobs are posted to the worker thread through a queued signal, so they run one after the
+other in the order given. Cancel is a CancelToken that each job carries: the GUI thread
+cancels it directly (thread-safe) and the engine stops between tokens and inside ONNX Runtime.
+
+Tests can build the worker with `synchronous=True` (as Picard swaps in a synchronous thread
+pool): `submit` then runs the job in the calling thread and every signal is delivered before
+`submit` returns.
+
+Qt signals are the only way out of here; onnxruntime is imported lazily inside the worker
+thread so that the window opens before the engine is even imported.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
+
+from .engine.types import CancelToken, EngineError, GenerationSettings, Message
+
+UNLOADED, LOADING, READY, ERROR = "unloaded", "loading", "ready", "error"
+_job_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and how; a different spec makes the worker reload."""
+
+    folder: str
+    variant: str | None = None
+    provider: str = "auto"
+    threads: int | None = None
+    demo: bool = False  # the bundled noise model: the window shows a banner
+
+
+@dataclass
+class Job:
+    """Base of all jobs: an id to match signals to, and the token that stops it."""
+
+    job_id: int = field(default_factory=lambda: next(_job_ids), init=False)
+    cancel: CancelToken = field(default_factory=CancelToken, init=False)
+
+
+@dataclass
+class ChatTurn:
+    """One turn as the window keeps it: image *paths*, decoded in the worker, not the UI."""
+
+    role: str
+    text: str
+    image_paths: tuple[str, ...] = ()
+
+
+@dataclass
+class ChatJob(Job):
+    turns: list[ChatTurn] = field(default_factory=list)
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+
+
+@dataclass
+class BatchJob(Job):
+    """A folder or a selection, through the colleague's BatchRunner (no Qt in it)."""
+
+    paths: list[Path] = field(default_factory=list)
+    settings: Any = None  # batch.BatchSettings
+    pause: threading.Event = field(default_factory=threading.Event, init=False)
+
+
+@dataclass
+class LoadJob(Job):
+    spec: ModelSpec | None = None
+
+
+AnyJob = Union[ChatJob, BatchJob, LoadJob]
+
+
+class EngineWorker(QObject):
+    """Owns the VisionLanguageModel and runs jobs one at a time; talks only through signals."""
+
+    # state (unloaded/loading/ready/error), ModelInfo or None, a sentence for the user
+    model_state = Signal(str, object, str)
+    job_started = Signal(int)
+    token = Signal(int, str)  # job id, new text
+    chat_finished = Signal(int, object)  # job id, GenerationResult
+    image_started = Signal(int, int, int, str)  # job id, index, total, path
+    image_done = Signal(int, object)  # job id, batch.ImageDone
+    image_skipped = Signal(int, str, str)  # job id, path, reason
+    progress = Signal(int, object)  # job id, batch.Progress (done, total, ETA ...)
+    batch_finished = Signal(int, object)  # job id, batch.BatchSummary
+    error = Signal(int, str, str)  # job id, path ("" when not about one file), reason
+    job_finished = Signal(int)  # always last for a job, after success, cancel or error
+    _posted = Signal(object)
+    _idle_changed = Signal(int)
+
+    def __init__(self, synchronous: bool = False, idle_unload_ms: int = 0) -> None:
+        super().__init__()
+        self.synchronous = synchronous
+        self._model: Any = None
+        self._spec: ModelSpec | None = None
+        self._wanted: ModelSpec | None = None
+        self._lock = threading.Lock()
+        self._active: dict[int, AnyJob] = {}  # submitted and not finished: cancel_all sees them
+        self._closing = False
+        self._image_cache: dict[str, Any] = {}  # path -> PIL image of the current chat
+        self._idle_ms = idle_unload_ms
+        self._idle_timer = QTimer(self)  # a child: moves to the worker thread with us
+        self._idle_timer.setSingleShot(True)
+        self._idle_timer.timeout.connect(self._unload_when_idle)
+        self._posted.connect(self._run)
+        self._idle_changed.connect(self._apply_idle)
+
+    # --- called from the GUI thread -------------------------------------------------------
+
+    def set_model(self, spec: ModelSpec, load_now: bool = True) -> LoadJob | None:
+        """Remember which model to use; load it in the background unless told to wait."""
+        with self._lock:
+            self._wanted = spec
+        return self.submit(LoadJob(spec=spec)) if load_now else None
+
+    def set_idle_unload(self, ms: int) -> None:
+        """Unload the model after `ms` without a job (0 = never); it reloads on demand."""
+        if self.synchronous:
+            self._apply_idle(ms)
+        else:
+            self._idle_changed.emit(ms)
+
+    def submit(self, job: AnyJob) -> AnyJob:
+        with self._lock:
+            self._active[job.job_id] = job
+        if self.synchronous:
+            self._run(job)
+        else:
+            self._posted.emit(job)
+        return job
+
+    def cancel_all(self) -> None:
+        """Stop the running job and every queued one (closing the window)."""
+        with self._lock:
+            self._closing = True
+            jobs = list(self._active.values())
+        for job in jobs:
+            job.cancel.cancel()
+            if isinstance(job, BatchJob):
+                job.pause.clear()  # a paused batch must wake up to see the cancel
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return any(not isinstance(j, LoadJob) for j in self._active.values())
+
+    # --- runs in the worker thread ----------------------------------------------------------
+
+    @Slot(object)
+    def _run(self, job: AnyJob) -> None:
+        self._idle_timer.stop()
+        self.job_started.emit(job.job_id)
+        try:
+            if job.cancel.cancelled or self._closing:
+                self._finish_cancelled(job)
+            elif isinstance(job, LoadJob):
+                self._ensure_model(job.spec)
+            elif isinstance(job, ChatJob):
+                self._run_chat(job)
+            elif isinstance(job, BatchJob):
+                self._run_batch(job)
+        except EngineError as exc:
+            self.error.emit(job.job_id, "", str(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug must reach the user, not kill the thread
+            self.error.emit(job.job_id, "", f"unexpected error: {type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._active.pop(job.job_id, None)
+            self.job_finished.emit(job.job_id)
+            self._restart_idle_timer()
+
+    def _finish_cancelled(self, job: AnyJob) -> None:
+        """A job cancelled before it started still ends the way its kind always ends."""
+        if isinstance(job, ChatJob):
+            from .engine.types import GenerationResult, Timings
+
+            self.chat_finished.emit(job.job_id, GenerationResult("", [], "cancelled", Timings()))
+
+    def _ensure_model(self, spec: ModelSpec | None = None) -> Any:
+        """The loaded model for `spec` (or the wanted one), loading it if needed."""
+        with self._lock:
+            spec = spec or self._wanted
+        if spec is None:
+            raise EngineError("no model is chosen; open a model folder or start the demo model")
+        if self._model is not None and spec == self._spec:
+            return self._model
+        self._drop_model()
+        self.model_state.emit(LOADING, None, f"Loading {Path(spec.folder).name}…")
+        try:
+            from .engine.model import VisionLanguageModel  # imports onnxruntime: here, not at start
+
+            model = VisionLanguageModel.load(spec.folder, variant=spec.variant,
+                                             provider=spec.provider, threads=spec.threads)
+        except EngineError as exc:
+            self.model_state.emit(ERROR, None, str(exc))
+            raise
+        except OSError as exc:
+            self.model_state.emit(ERROR, None, f"could not read the model: {exc}")
+            raise EngineError(f"could not read the model: {exc}") from exc
+        self._model, self._spec = model, spec
+        notes = "; ".join(f"{g} runs on the CPU ({why})" for g, why in model.fallback_notes.items())
+        self.model_state.emit(READY, model.info, notes)
+        return model
+
+    def _drop_model(self) -> None:
+        if self._model is not None:
+            self._model.close()
+            self._model, self._spec = None, None
+            self._image_cache.clear()
+
+    def _run_chat(self, job: ChatJob) -> None:
+        model = self._ensure_model()
+        messages = self._messages(job)
+        if messages is None:
+            return
+        generation = model.stream(messages, job.settings, cancel=job.cancel)
+        for event in generation:
+            if event.text:
+                self.token.emit(job.job_id, event.text)
+        self.chat_finished.emit(job.job_id, generation.result)
+
+    def _messages(self, job: ChatJob) -> list[Message] | None:
+        """Decode each image once (kept for later turns); None after reporting a bad image."""
+        from .engine.images import load_image
+
+        wanted = {p for t in job.turns for p in t.image_paths}
+        for stale in set(self._image_cache) - wanted:
+            del self._image_cache[stale]
+        messages = []
+        for turn in job.turns:
+            images = []
+            for path in turn.image_paths:
+                if path not in self._image_cache:
+                    try:
+                        self._image_cache[path] = load_image(path).image
+                    except EngineError as exc:
+                        self.error.emit(job.job_id, path, str(exc))
+                        return None
+                images.append(self._image_cache[path])
+            messages.append(Message(turn.role, turn.text, images=tuple(images)))  # type: ignore[arg-type]
+        return messages
+
+    def _run_batch(self, job: BatchJob) -> None:
+        from .batch import BatchRunner
+
+        model = self._ensure_model()
+        runner = BatchRunner(model, job.settings, library=None,
+                             on_event=lambda ev: self._batch_event(job.job_id, ev),
+                             model_name=model.info.name)
+        summary = runner.run(job.paths, job_id=None, cancel=job.cancel, pause=job.pause)
+        self.batch_finished.emit(job.job_id, summary)
+
+    def _batch_event(self, job_id: int, event: Any) -> None:
+        """BatchRunner's plain events become Qt signals (delivered queued to the GUI)."""
+        kind = type(event).__name__
+        if kind == "ImageStarted":
+            self.image_started.emit(job_id, event.index, event.total, str(event.path))
+        elif kind == "TokenDelta":
+            self.token.emit(job_id, event.text)
+        elif kind == "ImageDone":
+            self.image_done.emit(job_id, event)
+        elif kind == "ImageSkipped":
+            self.image_skipped.emit(job_id, str(event.path), event.reason)
+        elif kind == "ImageFailed":
+            self.error.emit(job_id, str(event.path), event.reason)
+        elif kind == "Progress":
+            self.progress.emit(job_id, event)
+
+    @Slot(int)
+    def _apply_idle(self, ms: int) -> None:
+        self._idle_ms = ms
+        self._restart_idle_timer()
+
+    def _restart_idle_timer(self) -> None:
+        if self._idle_ms > 0 and self._model is not None and not self.synchronous:
+            self._idle_timer.start(self._idle_ms)
+        else:
+            self._idle_timer.stop()
+
+    @Slot()
+    def _unload_when_idle(self) -> None:
+        with self._lock:
+            if self._active:
+                return  # a job is queued: it restarts the timer when it ends
+        if self._model is not None:
+            minutes = self._idle_ms / 60000
+            self._drop_model()
+            self.model_state.emit(UNLOADED, None,
+                                  f"unloaded after {minutes:g} min idle to free memory; "
+                                  "it loads again when needed")
+
+    @Slot()
+    def release(self) -> None:
+        """Drop the model in the thread that owns it (called as the thread finishes)."""
+        self._idle_timer.stop()
+        self._drop_model()
+
+
+class WorkerThread(QThread):
+    """The QThread an EngineWorker lives in, with a shutdown that never leaves it running."""
+
+    def __init__(self, worker: EngineWorker) -> None:
+        super().__init__()
+        self.setObjectName("engine-worker")
+        self.worker = worker
+        worker.moveToThread(self)
+        self.finished.connect(worker.release)
+        self.start()
+
+    def shutdown(self) -> None:
+        """Cancel everything, let the running job end, stop the event loop, wait for it.
+
+        Never returns while the thread runs (no "QThread: Destroyed while thread is still
+        running"); a model load in progress cannot be interrupted and is waited for.
+        """
+        self.worker.cancel_all()
+        self.quit()
+        self.wait()

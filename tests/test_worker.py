@@ -1,0 +1,169 @@
+"""The engine worker on the tiny real model: synchronously (Picard-style) and in its QThread."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from smolvlm_desktop.engine.types import GenerationSettings  # noqa: E402
+from smolvlm_desktop.worker import (BatchJob, ChatJob, ChatTurn, EngineWorker, ModelSpec,  # noqa: E402
+                                    WorkerThread)
+
+from ui_helpers import TIMEOUT_MS, Gate, make_image  # noqa: E402
+
+
+class Recorder:
+    """Records every worker signal with its arguments (PySide6 has no all_signals_and_args)."""
+
+    NAMES = ("model_state", "job_started", "token", "chat_finished", "image_started", "image_done",
+             "image_skipped", "progress", "batch_finished", "error", "job_finished")
+
+    def __init__(self, worker: EngineWorker) -> None:
+        self.events: list[tuple] = []
+        for name in self.NAMES:
+            getattr(worker, name).connect(lambda *args, n=name: self.events.append((n, *args)))
+
+    def of(self, name: str) -> list[tuple]:
+        return [e[1:] for e in self.events if e[0] == name]
+
+
+def chat(image: Path, text: str = "Describe this image.", max_new_tokens: int = 6) -> ChatJob:
+    return ChatJob(turns=[ChatTurn("user", text, (str(image),))],
+                   settings=GenerationSettings(max_new_tokens=max_new_tokens))
+
+
+@pytest.fixture
+def spec(tiny_model_dir: Path) -> ModelSpec:
+    return ModelSpec(str(tiny_model_dir), variant="fp32", provider="cpu", threads=1, demo=True)
+
+
+def test_synchronous_chat_streams_tokens_then_the_result(qtbot, tmp_path: Path, spec: ModelSpec) -> None:
+    worker = EngineWorker(synchronous=True)
+    rec = Recorder(worker)
+    worker.set_model(spec)
+    job = worker.submit(chat(make_image(tmp_path / "a.png")))
+    states = [s[0] for s in rec.of("model_state")]
+    assert states == ["loading", "ready"]
+    (job_id, result), = rec.of("chat_finished")
+    assert job_id == job.job_id
+    assert "".join(t[1] for t in rec.of("token")) == result.text
+    assert result.stop_reason in ("stop_token", "max_tokens")
+    assert rec.events[-1] == ("job_finished", job.job_id)
+    assert rec.of("error") == []
+
+
+def test_a_bad_image_is_reported_with_its_path(qtbot, tmp_path: Path, spec: ModelSpec) -> None:
+    worker = EngineWorker(synchronous=True)
+    rec = Recorder(worker)
+    worker.set_model(spec)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    job = worker.submit(chat(bad))
+    (job_id, path, reason), = rec.of("error")
+    assert (job_id, path) == (job.job_id, str(bad)) and reason
+    assert rec.of("chat_finished") == []
+
+
+def test_a_model_folder_that_cannot_load_gives_an_error_state(qtbot, tmp_path: Path) -> None:
+    worker = EngineWorker(synchronous=True)
+    rec = Recorder(worker)
+    worker.set_model(ModelSpec(str(tmp_path)))  # an empty folder
+    assert [s[0] for s in rec.of("model_state")] == ["loading", "error"]
+    assert rec.of("model_state")[-1][2]  # a sentence for the user
+    assert len(rec.of("error")) == 1
+
+
+def test_a_job_cancelled_before_it_starts_never_runs(qtbot, tmp_path: Path, spec: ModelSpec) -> None:
+    worker = EngineWorker(synchronous=True)
+    rec = Recorder(worker)
+    job = chat(make_image(tmp_path / "a.png"))
+    job.cancel.cancel()
+    worker.set_model(spec, load_now=False)
+    worker.submit(job)
+    assert rec.of("model_state") == []  # not even loaded
+    (_, result), = rec.of("chat_finished")
+    assert result.stop_reason == "cancelled"
+
+
+def test_threaded_cancel_mid_answer_stops_with_cancelled(qtbot, tmp_path: Path, spec: ModelSpec) -> None:
+    worker = EngineWorker()
+    thread = WorkerThread(worker)
+    rec = Recorder(worker)
+    gate = Gate()
+    worker.token.connect(gate)  # runs in the worker thread: holds it after the first token
+    try:
+        worker.set_model(spec)
+        job = worker.submit(chat(make_image(tmp_path / "a.png"), max_new_tokens=200))
+        qtbot.waitUntil(gate.reached.is_set, timeout=TIMEOUT_MS)
+        job.cancel.cancel()
+        gate.open()
+        qtbot.waitUntil(lambda: (job.job_id,) in rec.of("job_finished"), timeout=TIMEOUT_MS)
+    finally:
+        gate.open()
+        thread.shutdown()
+    (_, result), = [c for c in rec.of("chat_finished") if c[0] == job.job_id]
+    assert result.stop_reason == "cancelled"
+    assert len(result.token_ids) < 200
+    assert not thread.isRunning()
+
+
+def test_idle_unload_then_reload_on_demand(qtbot, tmp_path: Path, spec: ModelSpec) -> None:
+    worker = EngineWorker()
+    thread = WorkerThread(worker)
+    rec = Recorder(worker)
+    try:
+        worker.set_idle_unload(1)  # 1 ms: unload as soon as the worker is idle
+        worker.set_model(spec)
+        qtbot.waitUntil(lambda: ("unloaded",) == tuple(s[0] for s in rec.of("model_state"))[-1:],
+                        timeout=TIMEOUT_MS)
+        worker.set_idle_unload(0)
+        worker.submit(chat(make_image(tmp_path / "a.png"), max_new_tokens=3))
+        qtbot.waitUntil(lambda: bool(rec.of("chat_finished")), timeout=TIMEOUT_MS)
+    finally:
+        thread.shutdown()
+    states = [s[0] for s in rec.of("model_state")]
+    assert states == ["loading", "ready", "unloaded", "loading", "ready"]
+
+
+def test_shutdown_during_a_long_answer_ends_the_thread(qtbot, tmp_path: Path, spec: ModelSpec) -> None:
+    worker = EngineWorker()
+    thread = WorkerThread(worker)
+    gate = Gate()
+    worker.token.connect(gate)
+    worker.set_model(spec)
+    worker.submit(chat(make_image(tmp_path / "a.png"), max_new_tokens=500))
+    queued = worker.submit(chat(make_image(tmp_path / "b.png"), max_new_tokens=500))
+    qtbot.waitUntil(gate.reached.is_set, timeout=TIMEOUT_MS)
+    threading.Timer(0.05, gate.open).start()  # lets the held worker go while shutdown waits
+    thread.shutdown()  # cancels both; must not return while the thread runs
+    assert not thread.isRunning()
+    assert queued.cancel.cancelled
+
+
+def test_synchronous_batch_writes_captions_and_skips_existing(qtbot, tmp_path: Path,
+                                                              spec: ModelSpec) -> None:
+    from smolvlm_desktop.batch import BatchSettings
+
+    a = make_image(tmp_path / "a.png")
+    b = make_image(tmp_path / "b.png", (40, 120, 200))
+    (tmp_path / "b.txt").write_text("kept", encoding="utf-8")
+    worker = EngineWorker(synchronous=True)
+    rec = Recorder(worker)
+    worker.set_model(spec)
+    settings = BatchSettings(prompt="Caption this.", generation=GenerationSettings(max_new_tokens=4))
+    worker.submit(BatchJob(paths=[a, b], settings=settings))
+    (_, summary), = rec.of("batch_finished")
+    assert (summary.done, summary.skipped, summary.failed) == (1, 1, [])
+    assert (tmp_path / "b.txt").read_text(encoding="utf-8") == "kept"
+    assert (tmp_path / "a.txt").is_file()
+    assert str(a) in [e[3] for e in rec.of("image_started")]
+    assert [e[1] for e in rec.of("image_skipped")] == [str(b)]
+    (_, done_event), = rec.of("image_done")
+    assert Path(done_event.path) == a
+    assert rec.of("progress")[-1][1].done == 1

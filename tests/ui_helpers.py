@@ -1,0 +1,81 @@
+"""Helpers for the GUI tests: real images, real drag and drop events, screenshots, a window."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+from PIL import Image, ImageDraw  # noqa: E402
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl  # noqa: E402
+from PySide6.QtGui import QDragEnterEvent, QDropEvent  # noqa: E402
+from PySide6.QtWidgets import QApplication, QWidget  # noqa: E402
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TIMEOUT_MS = 30_000  # generous: the machine is shared; tests never assert timings
+
+
+def make_image(path: Path, colour: tuple[int, int, int] = (200, 80, 40), size: tuple[int, int] = (160, 120),
+               orientation: int | None = None) -> Path:
+    """A small real image; `orientation` writes an EXIF Orientation tag."""
+    image = Image.new("RGB", size, colour)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((size[0] // 4, size[1] // 6, size[0] * 3 // 4, size[1] * 5 // 6), fill=(245, 245, 245))
+    draw.rectangle((0, 0, size[0] // 5, size[1] // 5), fill=(20, 20, 20))  # marks the top-left corner
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        image.save(path, exif=exif)
+    else:
+        image.save(path)
+    return path
+
+
+def drag_and_drop(widget: QWidget, paths: list[Path]) -> bool:
+    """Drag local files over `widget` and drop them; returns whether the drag was accepted."""
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    pos = QPointF(widget.width() / 2, widget.height() / 2)
+    actions = Qt.DropAction.CopyAction
+    enter = QDragEnterEvent(pos.toPoint(), actions, mime, Qt.MouseButton.LeftButton,
+                            Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(widget, enter)
+    if not enter.isAccepted():
+        return False
+    drop = QDropEvent(pos, actions, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(widget, drop)
+    return True
+
+
+def shoot(widget: QWidget, name: str) -> Path:
+    """Save a screenshot of a real state into test-artifacts/ (looked at by a person)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    target = ARTIFACTS / f"{name}.png"
+    assert widget.grab().save(str(target)), f"could not save {target}"
+    return target
+
+
+class Gate:
+    """Holds the worker thread inside a signal handler until the test opens it.
+
+    Connected to a worker signal as a plain function, the handler runs *in the worker thread*
+    (PySide6 semantics), so the engine pauses at a known point: the test can click Stop,
+    Pause or close the window while work is provably under way, without timing guesses.
+    """
+
+    def __init__(self) -> None:
+        self.reached = threading.Event()
+        self.opened = threading.Event()
+
+    def __call__(self, *args: object) -> None:
+        self.reached.set()
+        self.opened.wait(TIMEOUT_MS / 1000)
+
+    def open(self) -> None:
+        self.opened.set()
+
+
+__all__ = ["ARTIFACTS", "Gate", "TIMEOUT_MS", "drag_and_drop", "make_image", "shoot"]
