@@ -40,7 +40,7 @@ def drag_and_drop(widget: QWidget, paths: list[Path]) -> bool:
     mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
     pos = QPointF(widget.width() / 2, widget.height() / 2)
     actions = Qt.DropAction.CopyAction
-    enter = QDragEnterEvent(pos.toPoint(), actions, mime, Qt.MouseButton.LeftButton,
+    enter = QDragEnterEvent(pos, actions, mime, Qt.MouseButton.LeftButton,
                             Qt.KeyboardModifier.NoModifier)
     QApplication.sendEvent(widget, enter)
     if not enter.isAccepted():
@@ -79,3 +79,30 @@ class Gate:
 
 
 __all__ = ["ARTIFACTS", "Gate", "TIMEOUT_MS", "drag_and_drop", "make_image", "shoot"]
+
+
+def open_window(qtbot, settings=None, model: str | None = "demo", persist: bool = True):
+    """A real MainWindow with its real worker thread; closed (and the thread joined) at teardown.
+
+    model="demo" starts the bundled tiny model and waits until it is ready; None leaves the
+    window to find a model itself (none is installed in the tests' private data dir).
+    """
+    from smolvlm_desktop.settings import Settings
+    from smolvlm_desktop.ui.main_window import MainWindow
+
+    settings = settings if settings is not None else Settings(
+        max_new_tokens=8, variant="fp32", provider="cpu", threads=1, idle_unload_minutes=0)
+    window = MainWindow(settings, persist=persist)
+    qtbot.addWidget(window)
+    window.show()
+    window.start_model(None if model == "demo" else model, demo=model == "demo")
+    if model is not None:
+        qtbot.waitUntil(lambda: window.model_state in ("ready", "error"), timeout=TIMEOUT_MS)
+    return window
+
+
+def add_images(qtbot, window, paths: list[Path]) -> None:
+    """Drop files on the window and wait until every thumbnail has been decoded."""
+    assert drag_and_drop(window, paths)
+    qtbot.waitUntil(lambda: window.tasks.pending == 0 and len(window.gallery.paths(False)) >= len(paths),
+                    timeout=TIMEOUT_MS)

@@ -1,0 +1,158 @@
+"""The desktop app's entry: `smolvlm-desktop` with no subcommand, `--demo`, `--self-test`.
+
+The window opens before any model work starts (ONNX Runtime is imported in the worker thread),
+then the model loads in the background. `--self-test` is the installers' smoke test: it opens
+the window offscreen, runs a chat turn and a two-image batch on the bundled demo model through
+the real worker thread, checks the results, closes cleanly and exits 0 (1 with a reason).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="smolvlm-desktop", add_help=False)
+    parser.add_argument("--demo", action="store_true")
+    parser.add_argument("--self-test", action="store_true")
+    parser.add_argument("--model")
+    args, _ = parser.parse_known_args(list(argv))  # the CLI has already validated the rest
+    return args
+
+
+def make_app(argv: Sequence[str]):  # -> QApplication
+    from PySide6.QtWidgets import QApplication
+
+    from .paths import APP_ID, APP_NAME
+
+    app = QApplication.instance()
+    if app is None:
+        app = QApplication([sys.argv[0] if sys.argv else APP_ID, *argv])
+    app.setApplicationName(APP_NAME)
+    app.setDesktopFileName(APP_ID)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.self_test:
+        return run_self_test()
+    from PySide6.QtCore import QTimer
+
+    from .ui.main_window import MainWindow
+
+    app = make_app([])
+    window = MainWindow()
+    window.show()
+    # After the first paint: the window is up before anything slow is even started.
+    QTimer.singleShot(0, lambda: window.start_model(args.model, demo=args.demo))
+    return app.exec()
+
+
+# --- the self-test -----------------------------------------------------------------------------
+
+class SelfTestFailed(Exception):
+    pass
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
+    """Run the event loop until `condition` holds; raise SelfTestFailed after the timeout."""
+    from PySide6.QtCore import QCoreApplication, QEventLoop
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SelfTestFailed(f"timed out waiting for {what}")
+        QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+
+
+def make_test_images(folder: Path) -> list[Path]:
+    from PIL import Image, ImageDraw
+
+    made = []
+    for i, colour in enumerate([(200, 80, 40), (40, 120, 200)]):
+        image = Image.new("RGB", (160, 120), colour)
+        ImageDraw.Draw(image).ellipse((40, 20, 120, 100), fill=(250, 250, 250))
+        path = folder / f"self-test-{i + 1}.png"
+        image.save(path)
+        made.append(path)
+    return made
+
+
+def run_self_test() -> int:
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    with tempfile.TemporaryDirectory(prefix="smolvlm-self-test-") as tmp:
+        try:
+            report = _self_test(Path(tmp))
+        except SelfTestFailed as exc:
+            print(f"self-test FAILED: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    print(report)
+    return EXIT_OK
+
+
+def _self_test(tmp: Path) -> str:
+    from .settings import Settings
+    from .ui.main_window import MainWindow
+
+    make_app([])
+    images = make_test_images(tmp)
+    window = MainWindow(Settings(max_new_tokens=8, idle_unload_minutes=0), persist=False)
+    window.show()
+    try:
+        window.start_model(demo=True)
+        wait_until(lambda: window.model_state in ("ready", "error"), "the demo model to load")
+        if window.model_state != "ready":
+            raise SelfTestFailed(f"the demo model did not load: {window.status.model_label.toolTip()}")
+        chat = _self_test_chat(window, images[0])
+        batch = _self_test_batch(window, tmp, images)
+    finally:
+        window.close()
+    if window.thread is not None and window.thread.isRunning():
+        raise SelfTestFailed("the worker thread still runs after the window closed")
+    return f"self-test passed: {chat}; {batch}"
+
+
+def _self_test_chat(window, image: Path) -> str:
+    window.add_paths([str(image)])
+    wait_until(lambda: window.gallery.selected_paths() == [str(image)], "the image in the gallery")
+    results = []
+    window.chat.answered.connect(results.append)
+    window.chat.ask("Describe this image.")
+    wait_until(lambda: not window.chat.busy, "the chat answer")
+    history = window.chat.histories.get((str(image),), [])
+    if not results or len(history) != 2 or history[-1].role != "assistant":
+        raise SelfTestFailed(f"the chat turn gave no answer ({window.chat.errors or 'no error'})")
+    return f"chat answered {results[0].timings.new_tokens} tokens"
+
+
+def _self_test_batch(window, tmp: Path, images: list[Path]) -> str:
+    setup = window.batch_panel.setup
+    window.show_batch()
+    setup.folder_edit.setText(str(tmp))
+    for name, check in setup.format_checks.items():
+        check.setChecked(name == "txt")
+    done = []
+    window.worker.image_done.connect(lambda job_id, event: done.append(event))
+    window.batch.start()
+    wait_until(lambda: window.batch.job is not None, "the batch to start", 30)
+    wait_until(lambda: window.batch.job is None, "the batch to finish")
+    if len(done) != len(images) or window.batch.failures:
+        raise SelfTestFailed(f"the batch captioned {len(done)} of {len(images)} images; "
+                             f"failures: {window.batch.failures}")
+    written = [Path(f) for event in done for f in event.files]
+    if not written or not all(f.is_file() for f in written):
+        raise SelfTestFailed(f"the batch did not write its caption files: {written}")
+    return f"batch captioned {len(done)} images and wrote {len(written)} files"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Run-time resources: style sheet and icons (package data)."""

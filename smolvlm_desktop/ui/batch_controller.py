@@ -1,0 +1,364 @@
+"""Batch behaviour: from the set-up page to a running BatchJob in the worker to a summary.
+
+The folder is scanned in the task pool (a big tree must not freeze the window), then the
+whole list goes to the worker as one job that the colleague's BatchRunner works through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtWidgets import QFileDialog, QListWidgetItem, QMessageBox
+
+from ..engine.types import GenerationResult, GenerationSettings
+from ..presets import preset_prompt
+from ..settings import Settings
+from ..worker import BatchJob, ChatJob, ChatTurn, EngineWorker
+from .batch_panel import CUSTOM, BatchPanel
+from .tasks import TaskRunner
+
+PATH_ROLE = 0x0100  # Qt.UserRole
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds:  # None or NaN: not known yet
+        return "…"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class BatchController(QObject):
+    reveal = Signal(str)  # a failed file the user clicked: select it in the gallery
+    status = Signal(str)
+
+    def __init__(self, panel: BatchPanel, worker: EngineWorker, tasks: TaskRunner,
+                 selection: Callable[[], list[str]], settings: Settings,
+                 generation: Callable[[], GenerationSettings]) -> None:
+        super().__init__()
+        self.panel, self.worker, self.tasks = panel, worker, tasks
+        self.selection, self.settings, self.generation = selection, settings, generation
+        self.job: BatchJob | None = None
+        self.summary: Any = None
+        self.started_at = time.monotonic()
+        self.trial: ChatJob | None = None
+        self.counts = {"done": 0, "skipped": 0, "failed": 0}
+        self.failures: list[tuple[str, str]] = []
+        self._connect()
+        self._load_settings()
+        self._preset_changed()
+
+    def _connect(self) -> None:
+        s, r, m = self.panel.setup, self.panel.run, self.panel.summary
+        s.browse_btn.clicked.connect(self.browse)
+        s.preset_combo.currentIndexChanged.connect(self._preset_changed)
+        s.start_btn.clicked.connect(self.start)
+        s.try_btn.clicked.connect(self.try_one)
+        s.folder_edit.textChanged.connect(lambda: s.folder_radio.setChecked(True))
+        r.pause_btn.clicked.connect(self.toggle_pause)
+        r.cancel_btn.clicked.connect(self.cancel)
+        m.back_btn.clicked.connect(lambda: self.panel.setCurrentWidget(s))
+        m.failures.itemActivated.connect(self._failure_clicked)
+        m.failures.itemClicked.connect(self._failure_clicked)
+        w = self.worker
+        w.image_started.connect(self._on_image_started)
+        w.token.connect(self._on_token)
+        w.image_done.connect(self._on_image_done)
+        w.image_skipped.connect(self._on_image_skipped)
+        w.progress.connect(self._on_progress)
+        w.error.connect(self._on_error)
+        w.batch_finished.connect(self._on_batch_finished)
+        w.chat_finished.connect(self._on_trial_finished)
+        w.job_finished.connect(self._on_job_finished)
+
+    def _load_settings(self) -> None:
+        s = self.panel.setup
+        s.folder_edit.setText(self.settings.last_folder)
+        s.recursive_check.setChecked(self.settings.batch_recursive)
+        for name, check in s.format_checks.items():
+            check.setChecked(name in self.settings.batch_outputs)
+        s.existing_radios.get(self.settings.batch_existing, s.existing_radios["skip"]).setChecked(True)
+
+    def remember_settings(self) -> None:
+        """Copy the panel's choices into the settings (saved by the window)."""
+        s = self.panel.setup
+        self.settings.last_folder = s.folder_edit.text().strip()
+        self.settings.batch_recursive = s.recursive_check.isChecked()
+        self.settings.batch_outputs = self.outputs()
+        self.settings.batch_existing = self.existing()
+
+    # --- reading the set-up page -----------------------------------------------------------
+
+    def prompt(self) -> str:
+        return self.panel.setup.prompt_edit.toPlainText().strip()
+
+    def outputs(self) -> tuple[str, ...]:
+        return tuple(n for n, c in self.panel.setup.format_checks.items() if c.isChecked())
+
+    def existing(self) -> str:
+        return next(k for k, r in self.panel.setup.existing_radios.items() if r.isChecked())
+
+    def generation_settings(self) -> GenerationSettings:
+        detail = self.panel.setup.detail_combo.currentData()
+        return dataclasses.replace(self.generation(), detail=detail)
+
+    def _preset_changed(self) -> None:
+        s = self.panel.setup
+        key = s.preset_combo.currentData()
+        s.prompt_edit.setReadOnly(key != CUSTOM)
+        if key != CUSTOM:
+            s.prompt_edit.setPlainText(preset_prompt(key))
+        else:
+            s.prompt_edit.setFocus()
+
+    def browse(self) -> None:
+        start = self.panel.setup.folder_edit.text() or str(Path.home())
+        folder = QFileDialog.getExistingDirectory(self.panel, "Folder to caption", start)
+        if folder:
+            self.panel.setup.folder_edit.setText(folder)
+
+    # --- starting --------------------------------------------------------------------------
+
+    def _problem(self, text: str) -> bool:
+        """Say what is missing (status bar + the trial box) and return False."""
+        self.panel.setup.preview.setPlainText(text)
+        self.status.emit(text)
+        return False
+
+    def _ready(self, writing: bool) -> bool:
+        if self.busy:
+            return self._problem("A batch or trial is already running.")
+        if not self.prompt():
+            return self._problem("Write a prompt first.")
+        if writing and not self.outputs():
+            return self._problem("Choose at least one kind of file to write.")
+        s = self.panel.setup
+        if s.folder_radio.isChecked() and not Path(s.folder_edit.text().strip()).is_dir():
+            return self._problem("Choose a folder that exists, or use the gallery selection.")
+        if s.selection_radio.isChecked() and not self.selection():
+            return self._problem("Select images in the gallery first.")
+        return True
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None or self.trial is not None
+
+    def start(self) -> None:
+        if not self._ready(writing=True):
+            return
+        if self.existing() == "overwrite" and not self.confirm_overwrite():
+            return
+        self.remember_settings()
+        self._collect(self._start_batch)
+
+    def confirm_overwrite(self) -> bool:
+        answer = QMessageBox.question(
+            self.panel, "Overwrite captions?",
+            "Existing caption files for these images will be replaced. This cannot be undone.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel,
+            QMessageBox.StandardButton.Cancel)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def try_one(self) -> None:
+        if self._ready(writing=False):
+            self._collect(self._start_trial)
+
+    def _collect(self, then: Callable[[list[Path], list[tuple[Path, str]]], None]) -> None:
+        """The images to work on: the gallery selection, or the folder scanned off-thread."""
+        s = self.panel.setup
+        if s.selection_radio.isChecked():
+            then([Path(p) for p in self.selection()], [])
+            return
+        from ..library.discover import discover_images
+
+        folder, recursive = Path(s.folder_edit.text().strip()), s.recursive_check.isChecked()
+        s.start_btn.setEnabled(False)
+        self.status.emit(f"Looking for images in {folder}…")
+        self.tasks.run(lambda: discover_images([folder], recursive=recursive),
+                       lambda found: (s.start_btn.setEnabled(True), then(*found)),
+                       lambda exc: (s.start_btn.setEnabled(True), self._problem(str(exc))))
+
+    def _start_trial(self, images: list[Path], problems: list[tuple[Path, str]]) -> None:
+        if not images:
+            self._problem("No images found there.")
+            return
+        self.panel.setup.preview.setPlainText("")
+        self.trial = ChatJob(turns=[ChatTurn("user", self.prompt(), (str(images[0]),))],
+                             settings=self.generation_settings())
+        self.status.emit(f"Trying the settings on {images[0].name}…")
+        self.worker.submit(self.trial)
+
+    def _start_batch(self, images: list[Path], problems: list[tuple[Path, str]]) -> None:
+        from ..batch import BatchSettings
+
+        if not images and not problems:
+            self._problem("No images found there.")
+            return
+        s = self.panel.setup
+        folder = Path(s.folder_edit.text().strip()) if s.folder_radio.isChecked() else None
+        settings = BatchSettings(prompt=self.prompt(), generation=self.generation_settings(),
+                                 outputs=self.outputs(), existing=self.existing(),
+                                 aggregate_dir=folder)
+        self.counts = {"done": 0, "skipped": 0, "failed": len(problems)}
+        self.failures = [(str(p), r) for p, r in problems]
+        self.started_at = time.monotonic()
+        self._show_run_page(len(images))
+        self.job = BatchJob(paths=images, settings=settings)
+        self.status.emit(f"Batch started: {len(images)} images")
+        self.worker.submit(self.job)
+
+    def _show_run_page(self, total: int) -> None:
+        r = self.panel.run
+        r.title.setText(f"Captioning {total} image{'s' if total != 1 else ''}…")
+        r.progress.setRange(0, max(total, 1))
+        r.progress.setValue(0)
+        r.current.setText("Loading the model…" if total else "Nothing to caption.")
+        r.caption.clear()
+        r.stats.setText("")
+        r.pause_btn.setText("Pause")
+        r.pause_btn.setEnabled(True)
+        r.cancel_btn.setEnabled(True)
+        self.panel.setCurrentWidget(r)
+
+    # --- while running ---------------------------------------------------------------------
+
+    def toggle_pause(self) -> None:
+        if self.job is None:
+            return
+        r = self.panel.run
+        if self.job.pause.is_set():
+            self.job.pause.clear()
+            r.pause_btn.setText("Pause")
+            self.status.emit("Batch resumed")
+        else:
+            self.job.pause.set()
+            r.pause_btn.setText("Resume")
+            self.status.emit("Batch paused")
+
+    @property
+    def paused(self) -> bool:
+        return self.job is not None and self.job.pause.is_set()
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel.cancel()
+            self.job.pause.clear()
+            self.panel.run.cancel_btn.setEnabled(False)
+            self.panel.run.pause_btn.setEnabled(False)
+            self.panel.run.current.setText("Cancelling…")
+
+    def _mine(self, job_id: int) -> bool:
+        return self.job is not None and self.job.job_id == job_id
+
+    def _is_trial(self, job_id: int) -> bool:
+        return self.trial is not None and self.trial.job_id == job_id
+
+    @Slot(int, int, int, str)
+    def _on_image_started(self, job_id: int, index: int, total: int, path: str) -> None:
+        if self._mine(job_id):
+            self.panel.run.current.setText(f"Now: {Path(path).name}  ({index + 1} of {total})")
+            self.panel.run.caption.clear()
+
+    @Slot(int, str)
+    def _on_token(self, job_id: int, text: str) -> None:
+        if self._mine(job_id):
+            self._append(self.panel.run.caption, text)
+        elif self._is_trial(job_id):
+            self._append(self.panel.setup.preview, text)
+
+    @staticmethod
+    def _append(box: Any, text: str) -> None:
+        box.moveCursor(box.textCursor().MoveOperation.End)
+        box.insertPlainText(text)
+
+    @Slot(int, object)
+    def _on_image_done(self, job_id: int, event: Any) -> None:
+        if self._mine(job_id):
+            self.counts["done"] += 1
+            self.panel.run.caption.setPlainText(event.text)
+
+    @Slot(int, str, str)
+    def _on_image_skipped(self, job_id: int, path: str, reason: str) -> None:
+        if self._mine(job_id):
+            self.counts["skipped"] += 1
+
+    @Slot(int, object)
+    def _on_progress(self, job_id: int, p: Any) -> None:
+        if not self._mine(job_id):
+            return
+        r = self.panel.run
+        r.progress.setMaximum(max(p.total, 1))
+        r.progress.setValue(p.done + p.skipped + p.failed)
+        parts = [f"{p.done} captioned", f"{p.skipped} skipped", f"{p.failed} failed"]
+        if p.seconds_per_image:
+            parts.append(f"{p.seconds_per_image:.1f} s per image")
+        if p.eta_seconds is not None:
+            parts.append(f"about {format_duration(p.eta_seconds)} left")
+        r.stats.setText(" · ".join(parts))
+
+    @Slot(int, str, str)
+    def _on_error(self, job_id: int, path: str, reason: str) -> None:
+        if self._mine(job_id):
+            if path:
+                self.counts["failed"] += 1
+            self.failures.append((path, reason))
+        elif self._is_trial(job_id):
+            where = f"{Path(path).name}: " if path else ""
+            self.panel.setup.preview.setPlainText(f"Could not caption: {where}{reason}")
+
+    @Slot(int, object)
+    def _on_trial_finished(self, job_id: int, result: GenerationResult) -> None:
+        if self._is_trial(job_id):
+            self.panel.setup.preview.setPlainText(result.text or "(the model gave an empty answer)")
+            self.status.emit(f"Trial caption in {result.timings.first_token_ms / 1000 + result.timings.decode_ms / 1000:.1f} s")
+
+    @Slot(int, object)
+    def _on_batch_finished(self, job_id: int, summary: Any) -> None:
+        if self._mine(job_id):
+            self.summary = summary  # failures were already collected, one ImageFailed each
+
+    @Slot(int)
+    def _on_job_finished(self, job_id: int) -> None:
+        if self._is_trial(job_id):
+            self.trial = None
+        elif self._mine(job_id):
+            self._show_summary()
+            self.job = None
+
+    # --- summary ---------------------------------------------------------------------------
+
+    def _show_summary(self) -> None:
+        m = self.panel.summary
+        summary = self.summary
+        done = summary.done if summary is not None else self.counts["done"]
+        skipped = summary.skipped if summary is not None else self.counts["skipped"]
+        cancelled = summary.cancelled if summary is not None else True
+        failed = len(self.failures)
+        verb = "Cancelled" if cancelled else "Finished"
+        m.title.setText(f"{verb}: {done} captioned, {skipped} skipped, {failed} failed")
+        elapsed = summary.elapsed_s if summary is not None else time.monotonic() - self.started_at
+        m.details.setText(f"Took {format_duration(elapsed)}. "
+                          + ("Click a failed image to select it in the gallery." if failed else
+                             "Every caption was written next to its image or in the chosen files."))
+        m.failures.clear()
+        m.failures.setVisible(bool(failed))
+        for path, reason in self.failures:
+            item = QListWidgetItem(f"{Path(path).name if path else 'Batch'}: {reason}")
+            item.setData(PATH_ROLE, path)
+            item.setToolTip(path)
+            m.failures.addItem(item)
+        self.summary = None
+        self.panel.setCurrentWidget(m)
+        self.status.emit(m.title.text())
+
+    def _failure_clicked(self, item: QListWidgetItem) -> None:
+        path = item.data(PATH_ROLE)
+        if path:
+            self.reveal.emit(path)

@@ -1,0 +1,184 @@
+"""The batch panel's widgets: set-up, running and summary pages (behaviour: batch_controller.py)."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFormLayout, QFrame,
+                               QHBoxLayout, QLabel, QLineEdit, QListWidget, QPlainTextEdit,
+                               QProgressBar, QPushButton, QRadioButton, QScrollArea,
+                               QStackedWidget, QVBoxLayout, QWidget)
+
+from ..presets import PRESETS
+
+DETAIL_CHOICES = [(None, "The model's own (recommended)"), (512, "512 px: fastest, one pass"),
+                  (1024, "1024 px"), (1536, "1536 px"), (2048, "2048 px: finest, slowest")]
+FORMAT_LABELS = {"txt": ".txt next to each image", "jsonl": "one .jsonl file",
+                 "csv": "one .csv file", "xmp": ".xmp sidecar (photo apps read it)",
+                 "json": ".json next to each image"}
+EXISTING = [("skip", "Skip images that have one"), ("overwrite", "Overwrite them"),
+            ("append", "Append the new caption")]
+CUSTOM = "custom"
+
+
+def _hint(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setObjectName("Hint")
+    label.setWordWrap(True)
+    return label
+
+
+class SetupPage(QScrollArea):
+    """Where, what to ask, how fine, which files to write, what to do with existing ones."""
+
+    def __init__(self, formats: list[str]) -> None:
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.folder_radio = QRadioButton("Folder")
+        self.selection_radio = QRadioButton("Selected images in the gallery")
+        self.folder_radio.setChecked(True)
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("Choose a folder of images…")
+        self.folder_edit.setAccessibleName("Batch folder")
+        self.browse_btn = QPushButton("Browse…")
+        self.recursive_check = QCheckBox("Include sub-folders")
+        self.preset_combo = QComboBox()
+        self.preset_combo.setAccessibleName("Batch prompt preset")
+        for key, (label, _) in PRESETS.items():
+            self.preset_combo.addItem(label, key)
+        self.preset_combo.addItem("Custom prompt", CUSTOM)
+        self.prompt_edit = QPlainTextEdit()
+        self.prompt_edit.setObjectName("BatchPrompt")
+        self.prompt_edit.setAccessibleName("Batch prompt")
+        self.prompt_edit.setFixedHeight(54)
+        self.detail_combo = QComboBox()
+        self.detail_combo.setAccessibleName("Detail level")
+        for value, label in DETAIL_CHOICES:
+            self.detail_combo.addItem(label, value)
+        self.format_checks = {f: QCheckBox(f"{f}: {FORMAT_LABELS.get(f, f)}") for f in formats}
+        self.existing_radios = {key: QRadioButton(label) for key, label in EXISTING}
+        self.existing_group = QButtonGroup(self)
+        for radio in self.existing_radios.values():
+            self.existing_group.addButton(radio)
+        self.existing_radios["skip"].setChecked(True)
+        self.try_btn = QPushButton("Try on one image")
+        self.try_btn.setToolTip("Caption the first image with these settings; nothing is written")
+        self.start_btn = QPushButton("Start batch")
+        self.start_btn.setObjectName("Primary")
+        self.start_btn.setToolTip("Caption every image and write the files (Ctrl+B)")
+        self.preview = QPlainTextEdit()
+        self.preview.setObjectName("LiveCaption")
+        self.preview.setReadOnly(True)
+        self.preview.setAccessibleName("Trial caption")
+        self.preview.setPlaceholderText("The trial caption appears here.")
+        self.preview.setFixedHeight(70)
+        self.setWidget(self._form())
+
+    def _form(self) -> QWidget:
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.folder_radio)
+        folder_row.addWidget(self.folder_edit, 1)
+        folder_row.addWidget(self.browse_btn)
+        source = QVBoxLayout()
+        source.addLayout(folder_row)
+        source.addWidget(self.recursive_check)
+        source.addWidget(self.selection_radio)
+        outputs = QVBoxLayout()
+        for check in self.format_checks.values():
+            outputs.addWidget(check)
+        existing = QVBoxLayout()
+        for radio in self.existing_radios.values():
+            existing.addWidget(radio)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.try_btn)
+        buttons.addStretch()
+        buttons.addWidget(self.start_btn)
+        form = QFormLayout()
+        form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        form.setVerticalSpacing(10)
+        form.addRow("Images:", source)
+        form.addRow("Ask:", self.preset_combo)
+        form.addRow("", self.prompt_edit)
+        form.addRow("Detail:", self.detail_combo)
+        form.addRow("Write:", outputs)
+        form.addRow("Existing captions:", existing)
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        layout.setContentsMargins(12, 12, 12, 12)
+        layout.addLayout(form)
+        layout.addWidget(self.preview)
+        layout.addLayout(buttons)
+        layout.addStretch()
+        return body
+
+
+class RunPage(QWidget):
+    """Progress, the image being captioned and its caption as it streams, speed and ETA."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.title = QLabel("Captioning…")
+        self.title.setObjectName("SectionTitle")
+        self.progress = QProgressBar()
+        self.progress.setAccessibleName("Batch progress")
+        self.progress.setFormat("%v / %m")
+        self.current = QLabel("Starting…")
+        self.current.setWordWrap(True)
+        self.caption = QPlainTextEdit()
+        self.caption.setObjectName("LiveCaption")
+        self.caption.setReadOnly(True)
+        self.caption.setAccessibleName("Current caption")
+        self.stats = _hint("")
+        self.pause_btn = QPushButton("Pause")
+        self.pause_btn.setToolTip("Pause after the current token; Resume goes on (Ctrl+P)")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setObjectName("Danger")
+        self.cancel_btn.setToolTip("Stop the batch; captions already written stay")
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.stats, 1)
+        buttons.addWidget(self.pause_btn)
+        buttons.addWidget(self.cancel_btn)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(12, 12, 12, 12)
+        layout.addWidget(self.title)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.current)
+        layout.addWidget(self.caption, 1)
+        layout.addLayout(buttons)
+
+
+class SummaryPage(QWidget):
+    """How it went; each failure names its file and reason, and selects it when clicked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.title = QLabel()
+        self.title.setObjectName("SectionTitle")
+        self.title.setWordWrap(True)
+        self.details = _hint("")
+        self.failures = QListWidget()
+        self.failures.setAccessibleName("Failed images")
+        self.failures.setWordWrap(True)
+        self.back_btn = QPushButton("New batch")
+        row = QHBoxLayout()
+        row.addStretch()
+        row.addWidget(self.back_btn)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(12, 12, 12, 12)
+        layout.addWidget(self.title)
+        layout.addWidget(self.details)
+        layout.addWidget(self.failures, 1)
+        layout.addLayout(row)
+
+
+class BatchPanel(QStackedWidget):
+    """The three pages; the controller switches between them."""
+
+    def __init__(self, formats: list[str]) -> None:
+        super().__init__()
+        self.setup = SetupPage(formats)
+        self.run = RunPage()
+        self.summary = SummaryPage()
+        for page in (self.setup, self.run, self.summary):
+            self.addWidget(page)

@@ -1,0 +1,386 @@
+"""The main window: puts the parts together and owns the worker thread and the task pool.
+
+    ┌ demo banner (only with the demo model) ─────────────────────────┐
+    │ notice banner (settings we could not use, model problems)       │
+    │ ┌ gallery strip / drop zone ──────────────────────────────────┐ │
+    │ ├ [Chat | Batch] ─────────────────────────────────────────────┤ │
+    │ └─────────────────────────────────────────────────────────────┘ │
+    └ status bar: model · variant · provider      speed of last answer┘
+
+When no model can be found the central area shows the no-model page instead.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from PySide6.QtCore import QByteArray, Signal
+from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDragLeaveEvent, QDropEvent, QGuiApplication
+from PySide6.QtWidgets import (QApplication, QFileDialog, QLabel, QMainWindow, QMessageBox,
+                               QStackedWidget, QTabWidget, QVBoxLayout, QWidget)
+
+from .. import paths
+from .. import settings as settings_mod
+from ..engine.types import ModelInfo
+from ..settings import THEMES, Settings
+from ..worker import ERROR, READY, EngineWorker, ModelSpec, WorkerThread
+from . import theme
+from .actions import build_menus, shortcuts_text
+from .batch_controller import BatchController
+from .batch_panel import BatchPanel
+from .chat_controller import ChatController
+from .chat_panel import ChatPanel
+from .gallery import GalleryStrip
+from .model_chooser import ModelManagerDialog, NoModelPage
+from .settings_dialog import SettingsDialog
+from .status_bar import StatusBar
+from .tasks import TaskRunner
+
+DEMO_TEXT = ("DEMO MODEL: this is a tiny model with random weights, bundled for trying the "
+             "window out. Its answers are random noise, not descriptions of your images.")
+
+
+def _writer_formats() -> list[str]:
+    from ..library.writers import FORMATS
+
+    return list(FORMATS)
+
+
+class MainWindow(QMainWindow):
+    closed = Signal()
+
+    def __init__(self, settings: Settings | None = None, synchronous: bool = False,
+                 persist: bool = True) -> None:
+        """persist=False (the self-test) never writes the settings file."""
+        super().__init__()
+        self.settings = settings if settings is not None else settings_mod.load()
+        self.persist = persist
+        self.setWindowTitle(paths.APP_NAME)
+        self.setWindowIcon(theme.icon("app"))
+        self.setAcceptDrops(True)
+        self.model_state = "unloaded"
+        self.model_info: ModelInfo | None = None
+        self.demo = False
+        self._paste_dir: str | None = None
+        self._shut_down = False
+        self.tasks = TaskRunner(self, synchronous=synchronous)
+        self.worker = EngineWorker(synchronous=synchronous)
+        self.thread = None if synchronous else WorkerThread(self.worker)
+        self._build()
+        self.actions = build_menus(self, list(THEMES), self.set_theme, self.settings.theme)
+        self.worker.model_state.connect(self._on_model_state)
+        self.worker.set_idle_unload(self.settings.idle_unload_minutes * 60_000)
+        QGuiApplication.styleHints().colorSchemeChanged.connect(self._system_scheme_changed)
+        self.apply_theme()
+        self._restore_geometry()
+        self._show_settings_problems()
+
+    # --- building --------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        self.demo_banner = QLabel(DEMO_TEXT)
+        self.demo_banner.setObjectName("DemoBanner")
+        self.demo_banner.setWordWrap(True)
+        self.demo_banner.setAccessibleName("Demo model warning")
+        self.demo_banner.hide()
+        self.notice = QLabel()
+        self.notice.setObjectName("NoticeBanner")
+        self.notice.setWordWrap(True)
+        self.notice.hide()
+        self.gallery = GalleryStrip(self.tasks)
+        self.gallery.open_images.connect(self.open_images)
+        self.gallery.open_folder.connect(self.open_folder)
+        self.chat_panel = ChatPanel()
+        self.batch_panel = BatchPanel(_writer_formats())
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(self.chat_panel, "Chat")
+        self.tabs.addTab(self.batch_panel, "Batch")
+        generation = self.settings.generation_settings
+        self.chat = ChatController(self.chat_panel, self.worker, generation)
+        self.batch = BatchController(self.batch_panel, self.worker, self.tasks,
+                                     self.gallery.selected_paths, self.settings, generation)
+        self.gallery.selection_changed.connect(self.chat.set_images)
+        self.batch.reveal.connect(self.reveal)
+        self.status = StatusBar()
+        self.setStatusBar(self.status)
+        for controller in (self.chat, self.batch):
+            controller.status.connect(lambda text: self.status.showMessage(text, 6000))
+        self.chat.answered.connect(self.status.set_timings)
+        workspace = QWidget()
+        ws_layout = QVBoxLayout(workspace)
+        ws_layout.setContentsMargins(10, 10, 10, 0)
+        ws_layout.setSpacing(8)
+        ws_layout.addWidget(self.gallery)
+        ws_layout.addWidget(self.tabs, 1)
+        self.workspace = workspace
+        self.no_model = NoModelPage()
+        self.no_model.chooser.chosen.connect(self.choose_model)
+        self.pages = QStackedWidget()
+        self.pages.addWidget(self.workspace)
+        self.pages.addWidget(self.no_model)
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.demo_banner)
+        layout.addWidget(self.notice)
+        layout.addWidget(self.pages, 1)
+        self.setCentralWidget(central)
+        self.resize(1100, 780)
+
+    def _show_settings_problems(self) -> None:
+        if self.settings.problems:
+            self.show_notice("Some saved settings could not be used and were reset to their "
+                             "defaults (hover for details). Your settings file was kept.",
+                             "\n".join(self.settings.problems))
+
+    def show_notice(self, text: str, details: str = "") -> None:
+        self.notice.setText(text)
+        self.notice.setToolTip(details)
+        self.notice.setVisible(bool(text))
+
+    # --- the model -------------------------------------------------------------------------
+
+    def start_model(self, requested: str | None = None, demo: bool = False) -> None:
+        """At start-up: --demo, --model, the saved choice, or the installed default."""
+        if demo:
+            self.choose_model(str(paths.demo_model_dir()), True)
+            return
+        try:
+            folder = paths.resolve_model(requested or self.settings.model)
+        except paths.ModelNotFoundError as exc:
+            self.show_no_model(str(exc) if (requested or self.settings.model) else "")
+            return
+        self.choose_model(str(folder), folder == paths.demo_model_dir(), remember=False)
+
+    def show_no_model(self, error: str = "") -> None:
+        self.no_model.show_error(error)
+        self.no_model.chooser.refresh()
+        self.pages.setCurrentWidget(self.no_model)
+
+    def choose_model(self, folder: str, demo: bool = False, remember: bool = True) -> None:
+        """Use this model from now on; it loads in the background."""
+        self.demo = demo
+        self.demo_banner.setVisible(demo)
+        if remember and not demo:
+            self.settings.model = folder
+            self.save_settings()
+        self.pages.setCurrentWidget(self.workspace)
+        s = self.settings
+        self.worker.set_model(ModelSpec(folder, s.variant, s.provider, s.threads, demo))
+
+    def _on_model_state(self, state: str, info: object, message: str) -> None:
+        self.model_state = state
+        self.model_info = info if isinstance(info, ModelInfo) else None
+        self.status.set_model_state(state, self.model_info, message)
+        if state == ERROR and not self.chat.busy and not self.batch.busy:
+            self.show_no_model(f"The model could not be loaded: {message}")
+        elif state == READY and message:
+            self.show_notice(f"Note: {message}")
+
+    def manage_models(self) -> None:
+        dialog = ModelManagerDialog(self)
+        dialog.chooser.chosen.connect(self.choose_model)
+        dialog.exec()
+
+    def preferences(self) -> None:
+        before = (self.settings.variant, self.settings.provider, self.settings.threads)
+        if SettingsDialog(self.settings, self).exec():
+            self.save_settings()
+            self.apply_theme()
+            self.worker.set_idle_unload(self.settings.idle_unload_minutes * 60_000)
+            after = (self.settings.variant, self.settings.provider, self.settings.threads)
+            if after != before and self.pages.currentWidget() is self.workspace and self.worker._wanted:
+                self.choose_model(self.worker._wanted.folder, self.demo, remember=False)
+
+    # --- images in ---------------------------------------------------------------------------
+
+    def add_paths(self, given: list[str]) -> None:
+        """Files and folders from a drop, a paste or a dialog: scanned off the GUI thread."""
+        from ..library.discover import discover_images
+
+        if not given:
+            return
+        self.status.showMessage("Looking for images…", 3000)
+        self.tasks.run(lambda: discover_images([Path(p) for p in given], recursive=True),
+                       self._paths_found,
+                       lambda exc: self.status.showMessage(f"Could not open: {exc}", 8000))
+
+    def _paths_found(self, found: tuple[list[Path], list[tuple[Path, str]]]) -> None:
+        images, problems = found
+        added = self.gallery.add_images([str(p) for p in images])
+        for path, reason in problems:
+            self.gallery.add_problem(str(path), reason)
+        if added and not self.gallery.selected_paths():
+            self.gallery.select_paths(added[:1])
+        noun = "image" if len(added) == 1 else "images"
+        extra = f", {len(problems)} could not be used" if problems else ""
+        self.status.showMessage(f"Added {len(added)} {noun}{extra}", 6000)
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802
+        mime = event.mimeData()
+        if any(u.isLocalFile() for u in mime.urls()) or mime.hasImage():
+            event.acceptProposedAction()
+            self.gallery.drop_zone.set_drag_active(True)
+        else:
+            event.ignore()
+
+    def dragLeaveEvent(self, event: QDragLeaveEvent) -> None:  # noqa: N802
+        self.gallery.drop_zone.set_drag_active(False)
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802
+        self.gallery.drop_zone.set_drag_active(False)
+        mime = event.mimeData()
+        local = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()]
+        if local:
+            self.add_paths(local)
+        elif mime.hasImage():
+            self._add_image_data(mime.imageData())
+        event.acceptProposedAction()
+
+    def paste(self) -> None:
+        mime = QGuiApplication.clipboard().mimeData()
+        local = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()] if mime else []
+        if local:
+            self.add_paths(local)
+        elif mime is not None and mime.hasImage():
+            self._add_image_data(mime.imageData())
+        else:
+            self.status.showMessage("The clipboard holds no image", 5000)
+
+    def _add_image_data(self, image: object) -> None:
+        """A pasted picture gets a file in a private temporary folder, removed on exit."""
+        if self._paste_dir is None:
+            self._paste_dir = tempfile.mkdtemp(prefix="smolvlm-paste-")
+        count = len(list(Path(self._paste_dir).iterdir())) + 1
+        target = Path(self._paste_dir) / f"pasted-{count}.png"
+        if image is not None and image.save(str(target), "PNG"):  # type: ignore[attr-defined]
+            self.add_paths([str(target)])
+        else:
+            self.status.showMessage("The pasted image could not be read", 5000)
+
+    def open_images(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(
+            self, "Open images", self.settings.last_folder or str(Path.home()),
+            "Images (*.jpg *.jpeg *.png *.webp *.tif *.tiff *.bmp *.gif *.heic *.heif *.avif);;All files (*)")
+        self.add_paths(files)
+
+    def open_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a folder of images",
+                                                  self.settings.last_folder or str(Path.home()))
+        if folder:
+            self.settings.last_folder = folder
+            self.add_paths([folder])
+
+    def remove_selected(self) -> None:
+        self.gallery.remove_selected()
+
+    def select_all(self) -> None:
+        self.gallery.list.selectAll()
+
+    def reveal(self, path: str) -> None:
+        """Show a file from the batch summary in the gallery, selected."""
+        if self.gallery.item_for(path) is None:
+            self.gallery.add_images([path])
+        self.gallery.select_paths([path])
+
+    # --- actions forwarded to the panels ----------------------------------------------------
+
+    def chat_send(self) -> None:
+        self.tabs.setCurrentWidget(self.chat_panel)
+        self.chat.send_typed()
+
+    def stop(self) -> None:
+        self.chat.stop()
+
+    def chat_regenerate(self) -> None:
+        self.chat.regenerate()
+
+    def chat_copy(self) -> None:
+        self.chat.copy_answer()
+
+    def chat_clear(self) -> None:
+        self.chat.clear()
+
+    def show_chat(self) -> None:
+        self.tabs.setCurrentWidget(self.chat_panel)
+
+    def show_batch(self) -> None:
+        self.tabs.setCurrentWidget(self.batch_panel)
+
+    def batch_start(self) -> None:
+        self.show_batch()
+        self.batch.start()
+
+    def batch_pause(self) -> None:
+        self.batch.toggle_pause()
+
+    def batch_cancel(self) -> None:
+        self.batch.cancel()
+
+    def show_shortcuts(self) -> None:
+        box = QMessageBox(QMessageBox.Icon.NoIcon, "Keyboard shortcuts", "Keyboard shortcuts",
+                          QMessageBox.StandardButton.Close, self)
+        box.setInformativeText(f"<pre>{shortcuts_text()}</pre>")
+        box.exec()
+
+    def about(self) -> None:
+        QMessageBox.about(self, "About SmolVLM Desktop",
+                          "SmolVLM Desktop understands images entirely offline, with SmolVLM on "
+                          "ONNX Runtime. No image, question or answer leaves this computer.")
+
+    # --- theme, geometry, settings ----------------------------------------------------------
+
+    def set_theme(self, name: str) -> None:
+        self.settings.theme = name
+        self.apply_theme()
+        self.save_settings()
+
+    def apply_theme(self) -> None:
+        app = QApplication.instance()
+        if isinstance(app, QApplication):
+            self.resolved_theme = theme.apply(app, self.settings.theme)
+            self.chat._render()  # the transcript's HTML carries palette colours
+
+    def _system_scheme_changed(self) -> None:
+        if self.settings.theme == "system":
+            self.apply_theme()
+
+    def _restore_geometry(self) -> None:
+        if self.settings.window_geometry:
+            self.restoreGeometry(QByteArray.fromBase64(self.settings.window_geometry.encode()))
+
+    def save_settings(self) -> None:
+        if not self.persist:
+            return
+        try:
+            settings_mod.save(self.settings)
+        except Exception as exc:  # noqa: BLE001 - OSError or the writer's OutputError
+            self.status.showMessage(f"Settings could not be saved: {exc}", 8000)
+
+    # --- closing -----------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Cancel what runs, wait for the worker thread and the pool, save: safe to call twice."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        QGuiApplication.styleHints().colorSchemeChanged.disconnect(self._system_scheme_changed)
+        self.worker.cancel_all()
+        if self.thread is not None:
+            self.thread.shutdown()
+        self.tasks.shutdown()
+        self.settings.window_geometry = bytes(self.saveGeometry().toBase64()).decode()
+        self.batch.remember_settings()
+        self.save_settings()
+        if self._paste_dir:
+            shutil.rmtree(self._paste_dir, ignore_errors=True)
+        self.closed.emit()
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802
+        self.shutdown()
+        super().closeEvent(event)
+

@@ -1,0 +1,58 @@
+"""The status bar: which model, variant and provider actually ran, and how fast."""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import QLabel, QProgressBar, QStatusBar
+
+from ..engine.types import GenerationResult, ModelInfo
+from ..worker import ERROR, LOADING, READY, UNLOADED
+
+
+def provider_text(providers: dict[str, str]) -> str:
+    """'CPU', or per graph when they differ ('vision_encoder: CUDA, ...')."""
+    short = {g: p.replace("ExecutionProvider", "") for g, p in providers.items()}
+    kinds = sorted(set(short.values()))
+    if len(kinds) == 1:
+        return kinds[0]
+    return ", ".join(f"{g}: {p}" for g, p in short.items())
+
+
+class StatusBar(QStatusBar):
+    def __init__(self) -> None:
+        super().__init__()
+        self.model_label = QLabel("No model")
+        self.model_label.setAccessibleName("Model status")
+        self.speed_label = QLabel("")
+        self.speed_label.setAccessibleName("Speed of the last answer")
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)  # indeterminate: model loading has no measurable progress
+        self.busy.setMaximumWidth(120)
+        self.busy.setAccessibleName("Loading")
+        self.busy.hide()
+        self.addPermanentWidget(self.busy)
+        self.addPermanentWidget(self.speed_label)
+        self.addPermanentWidget(self.model_label)
+
+    def set_model_state(self, state: str, info: ModelInfo | None, message: str) -> None:
+        self.busy.setVisible(state == LOADING)
+        if state == READY and info is not None:
+            text = f"{info.name} · {info.variant} · {provider_text(info.providers)}"
+            self.model_label.setText(text)
+            self.model_label.setToolTip(f"{info.folder}\n{message}".strip())
+        elif state == LOADING:
+            self.model_label.setText(message or "Loading the model…")
+        elif state == UNLOADED:
+            self.model_label.setText("Model unloaded")
+            self.model_label.setToolTip(message)
+        elif state == ERROR:
+            self.model_label.setText("Model failed to load")
+            self.model_label.setToolTip(message)
+        if message and state != READY:
+            self.showMessage(message, 8000)
+        elif message:
+            self.showMessage(f"Note: {message}", 8000)
+
+    def set_timings(self, result: GenerationResult) -> None:
+        t = result.timings
+        self.speed_label.setText(f"first token {t.first_token_ms:.0f} ms · "
+                                 f"{t.tokens_per_second:.1f} tokens/s · {t.new_tokens} tokens")
