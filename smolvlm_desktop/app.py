@@ -64,14 +64,24 @@ class SelfTestFailed(Exception):
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
-    """Run the event loop until `condition` holds; raise SelfTestFailed after the timeout."""
-    from PySide6.QtCore import QCoreApplication, QEventLoop
+    """Run the event loop until `condition` holds; raise SelfTestFailed after the timeout.
+
+    A QEventLoop polled by a QTimer, rather than a processEvents() loop: the latter crashed
+    PySide6 6.12 (a refcount error) when called thousands of times.
+    """
+    from PySide6.QtCore import QEventLoop, QTimer
 
     deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SelfTestFailed(f"timed out waiting for {what}")
-        QCoreApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+    loop = QEventLoop()
+    poll = QTimer()
+    poll.setInterval(20)
+    poll.timeout.connect(lambda: loop.quit() if condition() or time.monotonic() > deadline else None)
+    if not condition():
+        poll.start()
+        loop.exec()
+        poll.stop()
+    if not condition():
+        raise SelfTestFailed(f"timed out waiting for {what}")
 
 
 def make_test_images(folder: Path) -> list[Path]:

@@ -59,7 +59,9 @@ def test_drop_files_and_a_folder_with_a_bad_file(qtbot, tmp_path: Path) -> None:
     assert set(window.gallery.paths()) == {str(single), *map(str, inside)}
     item = window.gallery.item_for(str(broken))
     assert "Cannot be read" in item.toolTip()
-    hill = window.gallery.item_for(str(inside[1])).icon().pixmap(112, 112)
+    from smolvlm_desktop.ui.gallery import SIZE_ROLE
+
+    hill = window.gallery.item_for(str(inside[1])).data(SIZE_ROLE)
     assert hill.height() > hill.width()  # EXIF orientation 6: the 4:3 landscape is shown upright
     assert window.gallery.selected_paths() == [listed[0]]  # something is ready to ask about
     shoot(window, "03-images-loaded-with-one-broken")

@@ -20,6 +20,7 @@ from .thumbnails import Thumb, make_thumbnail
 
 PATH_ROLE = Qt.ItemDataRole.UserRole
 ERROR_ROLE = Qt.ItemDataRole.UserRole + 1
+SIZE_ROLE = Qt.ItemDataRole.UserRole + 2  # QSize of the decoded, upright thumbnail
 ICON = QSize(112, 112)
 
 
@@ -160,6 +161,7 @@ class GalleryStrip(QStackedWidget):
             self._emit_selection()
             return
         item.setIcon(square_icon(thumb.image))
+        item.setData(SIZE_ROLE, thumb.image.size())
         tip = [thumb.path, thumb.info] + thumb.notes
         item.setToolTip("\n".join(t for t in tip if t))
 

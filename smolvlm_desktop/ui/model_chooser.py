@@ -26,10 +26,10 @@ class ModelChooser(QFrame):
     def __init__(self, title: str, body: str) -> None:
         super().__init__()
         self.setObjectName("EmptyState")
-        heading = QLabel(title)
+        self.heading = heading = QLabel(title)
         heading.setObjectName("EmptyTitle")
         heading.setWordWrap(True)
-        text = QLabel(body)
+        self.body = text = QLabel(body)
         text.setObjectName("EmptyBody")
         text.setWordWrap(True)
         self.command = QLabel(PULL_COMMAND)
@@ -61,6 +61,7 @@ class ModelChooser(QFrame):
         layout.setSpacing(12)
         layout.addWidget(heading)
         layout.addWidget(text)
+        self.error_slot = layout.count()
         layout.addWidget(QLabel("To download SmolVLM once (about 0.5 GB), run in a terminal:"))
         layout.addLayout(command_row)
         self.installed_title = QLabel("Installed models:")
@@ -94,24 +95,26 @@ class ModelChooser(QFrame):
             self.chosen.emit(folder, False)
 
 
+NO_MODEL_TITLE = "No model is installed yet"
+NO_MODEL_BODY = ("SmolVLM Desktop answers questions about your images with a vision-language model "
+                 "that runs on this computer. Get the model once; after that everything works "
+                 "offline and no image ever leaves the machine.")
+
+
 class NoModelPage(QWidget):
-    """The whole window's empty state when no model is installed."""
+    """The whole window's empty state when no model is installed (or the chosen one failed)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.chooser = ModelChooser(
-            "No model is installed yet",
-            "SmolVLM Desktop answers questions about your images with a vision-language model "
-            "that runs on this computer. Get the model once; after that everything works "
-            "offline and no image ever leaves the machine.")
+        self.chooser = ModelChooser(NO_MODEL_TITLE, NO_MODEL_BODY)
         self.error = QLabel()
         self.error.setObjectName("ErrorText")
         self.error.setWordWrap(True)
         self.error.hide()
+        self.chooser.layout().insertWidget(self.chooser.error_slot, self.error)
         self.chooser.setMaximumWidth(780)
         column = QVBoxLayout()
         column.addStretch(1)
-        column.addWidget(self.error)
         column.addWidget(self.chooser)
         column.addStretch(2)
         layout = QHBoxLayout(self)
@@ -121,8 +124,11 @@ class NoModelPage(QWidget):
         layout.addStretch()
 
     def show_error(self, text: str) -> None:
+        """With an error the card says what went wrong; without, it is the first-run welcome."""
         self.error.setText(text)
         self.error.setVisible(bool(text))
+        self.chooser.heading.setText("Choose a model" if text else NO_MODEL_TITLE)
+        self.chooser.body.setText(NO_MODEL_BODY)
 
 
 class ModelManagerDialog(QDialog):
