@@ -156,3 +156,35 @@ def test_closing_while_an_answer_streams_cancels_and_joins_the_thread(qtbot, tmp
     window.close()  # must cancel, wait for the thread, and never warn "Destroyed while running"
     assert job.cancel.cancelled
     assert not window.thread.isRunning()
+
+
+def test_preferences_dialog_validates_applies_and_saves(qtbot) -> None:
+    from smolvlm_desktop.ui.settings_dialog import SettingsDialog
+
+    window = open_window(qtbot)
+    dialog = SettingsDialog(window.settings, window)
+    qtbot.addWidget(dialog)
+    dialog.max_tokens.setValue(42)
+    dialog.theme.setCurrentIndex(dialog.theme.findData("dark"))
+    dialog.seed.setValue(7)
+    dialog.accept()
+    assert (window.settings.max_new_tokens, window.settings.theme, window.settings.seed) == (42, "dark", 7)
+    window.save_settings()
+    saved = settings_mod.load()
+    assert (saved.max_new_tokens, saved.theme, saved.seed) == (42, "dark", 7)
+    assert window.settings.generation_settings().max_new_tokens == 42
+
+
+def test_the_window_opens_without_importing_onnxruntime(tmp_path: Path) -> None:
+    """The window must be up before the engine is even imported (start-up under 2 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from PySide6.QtWidgets import QApplication; app = QApplication([]);"
+            "from smolvlm_desktop.ui.main_window import MainWindow; w = MainWindow(persist=False);"
+            "w.show(); app.processEvents(); print('onnxruntime' in sys.modules); w.close()")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "SMOLVLM_CONFIG_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -67,8 +67,9 @@ class MainWindow(QMainWindow):
         self._shut_down = False
         self.tasks = TaskRunner(self, synchronous=synchronous)
         self.worker = EngineWorker(synchronous=synchronous)
-        self.thread = None if synchronous else WorkerThread(self.worker)
         self._build()
+        # Started only once the window is built: a failure above leaves no thread running.
+        self.thread = None if synchronous else WorkerThread(self.worker)
         self.actions = build_menus(self, list(THEMES), self.set_theme, self.settings.theme)
         self.worker.model_state.connect(self._on_model_state)
         self.worker.set_idle_unload(self.settings.idle_unload_minutes * 60_000)
