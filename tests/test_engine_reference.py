@@ -112,8 +112,8 @@ def test_committed_model_has_the_reference_weights(checkpoint: Path, reference, 
 
 # Bounds chosen from measurement on the committed tiny model (see the test below for the
 # figures printed with -s); a regression in the quantisation or the decode loop breaks them.
-INT8_MIN_TOP1_AGREEMENT = 0.80
-INT8_MIN_MEAN_COSINE = 0.98
+INT8_MIN_TOP1_AGREEMENT = 0.90  # measured 0.973 over 150 positions
+INT8_MIN_MEAN_COSINE = 0.99  # measured 0.9970
 
 
 @pytest.fixture(scope="module")
