@@ -26,34 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-import ctypes
-import platform
 import sys
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 from .engine.types import CancelToken, EngineError, GenerationSettings, Message
 
-
-def guard_pyside_refcounts() -> None:
-    """Work around a PySide6 6.12 reference-count bug on Python < 3.12.
-
-    Measured here: every `signal.emit()` drops one reference to True, and methods returning
-    None (setEnabled, QListWidgetItem.data, processEvents, ...) drop one to None. On 3.11 True
-    starts with ~600 references, so the app aborted ("Fatal Python error: bool_dealloc") after
-    a few hundred streamed tokens. Python 3.12 made these singletons immortal; on older
-    versions we give them the same effect by raising their counts once by 2**40, so they can
-    never reach zero. Harmless where the bug is absent.
-    """
-    if sys.version_info >= (3, 12) or platform.python_implementation() != "CPython":
-        return
-    for singleton in (None, True, False):
-        refcount = ctypes.c_ssize_t.from_address(id(singleton))  # ob_refcnt is the first field
-        if refcount.value < 1 << 39:
-            refcount.value += 1 << 40
-
-
-guard_pyside_refcounts()
 
 UNLOADED, LOADING, READY, ERROR = "unloaded", "loading", "ready", "error"
 _job_ids = itertools.count(1)
