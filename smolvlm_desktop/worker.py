@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-import sys
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
