@@ -26,11 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 from .engine.types import CancelToken, EngineError, GenerationSettings, Message
-
 
 UNLOADED, LOADING, READY, ERROR = "unloaded", "loading", "ready", "error"
 _job_ids = itertools.count(1)
