@@ -84,6 +84,10 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # argparse's REMAINDER rejects a leading option (`bench --threads 2`)
+        from .commands.bench import run_bench
+
+        return run_bench(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
