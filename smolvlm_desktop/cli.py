@@ -72,9 +72,25 @@ def add_caption_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def add_models_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="list, import, export models")
+    p = sub.add_parser("models", help="list, download, import, check, remove and export models")
     msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    msub.add_parser("list", help="installed models and the bundled demo model")
+    msub.add_parser("list", help="known models (installed or not), imported models and the demo model")
+    pull = msub.add_parser("pull", help="download a model from the Hugging Face Hub (the only "
+                                        "command that uses the network)")
+    pull.add_argument("name", metavar="NAME", help="a model name from `models list`")
+    pull.add_argument("--variant", default="int8",
+                      help="ONNX variant: int8 (default, fastest on CPU), uint8, fp32, fp16, q4, ...")
+    pull.add_argument("--revision", help="a Hub commit, branch or tag instead of the pinned revision")
+    imp = msub.add_parser("import", help="install a SmolVLM ONNX folder copied from elsewhere")
+    imp.add_argument("src", type=Path, metavar="DIR")
+    imp.add_argument("--name", help="name to install it under (default: the folder's name)")
+    imp.add_argument("--move", action="store_true", help="move the folder instead of copying it")
+    ver = msub.add_parser("verify", help="re-check installed files against their recorded sha256")
+    ver.add_argument("name", nargs="?", metavar="NAME", help="one model (default: all installed)")
+    rem = msub.add_parser("remove", help="delete an installed model (or an unfinished download)")
+    rem.add_argument("name", metavar="NAME")
+    dflt = msub.add_parser("default", help="use this model when --model is not given")
+    dflt.add_argument("name", metavar="NAME")
     exp = msub.add_parser("export", help="PyTorch SmolVLM checkpoint -> ONNX folder (needs the export extra)")
     exp.add_argument("src", type=Path)
     exp.add_argument("dst", type=Path)

@@ -1,29 +1,151 @@
-"""`smolvlm-desktop models …`: the models on this machine."""
+"""`smolvlm-desktop models …`: the models on this machine, and getting more.
+
+Every expected failure (no network, unknown name, corrupt download, bad folder) is one line on
+stderr and exit status 1 (2 for a name that is not in the catalog), never a traceback. Only
+`pull` touches the network; see hub.py.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
+from typing import TextIO
 
-from ..cli import EXIT_OK
-from ..paths import default_model_name, demo_model_dir, installed_models
+from .. import hub
+from ..cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from ..hub import PullProgress
+from ..paths import installed_models
 
 
 def run_models(args: argparse.Namespace) -> int:
-    if args.models_command == "list":
-        return list_models()
-    if args.models_command == "export":
-        from ..export import export_checkpoint
-
-        export_checkpoint(args.src, args.dst, quantize=tuple(args.quantize or ["int8"]))
-        print(f"exported to {args.dst}")
-        return EXIT_OK
-    raise AssertionError(args.models_command)
+    actions = {"list": lambda: list_models(), "pull": lambda: pull(args), "import": lambda: import_(args),
+               "verify": lambda: verify(args.name), "remove": lambda: remove(args.name),
+               "default": lambda: set_default(args.name), "export": lambda: export(args)}
+    try:
+        return actions[args.models_command]()
+    except hub.UnknownModelError as exc:
+        print(f"smolvlm-desktop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except hub.HubError as exc:
+        print(f"smolvlm-desktop: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def list_models() -> int:
-    default = default_model_name()
-    for folder in installed_models():
-        mark = "*" if folder.name == default else " "
-        print(f"{mark} {folder.name}\t{folder}")
-    print(f"  demo\t{demo_model_dir()}  (bundled; random weights, answers are noise)")
+    for row in hub.list_models():
+        mark = "*" if row.is_default else " "
+        details = [row.state]
+        if row.variants and row.state == "installed":
+            details.append(",".join(row.variants))
+        if row.size_bytes:
+            details.append(human_size(row.size_bytes))
+        where = str(row.folder) if row.folder else (row.repo or "")
+        print(f"{mark} {row.name:<30} {' '.join(details):<28} {where}")
+        if row.summary and row.state != "installed":
+            print(f"  {'':<30} {row.summary}")
     return EXIT_OK
+
+
+def pull(args: argparse.Namespace) -> int:
+    bar = ProgressBar(sys.stderr)
+    try:
+        folder = hub.pull(args.name, variant=args.variant, progress=bar.update, revision=args.revision)
+    except KeyboardInterrupt:
+        bar.close()
+        print("interrupted: what was downloaded is kept; run the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+    print(f"installed {args.name} ({args.variant}) in {folder}")
+    return EXIT_OK
+
+
+def import_(args: argparse.Namespace) -> int:
+    folder = hub.import_folder(args.src, name=args.name, copy=not args.move)
+    print(f"imported {args.src} as {folder.name} ({folder})")
+    return EXIT_OK
+
+
+def verify(name: str | None) -> int:
+    names = [name] if name else [p.name for p in installed_models()]
+    if not names:
+        print("no models are installed")
+        return EXIT_OK
+    failed = 0
+    for model in names:
+        problems = hub.verify(model)
+        print(f"{model}: {'ok' if not problems else 'PROBLEMS'}")
+        for problem in problems:
+            print(f"  {problem}")
+        failed += bool(problems)
+    if failed:
+        print(f"smolvlm-desktop: {failed} model(s) failed verification; `models pull` or "
+              "`models import` them again", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def remove(name: str) -> int:
+    hub.remove(name)
+    print(f"removed {name}")
+    return EXIT_OK
+
+
+def set_default(name: str) -> int:
+    hub.set_default(name)
+    print(f"default model: {name}")
+    return EXIT_OK
+
+
+def export(args: argparse.Namespace) -> int:
+    from ..export import export_checkpoint
+
+    export_checkpoint(args.src, args.dst, quantize=tuple(args.quantize or ["int8"]))
+    print(f"exported to {args.dst}")
+    return EXIT_OK
+
+
+class ProgressBar:
+    """A one-line bar on a terminal; on a pipe or log, one line per finished file instead."""
+
+    WIDTH = 24
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+        self.drawn = False
+        self.files_reported = 0
+
+    def update(self, p: PullProgress) -> None:
+        if self.tty:
+            self._draw(p)
+        elif p.files_done > self.files_reported:
+            self.files_reported = p.files_done
+            print(f"  [{p.files_done}/{p.files_total}] {p.file} ({human_size(p.file_total)})",
+                  file=self.stream, flush=True)
+
+    def _draw(self, p: PullProgress) -> None:
+        done, total = p.done, max(p.total, 1)
+        filled = int(self.WIDTH * done / total)
+        rate = done / max(time.monotonic() - self.started, 1e-6)
+        line = (f"\r[{'#' * filled}{'.' * (self.WIDTH - filled)}] {100 * done / total:5.1f}% "
+                f"{human_size(done)}/{human_size(total)} {human_size(rate)}/s  {p.file}")
+        self.stream.write(line[:120].ljust(120))
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
+
+
+def human_size(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return f"{nbytes:.1f} GB"
