@@ -95,6 +95,13 @@ def test_no_splitting_squashes_each_image_to_one_tile(cfg: ImageProcessorConfig)
     assert out.pixel_values.shape == (1, 2, 3, 64, 64)
 
 
+def test_no_images_gives_an_empty_batch_of_the_right_shape(cfg: ImageProcessorConfig) -> None:
+    out = preprocess([], cfg)
+    assert out.grids == []
+    assert out.pixel_values.shape == (1, 0, 3, 64, 64)
+    assert out.pixel_attention_mask.shape == (1, 0, 64, 64)
+
+
 # --- against the transformers reference --------------------------------------------------------
 
 @pytest.fixture(scope="module")
