@@ -15,8 +15,12 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 TINY_MODEL = Path(__file__).resolve().parent.parent / "smolvlm_desktop" / "data" / "tiny-smolvlm"
 
 
-class NetworkBlocked(RuntimeError):
-    """A test tried to open a network connection; the app must work with none."""
+class NetworkBlocked(ConnectionRefusedError):
+    """A test tried to open a network connection; the app must work with none.
+
+    A ConnectionRefusedError (an OSError) so that library code treats it like a real refused
+    connection and closes its socket.
+    """
 
 
 _real_connect = socket.socket.connect
