@@ -86,7 +86,7 @@ def test_special_tokens_fall_back_to_special_tokens_map_json(tiny_model_dir: Pat
     assert PromptBuilder.from_files(load_model_files(folder)).render([]) == "<|im_start|>|<end_of_utterance>"
 
 
-def test_a_template_that_does_not_parse(files: ModelFiles, builder: PromptBuilder) -> None:
+def test_a_template_that_does_not_parse(builder: PromptBuilder) -> None:
     with pytest.raises(ModelFolderError, match="chat template does not parse"):
         PromptBuilder(builder.tokenizer, "{% for %}", SEQ, {})
 
