@@ -225,6 +225,17 @@ def test_json_rows_carry_model_prompt_and_timings(tmp_path: Path) -> None:
     assert sidecar == {**row, "file_name": "ünï.png"}
 
 
+def test_engine_timings_are_accepted_as_they_come(tmp_path: Path) -> None:
+    from smolvlm_desktop.engine.types import Timings
+
+    image = _image(tmp_path)
+    meta = CaptionMeta("m", "p", Timings(decode_ms=3.14159, new_tokens=7))
+    with CaptionWriter(["jsonl"], aggregate_dir=tmp_path) as writer:
+        writer.write(image, "x", meta)
+    (row,) = _aggregate_rows("jsonl", tmp_path / "metadata.jsonl")
+    assert row["timings"]["decode_ms"] == 3.14 and row["timings"]["new_tokens"] == 7
+
+
 def test_csv_quotes_commas_quotes_and_newlines(tmp_path: Path) -> None:
     image = _image(tmp_path, "a,b.jpg")
     nasty = 'He said "hi", then\nleft; 1,2,3'
@@ -283,6 +294,7 @@ def test_csv_without_file_name_column_is_left_alone(tmp_path: Path) -> None:
     image = _image(tmp_path)
     foreign = "name,comment\nx,y\n"
     (tmp_path / "captions.csv").write_text(foreign)
+    assert not caption_exists(image, ["csv"], tmp_path)
     with pytest.raises(OutputError, match="no file_name column; left unchanged"):
         CaptionWriter(["csv"], aggregate_dir=tmp_path).write(image, "x", META)
     assert (tmp_path / "captions.csv").read_text() == foreign
@@ -350,6 +362,28 @@ def test_embedding_without_pyexiv2_says_what_is_missing() -> None:
         pass
     with pytest.raises(OutputError, match="^embedding needs the optional 'pyexiv2' package"):
         CaptionWriter(["txt"], embed=True)
+
+
+def test_embedding_with_pyexiv2_keeps_the_pixels(tmp_path: Path) -> None:
+    """Runs where the optional pyexiv2 is installed (not in the default environment)."""
+    pytest.importorskip("pyexiv2")
+    from PIL import Image
+
+    image = tmp_path / "photo.jpg"
+    Image.new("RGB", (32, 24), (10, 200, 30)).save(image, quality=90)
+    with Image.open(image) as before:
+        pixels = before.tobytes()
+    with CaptionWriter([], embed=True, existing="append") as writer:
+        assert not writer.has_caption(image)
+        assert writer.write(image, "first", META) == [image]
+        assert writer.has_caption(image)
+        writer.write(image, "second", META)
+    import pyexiv2  # type: ignore[import-not-found]
+
+    with pyexiv2.Image(str(image)) as handle:
+        assert handle.read_xmp()["Xmp.dc.description"] == {'lang="x-default"': "first\nsecond"}
+    with Image.open(image) as after:
+        assert after.tobytes() == pixels
 
 
 # --- XMP ---------------------------------------------------------------------------------------

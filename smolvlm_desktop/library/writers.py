@@ -63,6 +63,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Mapping, Sequence
 
+from ..engine.types import Timings
 from .atomic import OutputError, atomic_write_text, describe_os_error
 
 FORMATS: tuple[str, ...] = ("txt", "caption", "json", "jsonl", "csv", "xmp")
@@ -85,7 +86,13 @@ class CaptionMeta:
 
     model: str = ""
     prompt: str = ""
-    timings: Mapping[str, Any] = field(default_factory=dict)
+    timings: Mapping[str, Any] | Timings = field(default_factory=dict)
+
+    def timings_dict(self) -> dict[str, Any]:
+        """The engine's Timings (or any mapping) as the plain dict the files store."""
+        if isinstance(self.timings, Timings):
+            return dict(self.timings.as_dict())
+        return dict(self.timings)
 
 
 # --- where files go ----------------------------------------------------------------------------
@@ -136,11 +143,12 @@ def caption_exists(image_path: Path, formats: Sequence[str],
 
 
 def _aggregate_keys_on_disk(path: Path, fmt: str) -> frozenset[str]:
+    """Unreadable counts as empty: the write that follows reports why, for that image."""
     try:
         info = path.stat()
-    except OSError:
+        return _cached_keys(str(path), fmt, info.st_mtime_ns, info.st_size)
+    except (OSError, OutputError):
         return frozenset()
-    return _cached_keys(str(path), fmt, info.st_mtime_ns, info.st_size)
 
 
 @lru_cache(maxsize=16)
@@ -204,7 +212,7 @@ class CaptionWriter:
                     return False
             elif not _sidecar_has_caption(output_path(image_path, fmt), fmt):
                 return False
-        return True
+        return self._embedder is None or bool(self._embedder.caption(image_path))
 
     def write(self, image_path: Path, text: str, meta: CaptionMeta | None = None) -> list[Path]:
         """Write text as image_path's caption in every chosen format, under the policy.
@@ -273,7 +281,7 @@ class CaptionWriter:
         if fmt in AGGREGATE_NAMES:
             aggregate = self._aggregate_for(fmt, image)
             row = {"file_name": self._key(image, fmt), "text": text, "model": meta.model,
-                   "prompt": meta.prompt, "timings": dict(meta.timings)}
+                   "prompt": meta.prompt, "timings": meta.timings_dict()}
             return aggregate.path if aggregate.put(row, self.existing) else None
         target = self._claim(output_path(image, fmt), image)
         if fmt == "xmp":
@@ -367,7 +375,7 @@ def _write_json_sidecar(path: Path, image: Path, text: str, meta: CaptionMeta,
     if existing == "append" and row.get("text"):
         text = _append(str(row["text"]), text)
     row.update({"file_name": image.name, "text": text, "model": meta.model,
-                "prompt": meta.prompt, "timings": dict(meta.timings)})
+                "prompt": meta.prompt, "timings": meta.timings_dict()})
     atomic_write_text(path, json.dumps(row, ensure_ascii=False, indent=2) + "\n")
     return True
 
@@ -601,10 +609,24 @@ class _Embedder:
             raise OutputError(None, EMBED_NEEDS) from None
         self._pyexiv2 = pyexiv2
 
-    def embed(self, image: Path, text: str, existing: str) -> bool:
+    def caption(self, image: Path) -> str:
+        """The x-default dc:description already embedded ("" when none or unreadable)."""
         try:
             with self._pyexiv2.Image(str(image)) as handle:
-                old = handle.read_xmp().get("Xmp.dc.description", {}).get('lang="x-default"', "")
+                return self._read(handle)
+        except Exception:  # noqa: BLE001 - unreadable: embed() will report it
+            return ""
+
+    @staticmethod
+    def _read(handle: Any) -> str:
+        value = handle.read_xmp().get("Xmp.dc.description", {})
+        return str(value.get('lang="x-default"', "")) if isinstance(value, dict) else str(value)
+
+    def embed(self, image: Path, text: str, existing: str) -> bool:
+        """Note: exiv2 rewrites the image file itself; that write is not ours to make atomic."""
+        try:
+            with self._pyexiv2.Image(str(image)) as handle:
+                old = self._read(handle)
                 if old and existing == "skip":
                     return False
                 value = _append(old, text) if old and existing == "append" else text
