@@ -1,0 +1,508 @@
+"""Caption many images in a row, crash-safe and resumable. No Qt: the CLI and the window's
+worker thread both drive it, and it talks back through plain event objects.
+
+    runner = BatchRunner(model, BatchSettings(prompt="Describe."), library=lib, on_event=print)
+    summary = runner.run(images)                  # a new job in the library
+    summary = runner.run([], job_id=7)            # resume: only job 7's pending images run
+
+One image, in order: skip if a caption exists (policy) -> load -> generate (tokens streamed)
+-> stage the caption in the job -> write the caption files -> record the caption and mark
+the item done (one transaction).
+
+Why a kill -9 at any instant loses at most the image in flight, and nothing is written twice:
+- sidecar files (.txt, .json, .xmp...) are written atomically and synced before mark_done;
+- a caption is staged in the job before its files are written, so an image killed between
+  "files written" and "marked done" is finished on resume with the *same* text, writing
+  only the outputs that do not already hold it (see `_Recovery`);
+- metadata.jsonl / captions.csv are saved by the writer every few seconds, not per image, so
+  a kill can lose the last rows of images already marked done; on resume those rows are put
+  back from the captions kept in the job.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+from .engine.images import load_image
+from .engine.types import CancelToken, EngineError, GenerationSettings, Message, Timings
+from .library import writers
+from .library.atomic import OutputError
+from .library.db import Library
+
+Existing = Literal["skip", "overwrite", "append"]
+PAUSE_POLL_S = 0.05  # how often a paused batch looks at its pause and cancel flags
+ETA_WINDOW = 20  # recent images the time-per-image average is taken over
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    prompt: str
+    generation: GenerationSettings = GenerationSettings()  # detail lives in here
+    outputs: tuple[str, ...] = ("txt",)  # writer formats (writers.FORMATS)
+    existing: Existing = "skip"
+    aggregate_dir: Path | None = None  # metadata.jsonl / captions.csv (default: common parent)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON for the job row, so that `jobs resume` can rebuild the same settings."""
+        generation = asdict(self.generation)
+        generation["extra_stop_ids"] = list(self.generation.extra_stop_ids)
+        return {
+            "prompt": self.prompt, "generation": generation, "outputs": list(self.outputs),
+            "existing": self.existing,
+            "aggregate_dir": str(self.aggregate_dir) if self.aggregate_dir else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "BatchSettings":
+        """The inverse of to_dict (extra keys such as "model" are ignored)."""
+        generation = dict(data.get("generation") or {})
+        generation["extra_stop_ids"] = tuple(generation.get("extra_stop_ids", ()))
+        aggregate = data.get("aggregate_dir")
+        return cls(prompt=data["prompt"], generation=GenerationSettings(**generation),
+                   outputs=tuple(data.get("outputs", ("txt",))),
+                   existing=data.get("existing", "skip"),
+                   aggregate_dir=Path(aggregate) if aggregate else None)
+
+
+# --- events, delivered synchronously to on_event in the runner's own thread ---------------
+
+
+@dataclass
+class ImageStarted:
+    index: int  # position in the whole job (0-based)
+    total: int
+    path: Path
+
+
+@dataclass
+class TokenDelta:
+    path: Path
+    text: str
+
+
+@dataclass
+class ImageDone:
+    index: int
+    total: int
+    path: Path
+    text: str
+    timings: Timings
+    files: list[Path]
+    notes: list[str]
+
+
+@dataclass
+class ImageSkipped:
+    path: Path
+    reason: str
+
+
+@dataclass
+class ImageFailed:
+    path: Path  # the image, or an aggregate file that could not be saved
+    reason: str
+
+
+@dataclass
+class Progress:
+    """Counts over the whole job: a resumed job goes on from where it stopped."""
+
+    done: int
+    skipped: int
+    failed: int
+    total: int
+    seconds_per_image: float | None  # over recent captioned images; skips do not count
+    eta_seconds: float | None
+
+
+@dataclass
+class BatchSummary:
+    """What this run did (a resumed job's earlier work is not counted again)."""
+
+    job_id: int | None
+    done: int
+    skipped: int
+    failed: list[tuple[Path, str]]
+    cancelled: bool
+    elapsed_s: float
+
+
+def common_parent(paths: Sequence[Path]) -> Path:
+    """The deepest folder holding every image: the default home of metadata.jsonl/captions.csv."""
+    parents = [os.path.abspath(Path(p).parent) for p in paths]
+    return Path(os.path.commonpath(parents)) if parents else Path.cwd()
+
+
+def timings_from_dict(data: Mapping[str, Any] | None) -> Timings:
+    known = Timings.__dataclass_fields__
+    return Timings(**{k: v for k, v in (data or {}).items() if k in known})
+
+
+# --- bookkeeping of one run ----------------------------------------------------------------
+
+
+@dataclass
+class _Tally:
+    """Running counts and recent per-image times, for Progress."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    total: int = 0
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=ETA_WINDOW))
+
+    def progress(self) -> Progress:
+        per_image = sum(self.recent) / len(self.recent) if self.recent else None
+        left = self.total - self.done - self.skipped - self.failed
+        eta = per_image * left if per_image is not None else None
+        return Progress(self.done, self.skipped, self.failed, self.total, per_image, eta)
+
+
+@dataclass
+class _Item:
+    index: int
+    path: Path
+    staged: str | None = None  # caption generated before a kill; its files may exist
+    timings: dict[str, Any] | None = None
+
+
+@dataclass
+class _Run:
+    job_id: int | None
+    items: list[_Item]
+    tally: _Tally
+    aggregate_dir: Path
+    summary: BatchSummary
+    cancel: CancelToken
+    pause: threading.Event | None
+    writer: Any = None
+    complete: bool = True  # False when an output could not be saved: the job stays resumable
+
+
+class BatchRunner:
+    """Runs batches over one loaded model. See the module docstring for the flow."""
+
+    def __init__(self, model: Any, settings: BatchSettings, *, library: Library | None = None,
+                 on_event: Callable[[object], None] | None = None,
+                 model_name: str | None = None) -> None:
+        self.model = model
+        self.settings = settings
+        self.library = library
+        self.on_event = on_event or (lambda event: None)
+        info = getattr(model, "info", None)
+        self.model_name = model_name or (info.name if info is not None else "unknown model")
+
+    # --- the run ------------------------------------------------------------------------
+
+    def run(self, paths: Sequence[Path], *, job_id: int | None = None,
+            cancel: CancelToken | None = None,
+            pause: threading.Event | None = None) -> BatchSummary:
+        """Caption `paths` (image files: expand folders with discover_images first).
+
+        With a library, a new job records every image; with job_id, that job is resumed
+        instead and `paths` is ignored: what an earlier run left half-done is finished
+        first, then its pending images run. Build the settings of a resumed job with
+        `BatchSettings.from_dict(library.job(job_id).settings)`.
+
+        cancel: stops mid-image; that image stays pending (no file written) and the job is
+        marked "cancelled", resumable. pause: while the Event is *set* the batch waits,
+        between tokens and between images; clear it to go on. Cancel still works while
+        paused (both flags are polled every PAUSE_POLL_S)."""
+        started = time.monotonic()
+        run = self._prepare(paths, job_id, cancel or CancelToken(), pause)
+        self.on_event(run.tally.progress())
+        try:
+            if job_id is not None:
+                _Recovery(self, run).finish()
+            run.writer = self._writer(run.aggregate_dir, self.settings.outputs)
+            try:
+                self._loop(run)
+            finally:
+                self._close_writer(run)
+        finally:
+            run.summary.elapsed_s = time.monotonic() - started
+        if self.library is not None and run.job_id is not None and run.complete:
+            self.library.finish_job(run.job_id, "cancelled" if run.summary.cancelled else "finished")
+        return run.summary
+
+    def _loop(self, run: _Run) -> None:
+        for item in run.items:
+            if item.staged is not None:
+                continue  # finished by _Recovery
+            if self._wait_while_paused(run.pause, run.cancel) or not self._one(run, item):
+                run.summary.cancelled = True
+                return
+            self.on_event(run.tally.progress())
+
+    def _prepare(self, paths: Sequence[Path], job_id: int | None, cancel: CancelToken,
+                 pause: threading.Event | None) -> _Run:
+        """The images to run and the counts they start from (a resumed job's earlier work)."""
+        if self.library is None:
+            if job_id is not None:
+                raise ValueError("resuming a job needs the library it is stored in")
+            items = [_Item(i, Path(p)) for i, p in enumerate(paths)]
+            tally = _Tally(total=len(items))
+            aggregate_dir = self.settings.aggregate_dir or common_parent(list(paths))
+        else:
+            if job_id is None:
+                settings = {**self.settings.to_dict(), "model": self.model_name}
+                job_id = self.library.create_job(settings, list(paths))
+            else:
+                self.library.finish_job(job_id, "running")
+            all_items = self.library.job_items(job_id)
+            counts = self.library.job(job_id).counts
+            tally = _Tally(done=counts["done"], skipped=counts["skipped"],
+                           failed=counts["failed"], total=counts["total"])
+            items = [_Item(i, it.path, it.caption, it.timings)
+                     for i, it in enumerate(all_items) if it.state == "pending"]
+            # from all of the job's images, so that a resume puts jsonl/csv in the same place
+            aggregate_dir = self.settings.aggregate_dir or common_parent(
+                [it.path for it in all_items])
+        summary = BatchSummary(job_id, 0, 0, [], False, 0.0)
+        return _Run(job_id, items, tally, Path(aggregate_dir), summary, cancel, pause)
+
+    def _writer(self, aggregate_dir: Path, formats: Sequence[str]) -> writers.CaptionWriter:
+        return writers.CaptionWriter(formats, existing=self.settings.existing,
+                                     aggregate_dir=aggregate_dir)
+
+    def _close_writer(self, run: _Run) -> None:
+        """Save jsonl/csv. If that fails the job stays unfinished: a resume saves them again."""
+        try:
+            run.writer.close()
+        except OutputError as exc:
+            self._output_failed(run, exc)
+
+    def _output_failed(self, run: _Run, exc: OutputError) -> None:
+        """A jsonl/csv file could not be saved: not one image's fault, reported once."""
+        run.complete = False
+        run.summary.failed.append((exc.path, str(exc)))
+        self.on_event(ImageFailed(exc.path, str(exc)))
+
+    # --- one image ----------------------------------------------------------------------
+
+    def _one(self, run: _Run, item: _Item) -> bool:
+        """Caption one image; False when the batch was cancelled during it."""
+        if self.settings.existing == "skip" and run.writer.has_caption(item.path):
+            self._skipped(run, item.path, "a caption already exists")
+            return True
+        self.on_event(ImageStarted(item.index, run.tally.total, item.path))
+        clock = _Clock()
+        try:
+            loaded = load_image(item.path)
+            result = self._generate(run, item.path, loaded.image, clock)
+        except EngineError as exc:  # ImageError included: its message names the file's problem
+            self._failed(run, item.path, str(exc))
+            return True
+        if result is None:
+            return False
+        text, timings = result
+        if self.library is not None and run.job_id is not None:
+            self.library.stage_caption(run.job_id, item.path, text, timings)
+        try:
+            files = run.writer.write(item.path, text, self._meta(timings))
+        except OutputError as exc:
+            self._failed(run, item.path, str(exc))
+            return True
+        self._done(run, item, text, timings, list(files), loaded.notes)
+        run.tally.recent.append(clock.elapsed())
+        return True
+
+    def _generate(self, run: _Run, path: Path, image: Any, clock: "_Clock"
+                  ) -> tuple[str, Timings] | None:
+        """The caption and its timings, or None if cancelled (nothing of it is kept)."""
+        messages = [Message("user", self.settings.prompt, images=(image,))]
+        generation = self.model.stream(messages, self.settings.generation, cancel=run.cancel)
+        for event in generation:
+            if event.text:
+                self.on_event(TokenDelta(path, event.text))
+            if run.pause is not None and run.pause.is_set():
+                with clock.paused():
+                    self._wait_while_paused(run.pause, run.cancel)
+        result = generation.result
+        if result is None or result.stop_reason == "cancelled" or run.cancel.cancelled:
+            return None
+        return result.text.strip(), result.timings  # as the files will hold it
+
+    def _meta(self, timings: Timings) -> writers.CaptionMeta:
+        return writers.CaptionMeta(self.model_name, self.settings.prompt, timings.as_dict())
+
+    # --- outcomes -----------------------------------------------------------------------
+
+    def _done(self, run: _Run, item: _Item, text: str, timings: Timings, files: list[Path],
+              notes: list[str]) -> None:
+        if self.library is not None and run.job_id is not None:
+            self.library.mark_done(run.job_id, item.path, text, timings,
+                                   model=self.model_name, prompt=self.settings.prompt)
+        run.tally.done += 1
+        run.summary.done += 1
+        self.on_event(ImageDone(item.index, run.tally.total, item.path, text, timings, files, notes))
+
+    def _skipped(self, run: _Run, path: Path, reason: str) -> None:
+        if self.library is not None and run.job_id is not None:
+            self.library.mark_skipped(run.job_id, path, reason)
+        run.tally.skipped += 1
+        run.summary.skipped += 1
+        self.on_event(ImageSkipped(path, reason))
+
+    def _failed(self, run: _Run, path: Path, reason: str) -> None:
+        if self.library is not None and run.job_id is not None:
+            self.library.mark_failed(run.job_id, path, reason)
+        run.tally.failed += 1
+        run.summary.failed.append((path, reason))
+        self.on_event(ImageFailed(path, reason))
+
+    @staticmethod
+    def _wait_while_paused(pause: threading.Event | None, cancel: CancelToken) -> bool:
+        """Block while paused; True if the batch is cancelled (paused or not)."""
+        while pause is not None and pause.is_set() and not cancel.cancelled:
+            time.sleep(PAUSE_POLL_S)
+        return cancel.cancelled
+
+
+class _Recovery:
+    """Finishes what a killed run of this job left behind, before the batch goes on.
+
+    Two leftovers are possible: an image whose caption was staged but not marked done (its
+    files may all, some, or none exist), and done images whose jsonl/csv rows were not yet
+    saved. For each, only the outputs that do not already hold the job's caption are
+    written, so nothing is written twice, not even under the "append" policy.
+    """
+
+    def __init__(self, runner: BatchRunner, run: _Run) -> None:
+        self.runner = runner
+        self.run = run
+        self.policy = runner.settings.existing
+        self.formats = tuple(runner.settings.outputs)
+        self._aggregates: dict[str, dict[str, str]] = {}
+
+    def finish(self) -> None:
+        library = self.runner.library
+        assert library is not None and self.run.job_id is not None
+        staged = [it for it in self.run.items if it.staged is not None]
+        aggregate_formats = tuple(f for f in self.formats if f in writers.AGGREGATE_NAMES)
+        done = [it for it in library.job_items(self.run.job_id)
+                if it.state == "done" and it.caption is not None] if aggregate_formats else []
+        plan: dict[tuple[str, ...], list[tuple[Path, str, dict | None]]] = {}
+        for item in staged:
+            self._plan(plan, item.path, item.staged or "", item.timings, self.formats)
+        for row in done:
+            self._plan(plan, row.path, row.caption or "", row.timings, aggregate_formats)
+        failed = self._write(plan)
+        for item in staged:
+            self.runner.on_event(ImageStarted(item.index, self.run.tally.total, item.path))
+            if item.path in failed:
+                self.runner._failed(self.run, item.path, failed[item.path])
+            else:
+                timings = timings_from_dict(item.timings)
+                files = [writers.output_path(item.path, f, self.run.aggregate_dir)
+                         for f in self.formats]
+                self.runner._done(self.run, item, item.staged or "", timings, files,
+                                  ["finished after an interruption"])
+            self.runner.on_event(self.run.tally.progress())
+
+    def _plan(self, plan: dict, path: Path, text: str, timings: dict | None,
+              formats: Sequence[str]) -> None:
+        missing = tuple(f for f in formats if not self._holds(path, f, text))
+        if missing:
+            plan.setdefault(missing, []).append((path, text, timings))
+
+    def _write(self, plan: dict[tuple[str, ...], list[tuple[Path, str, dict | None]]]
+               ) -> dict[Path, str]:
+        """One writer per set of missing formats (so jsonl/csv are rewritten once each)."""
+        failed: dict[Path, str] = {}
+        for formats, entries in plan.items():
+            writer = self.runner._writer(self.run.aggregate_dir, formats)
+            for path, text, timings in entries:
+                meta = writers.CaptionMeta(self.runner.model_name, self.runner.settings.prompt,
+                                           dict(timings or {}))
+                try:
+                    writer.write(path, text, meta)
+                except OutputError as exc:
+                    failed[path] = str(exc)
+            try:
+                writer.close()
+            except OutputError as exc:  # the rows are not saved: no image of the group is done
+                self.runner._output_failed(self.run, exc)
+                failed.update((path, str(exc)) for path, _, _ in entries)
+        return failed
+
+    def _holds(self, image: Path, fmt: str, text: str) -> bool:
+        """Does this output already hold our caption, as the policy would have left it?"""
+        current = self._current(image, fmt)
+        if current is None:
+            return False
+        if self.policy == "skip":
+            return True  # ours or the user's: either way, skip never touches it
+        ours, current = text.strip(), current.strip()
+        return current == ours if self.policy == "overwrite" else current.endswith(ours)
+
+    def _current(self, image: Path, fmt: str) -> str | None:
+        """The caption an output holds now, None if it holds none."""
+        if fmt in writers.AGGREGATE_NAMES:
+            key = writers.relative_name(image, self.run.aggregate_dir)
+            return self._aggregate(fmt).get(key)
+        return _sidecar_caption(writers.output_path(image, fmt), fmt)
+
+    def _aggregate(self, fmt: str) -> dict[str, str]:
+        if fmt not in self._aggregates:
+            path = writers.aggregate_path(fmt, self.run.aggregate_dir)
+            try:
+                rows = writers._Aggregate(path, fmt).rows if path.exists() else {}
+            except OutputError:
+                rows = {}  # unreadable: writing to it fails and says why
+            self._aggregates[fmt] = {k: str(r.get("text") or "") for k, r in rows.items()}
+        return self._aggregates[fmt]
+
+
+def _sidecar_caption(path: Path, fmt: str) -> str | None:
+    """The text of a .txt/.caption/.json/.xmp sidecar; None when absent or unreadable.
+
+    Reads with the writer's own parsers (writers._read_xmp/_xmp_caption are private: a public
+    `read_caption` in writers.py would be better)."""
+    try:
+        if fmt == "xmp":
+            return writers._xmp_caption(writers._read_xmp(path)) if path.exists() else None
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, OutputError):
+        return None
+    if fmt == "json":
+        import json
+
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            return None
+        return str(row.get("text") or "") if isinstance(row, dict) else None
+    return raw or None
+
+
+class _Clock:
+    """Wall time of one image minus the time it sat paused (so the ETA ignores breaks)."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.paused_s = 0.0
+
+    def paused(self) -> "_PausedSpan":
+        return _PausedSpan(self)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start - self.paused_s
+
+
+class _PausedSpan:
+    def __init__(self, clock: _Clock) -> None:
+        self.clock = clock
+        self.t0 = 0.0
+
+    def __enter__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def __exit__(self, *exc: object) -> None:
+        self.clock.paused_s += time.monotonic() - self.t0
