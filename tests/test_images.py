@@ -252,6 +252,15 @@ def test_allow_list_excludes_other_decoders() -> None:
     assert {".jpg", ".png", ".webp", ".gif", ".bmp", ".tif"} <= IMAGE_EXTENSIONS
 
 
+def test_heic_without_its_optional_decoder_says_what_is_missing(tmp_path: Path) -> None:
+    if "HEIF" in allowed_formats():
+        pytest.skip("pillow-heif is installed here")
+    path = tmp_path / "IMG_0001.HEIC"
+    path.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic")  # a HEIC's first box
+    with pytest.raises(ImageError, match="needs the optional 'pillow-heif' package"):
+        load_image(path)
+
+
 def test_broken_exif_orientation_keeps_the_picture_simulated(
         hostile_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Pillow copes with the broken EXIF in the hostile folder; simulate one it chokes on."""

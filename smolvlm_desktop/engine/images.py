@@ -121,13 +121,27 @@ def _open(path: Path) -> Image.Image:
     try:
         return Image.open(path, formats=allowed_formats())
     except UnidentifiedImageError:
-        raise ImageError(f"{path.name}: not an image (or not a supported format)") from None
+        raise ImageError(f"{path.name}: {_unidentified_reason(path)}") from None
     except FileNotFoundError:
         raise ImageError(f"{path.name}: file not found") from None
     except IsADirectoryError:
         raise ImageError(f"{path.name}: is a folder, not an image") from None
     except PermissionError:
         raise ImageError(f"{path.name}: permission denied") from None
+
+
+_MISSING_DECODER = {
+    "HEIF": "HEIF/HEIC, which needs the optional 'pillow-heif' package",
+    "AVIF": "AVIF, which this Pillow was built without",
+}
+
+
+def _unidentified_reason(path: Path) -> str:
+    """Say which optional decoder a .heic/.avif file would need, when it is missing."""
+    wanted = _EXTENSION_FORMATS.get(path.suffix.lower(), "")
+    if wanted in _MISSING_DECODER and wanted not in allowed_formats():
+        return f"not an image (or not a supported format): {_MISSING_DECODER[wanted]}"
+    return "not an image (or not a supported format)"
 
 
 class _guarded:

@@ -335,6 +335,10 @@ def _append(old: str, new: str) -> str:
     return f"{old}\n{new}" if old.strip() else new
 
 
+def _unreadable(path: Path, exc: OSError) -> OutputError:
+    return OutputError(path, f"cannot read the existing file: {describe_os_error(exc)}")
+
+
 def _read_text(path: Path) -> str | None:
     """The existing file's text, None if absent. Never guess at bytes we cannot decode."""
     try:
@@ -344,7 +348,7 @@ def _read_text(path: Path) -> str | None:
     except UnicodeDecodeError:
         raise OutputError(path, "the existing file is not UTF-8 text; left unchanged") from None
     except OSError as exc:
-        raise OutputError(path, f"cannot read the existing file: {describe_os_error(exc)}") from None
+        raise _unreadable(path, exc) from None
 
 
 def _write_plain(path: Path, text: str, existing: str) -> bool:
@@ -523,7 +527,7 @@ def _read_xmp(path: Path) -> ET.Element:
             raise OutputError(path, "the existing XMP file is implausibly large; left unchanged")
         data = path.read_bytes()
     except OSError as exc:
-        raise OutputError(path, f"cannot read the existing file: {describe_os_error(exc)}") from None
+        raise _unreadable(path, exc) from None
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:  # XMP never has a DTD; entities can bomb
         raise OutputError(path, "the existing XMP file declares a DTD; left unchanged")
     try:
