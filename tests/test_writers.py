@@ -561,3 +561,15 @@ def test_settings_offer_exactly_the_writer_policies() -> None:
     from smolvlm_desktop import settings
 
     assert settings.EXISTING_POLICIES == writers.EXISTING_POLICIES
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_defused(tmp_path) -> None:
+    from smolvlm_desktop.library.writers import CaptionMeta, CaptionWriter
+
+    image = tmp_path / "=cmd.png"
+    image.write_bytes(b"")
+    with CaptionWriter(["csv"], aggregate_dir=tmp_path) as writer:
+        writer.write(image, '=HYPERLINK("http://example.invalid","x")', CaptionMeta("m", "p", {}))
+    text = (tmp_path / "captions.csv").read_text(encoding="utf-8")
+    assert "'=HYPERLINK" in text and "'=cmd.png" in text
+    assert ',=' not in text and not text.splitlines()[1].startswith("=")

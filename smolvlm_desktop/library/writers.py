@@ -478,9 +478,18 @@ class _Aggregate:
         return out.getvalue()
 
 
+_FORMULA_STARTS = ("=", "+", "@", "\t", "\r")
+
+
 def _cell(value: Any) -> Any:
-    """timings (a dict) as a JSON string in its CSV cell."""
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
+    """timings (a dict) as a JSON string in its CSV cell; text that a spreadsheet would run
+    as a formula gets a leading apostrophe (captions can quote text read off a hostile image,
+    and file names are anyone's choice)."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 # --- XMP ---------------------------------------------------------------------------------------

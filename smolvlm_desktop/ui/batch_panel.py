@@ -12,8 +12,9 @@ from ..presets import PRESETS
 
 DETAIL_CHOICES = [(None, "The model's own (recommended)"), (512, "512 px: fastest, one pass"),
                   (1024, "1024 px"), (1536, "1536 px"), (2048, "2048 px: finest, slowest")]
-FORMAT_LABELS = {"txt": ".txt next to each image", "jsonl": "one .jsonl file",
-                 "csv": "one .csv file", "xmp": ".xmp sidecar (photo apps read it)",
+FORMAT_LABELS = {"txt": ".txt next to each image", "caption": ".caption next to each image",
+                 "jsonl": "one metadata.jsonl file", "csv": "one captions.csv file",
+                 "xmp": "photo.jpg.xmp sidecar (photo apps read it)",
                  "json": ".json next to each image"}
 EXISTING = [("skip", "Skip images that have one"), ("overwrite", "Overwrite them"),
             ("append", "Append the new caption")]
