@@ -1,0 +1,228 @@
+"""Resuming after a crash: every image captioned once, one row per image, no half file.
+
+The first tests build each crash state by hand with the real writer and library (what a
+killed run leaves on disk), so each window is covered deterministically. The last one kills
+a real batch process with SIGKILL, twice, and resumes it in a fresh process.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from smolvlm_desktop.batch import (BatchRunner, BatchSettings, ImageDone, ImageStarted,
+                                   TokenDelta)
+from smolvlm_desktop.engine.types import GenerationSettings, Timings
+from smolvlm_desktop.library import writers
+from smolvlm_desktop.library.db import Library
+
+GEN = GenerationSettings(max_new_tokens=6)
+
+
+def make_images(folder: Path, n: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"img{i:02d}.png"
+        Image.new("RGB", (40 + 4 * i, 32), (20 * i % 256, 90, 255 - 20 * i % 256)).save(path)
+        paths.append(path)
+    return paths
+
+
+def jsonl_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def csv_rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_like_the_killed_run(settings: BatchSettings, image: Path, text: str, folder: Path,
+                              formats: tuple[str, ...] | None = None) -> None:
+    """The files the killed run wrote for `image` before it died."""
+    with writers.CaptionWriter(formats or settings.outputs, existing=settings.existing,
+                               aggregate_dir=folder) as writer:
+        writer.write(image, text, writers.CaptionMeta("tiny-smolvlm", settings.prompt,
+                                                      Timings().as_dict()))
+
+
+@pytest.fixture
+def lib(tmp_path: Path):
+    with Library(tmp_path / "library.sqlite3") as library:
+        yield library
+
+
+@pytest.mark.parametrize("written", ["all", "txt only", "none"])
+def test_killed_between_writing_and_marking_done_finishes_with_the_same_text(
+        tiny_model, lib: Library, tmp_path: Path, written: str) -> None:
+    """Under "append", writing a second time would duplicate the caption: it must not."""
+    images = make_images(tmp_path, 3)
+    for path in images:
+        path.with_suffix(".txt").write_text("mine", encoding="utf-8")
+    settings = BatchSettings("Describe.", GEN, outputs=("txt", "jsonl"), existing="append")
+    job = lib.create_job(settings.to_dict(), images)
+    lib.stage_caption(job, images[0], "the staged caption", Timings(decode_ms=3))
+    if written != "none":
+        write_like_the_killed_run(settings, images[0], "the staged caption", tmp_path,
+                                  ("txt", "jsonl") if written == "all" else ("txt",))
+
+    events: list = []
+    summary = BatchRunner(tiny_model, settings, library=lib, on_event=events.append).run(
+        [], job_id=job)
+
+    assert summary.done == 3 and summary.failed == []
+    assert images[0].with_suffix(".txt").read_text(encoding="utf-8") == "mine\nthe staged caption"
+    assert not [e for e in events if isinstance(e, TokenDelta) and e.path == images[0]]
+    recovered = [e for e in events if isinstance(e, ImageDone) and e.path == images[0]]
+    assert recovered[0].text == "the staged caption" and recovered[0].timings.decode_ms == 3
+    rows = {r["file_name"]: r["text"] for r in jsonl_rows(tmp_path / "metadata.jsonl")}
+    assert rows["img00.png"] == "the staged caption" and len(rows) == 3
+    for path in images[1:]:
+        caption = lib.job_item(job, path).caption
+        assert path.with_suffix(".txt").read_text(encoding="utf-8") == f"mine\n{caption}"
+    assert [c.text for c in lib.captions_for(images[0])] == ["the staged caption"]
+
+
+def test_jsonl_and_csv_rows_lost_with_the_process_are_restored(tiny_model, lib: Library,
+                                                               tmp_path: Path) -> None:
+    """The writer saves jsonl/csv every few seconds: a kill can lose rows of done images."""
+    images = make_images(tmp_path, 4)
+    settings = BatchSettings("Describe.", GEN, outputs=("txt", "jsonl", "csv"), existing="overwrite")
+    (tmp_path / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "img01.png", "text": "an old caption"}) + "\n", encoding="utf-8")
+    job = lib.create_job(settings.to_dict(), images)
+    for path in images[:2]:  # done, .txt written and synced, rows still in the dead process
+        write_like_the_killed_run(settings, path, f"caption of {path.name}", tmp_path, ("txt",))
+        lib.mark_done(job, path, f"caption of {path.name}", None, model="tiny", prompt="Describe.")
+
+    summary = BatchRunner(tiny_model, settings, library=lib).run([], job_id=job)
+
+    assert summary.done == 2 and summary.failed == []
+    for rows in (jsonl_rows(tmp_path / "metadata.jsonl"), csv_rows(tmp_path / "captions.csv")):
+        texts = {r["file_name"]: r["text"] for r in rows}
+        assert len(rows) == 4 and sorted(texts) == [p.name for p in images]
+        assert texts["img00.png"] == "caption of img00.png"
+        assert texts["img01.png"] == "caption of img01.png"  # the overwrite that was lost
+        assert texts["img02.png"] == lib.job_item(job, images[2]).caption
+
+
+# --- a real SIGKILL --------------------------------------------------------------------------
+
+CHILD = r"""
+import os, sys, time
+from pathlib import Path
+from smolvlm_desktop.batch import BatchRunner, BatchSettings, TokenDelta
+from smolvlm_desktop.engine.model import VisionLanguageModel
+from smolvlm_desktop.engine.types import GenerationSettings
+from smolvlm_desktop.library import writers
+from smolvlm_desktop.library.db import Library
+from smolvlm_desktop.paths import demo_model_dir
+
+library_path, folder, stall = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+images = sorted(folder.glob("*.png"))
+marker = folder.parent / "stalled"
+
+def hang():
+    marker.write_text(stall)
+    while True:
+        time.sleep(1)
+
+if stall.startswith("write:"):  # hang right after image N's files are written, before it is marked done
+    target = images[int(stall[6:])]
+    original = writers.CaptionWriter.write
+    def write(self, image, text, meta=None):
+        files = original(self, image, text, meta)
+        if Path(image) == target:
+            hang()
+        return files
+    writers.CaptionWriter.write = write
+
+def on_event(event):
+    if stall.startswith("token:") and isinstance(event, TokenDelta) \
+            and event.path == images[int(stall[6:])]:
+        hang()  # in the middle of generating image N
+
+model = VisionLanguageModel.load(demo_model_dir(), variant="fp32", provider="cpu", threads=1)
+with Library(library_path) as library:
+    job = library.latest_unfinished_job()
+    if job is None:
+        settings = BatchSettings("Describe.", GenerationSettings(max_new_tokens=8),
+                                 outputs=("txt", "jsonl", "csv"), existing="append")
+        summary = BatchRunner(model, settings, library=library, on_event=on_event).run(images)
+    else:
+        settings = BatchSettings.from_dict(job.settings)
+        summary = BatchRunner(model, settings, library=library, on_event=on_event).run(
+            [], job_id=job.id)
+print(f"done={summary.done} failed={summary.failed}")
+"""
+
+
+def start_child(library: Path, folder: Path, stall: str, log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-c", CHILD, str(library), str(folder), stall],
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def done_count(library: Path) -> int:
+    with Library(library) as lib:
+        job = lib.latest_unfinished_job()
+        return job.counts["done"] if job else 0
+
+
+def kill_when_stalled(child: subprocess.Popen, library: Path, marker: Path, at_least: int,
+                      log: Path) -> None:
+    """Poll the library until `at_least` images are done and the child hangs; then kill -9."""
+    deadline = time.monotonic() + 120
+    while not (marker.exists() and done_count(library) >= at_least):
+        assert child.poll() is None, f"the batch ended before the kill:\n{log.read_text()}"
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait(30) == -signal.SIGKILL
+    marker.unlink()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name == "nt", reason="SIGKILL is POSIX")
+def test_sigkill_twice_then_resume_captions_every_image_exactly_once(tmp_path: Path) -> None:
+    folder, library, log = tmp_path / "photos", tmp_path / "library.sqlite3", tmp_path / "child.log"
+    marker = tmp_path / "stalled"
+    images = make_images(folder, 12)
+    for path in images[::3]:
+        path.with_suffix(".txt").write_text("mine", encoding="utf-8")  # "append" keeps these
+
+    # 1: killed after image 5's files are written, before it is marked done
+    kill_when_stalled(start_child(library, folder, "write:4", log), library, marker, 4, log)
+    with Library(library) as lib:
+        job = lib.latest_unfinished_job()
+        assert job.counts["done"] == 4 and lib.job_item(job.id, images[4]).caption
+    # 2: the resumed run is killed in the middle of generating image 9
+    kill_when_stalled(start_child(library, folder, "token:8", log), library, marker, 8, log)
+    # 3: resumed to the end
+    child = start_child(library, folder, "none", log)
+    assert child.wait(120) == 0, log.read_text()
+
+    with Library(library) as lib:
+        job = lib.job(job.id)
+        assert job.state == "finished" and job.counts["done"] == 12 and job.counts["total"] == 12
+        captions = {item.path.name: item.caption for item in lib.job_items(job.id)}
+        for path in images:
+            assert [c.text for c in lib.captions_for(path)] == [captions[path.name]]
+    for i, path in enumerate(images):
+        expected = captions[path.name] if i % 3 else f"mine\n{captions[path.name]}"
+        assert path.with_suffix(".txt").read_text(encoding="utf-8") == expected, path.name
+    for rows in (jsonl_rows(folder / "metadata.jsonl"), csv_rows(folder / "captions.csv")):
+        assert sorted(r["file_name"] for r in rows) == [p.name for p in images]
+        assert all(r["text"] == captions[r["file_name"]] for r in rows)
+    leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    assert leftovers == []  # no temporary files from the killed writes
