@@ -21,6 +21,7 @@ Why a kill -9 at any instant loses at most the image in flight, and nothing is w
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -47,6 +48,15 @@ class BatchSettings:
     outputs: tuple[str, ...] = ("txt",)  # writer formats (writers.FORMATS)
     existing: Existing = "skip"
     aggregate_dir: Path | None = None  # metadata.jsonl / captions.csv (default: common parent)
+
+    def __post_init__(self) -> None:
+        """Refuse bad settings here, before a job is created for them."""
+        unknown = [f for f in self.outputs if f not in writers.FORMATS]
+        if unknown or not self.outputs:
+            raise ValueError(f"caption formats must be among {', '.join(writers.FORMATS)}; "
+                             f"got {', '.join(self.outputs) or 'none'}")
+        if self.existing not in writers.EXISTING_POLICIES:
+            raise ValueError(f"existing must be one of {', '.join(writers.EXISTING_POLICIES)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON for the job row, so that `jobs resume` can rebuild the same settings."""
@@ -472,8 +482,6 @@ def _sidecar_caption(path: Path, fmt: str) -> str | None:
     except (OSError, UnicodeDecodeError, OutputError):
         return None
     if fmt == "json":
-        import json
-
         try:
             row = json.loads(raw)
         except ValueError:

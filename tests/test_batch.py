@@ -251,3 +251,10 @@ def test_pause_between_images_then_cancel_while_paused(tiny_model, lib: Library,
     summary: BatchSummary = out[0]
     assert summary.cancelled and summary.done == 1
     assert lib.pending_items(summary.job_id) == images[1:]
+
+
+@pytest.mark.parametrize("bad", [dict(outputs=("txt", "docx")), dict(outputs=()),
+                                 dict(existing="merge")])
+def test_bad_settings_are_refused_before_any_job_exists(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        BatchSettings(prompt="Describe.", **bad)

@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from smolvlm_desktop.batch import (BatchRunner, BatchSettings, ImageDone, ImageStarted,
-                                   TokenDelta)
+from smolvlm_desktop.batch import BatchRunner, BatchSettings, ImageDone, TokenDelta
 from smolvlm_desktop.engine.types import GenerationSettings, Timings
 from smolvlm_desktop.library import writers
 from smolvlm_desktop.library.db import Library
