@@ -3,7 +3,7 @@
 Why random weights are enough: speed depends on the architecture (layer sizes, tile size,
 sequence lengths), not on the weight values. So the "256m" architecture is the real
 SmolVLM-256M-Instruct one, filled with seeded random numbers, exported with the project's own
-exporter (fp32 + int8). It is about 2.5 GB on disk and takes a few minutes to build, so it
+exporter (fp32 + int8). It is about 2.1 GB on disk (checkpoint + fp32 + int8) and takes about two minutes to build, so it
 lives outside the repository, in ``$SMOLVLM_BENCH_CACHE`` or ``~/.cache/smolvlm-desktop-bench/``,
 in a folder named after a hash of everything that decides its contents; it is built once
 and reused.

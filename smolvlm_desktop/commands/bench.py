@@ -1,7 +1,7 @@
 """`smolvlm-desktop bench [options]`: the speed benchmark in bench/run.py.
 
 The benchmark lives in the source tree's bench/ folder, not in the installed package: it
-builds a 2.5 GB random-weight model and needs the export extra (torch, transformers, onnx),
+builds a 2 GB random-weight model and needs the export extra (torch, transformers, onnx),
 which no end user of the app needs. So this command works from a source checkout (editable
 install) and says so clearly anywhere else.
 """
