@@ -48,6 +48,7 @@ class BatchSettings:
     outputs: tuple[str, ...] = ("txt",)  # writer formats (writers.FORMATS)
     existing: Existing = "skip"
     aggregate_dir: Path | None = None  # metadata.jsonl / captions.csv (default: common parent)
+    embed_metadata: bool = False  # also write into the image's own XMP (optional pyexiv2)
 
     def __post_init__(self) -> None:
         """Refuse bad settings here, before a job is created for them."""
@@ -66,6 +67,7 @@ class BatchSettings:
             "prompt": self.prompt, "generation": generation, "outputs": list(self.outputs),
             "existing": self.existing,
             "aggregate_dir": str(self.aggregate_dir) if self.aggregate_dir else None,
+            "embed_metadata": self.embed_metadata,
         }
 
     @classmethod
@@ -77,7 +79,8 @@ class BatchSettings:
         return cls(prompt=data["prompt"], generation=GenerationSettings(**generation),
                    outputs=tuple(data.get("outputs", ("txt",))),
                    existing=data.get("existing", "skip"),
-                   aggregate_dir=Path(aggregate) if aggregate else None)
+                   aggregate_dir=Path(aggregate) if aggregate else None,
+                   embed_metadata=bool(data.get("embed_metadata", False)))
 
 
 # --- events, delivered synchronously to on_event in the runner's own thread ---------------
@@ -105,6 +108,7 @@ class ImageDone:
     timings: Timings
     files: list[Path]
     notes: list[str]
+    token_ids: list[int] = field(default_factory=list)  # empty for a caption finished on resume
 
 
 @dataclass
@@ -279,7 +283,8 @@ class BatchRunner:
 
     def _writer(self, aggregate_dir: Path, formats: Sequence[str]) -> writers.CaptionWriter:
         return writers.CaptionWriter(formats, existing=self.settings.existing,
-                                     aggregate_dir=aggregate_dir)
+                                     aggregate_dir=aggregate_dir,
+                                     embed=self.settings.embed_metadata)
 
     def _close_writer(self, run: _Run) -> None:
         """Save jsonl/csv. If that fails the job stays unfinished: a resume saves them again."""
@@ -311,7 +316,7 @@ class BatchRunner:
             return True
         if result is None:
             return False
-        text, timings = result
+        text, timings, token_ids = result
         if self.library is not None and run.job_id is not None:
             self.library.stage_caption(run.job_id, item.path, text, timings)
         try:
@@ -319,12 +324,12 @@ class BatchRunner:
         except OutputError as exc:
             self._failed(run, item.path, str(exc))
             return True
-        self._done(run, item, text, timings, list(files), loaded.notes)
+        self._done(run, item, text, timings, list(files), loaded.notes, token_ids)
         run.tally.recent.append(clock.elapsed())
         return True
 
     def _generate(self, run: _Run, path: Path, image: Any, clock: "_Clock"
-                  ) -> tuple[str, Timings] | None:
+                  ) -> tuple[str, Timings, list[int]] | None:
         """The caption and its timings, or None if cancelled (nothing of it is kept)."""
         messages = [Message("user", self.settings.prompt, images=(image,))]
         generation = self.model.stream(messages, self.settings.generation, cancel=run.cancel)
@@ -337,7 +342,7 @@ class BatchRunner:
         result = generation.result
         if result is None or result.stop_reason == "cancelled" or run.cancel.cancelled:
             return None
-        return result.text.strip(), result.timings  # as the files will hold it
+        return result.text.strip(), result.timings, result.token_ids  # text as the files hold it
 
     def _meta(self, timings: Timings) -> writers.CaptionMeta:
         return writers.CaptionMeta(self.model_name, self.settings.prompt, timings.as_dict())
@@ -345,13 +350,14 @@ class BatchRunner:
     # --- outcomes -----------------------------------------------------------------------
 
     def _done(self, run: _Run, item: _Item, text: str, timings: Timings, files: list[Path],
-              notes: list[str]) -> None:
+              notes: list[str], token_ids: list[int] | None = None) -> None:
         if self.library is not None and run.job_id is not None:
             self.library.mark_done(run.job_id, item.path, text, timings,
                                    model=self.model_name, prompt=self.settings.prompt)
         run.tally.done += 1
         run.summary.done += 1
-        self.on_event(ImageDone(item.index, run.tally.total, item.path, text, timings, files, notes))
+        self.on_event(ImageDone(item.index, run.tally.total, item.path, text, timings, files, notes,
+                                token_ids or []))
 
     def _skipped(self, run: _Run, path: Path, reason: str) -> None:
         if self.library is not None and run.job_id is not None:

@@ -7,12 +7,23 @@ still done), 2 for bad usage, 1 otherwise. Users never see a traceback for an ex
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 4
+
+# subcommand -> (module in commands/, function taking the parsed args); imported on use so
+# that opening the window never pays for onnxruntime or the library.
+COMMANDS = {
+    "caption": ("caption", "run_caption"),
+    "models": ("models", "run_models"),
+    "search": ("library", "run_search"),
+    "library": ("library", "run_library"),
+    "jobs": ("library", "run_jobs"),
+}
 
 
 class UsageError(Exception):
@@ -33,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_caption_parser(sub)
     add_models_parser(sub)
+    from .commands.library import add_library_parsers
+
+    add_library_parsers(sub)
     bench = sub.add_parser("bench", help="measure speed on this machine (builds a random-weight model)")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to bench/run.py")
     return parser
@@ -69,6 +83,28 @@ def add_caption_parser(sub: argparse._SubParsersAction) -> None:
     add_generation_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object per image per line")
     p.add_argument("--recursive", action="store_true", help="look into sub-folders of folders given")
+    add_output_options(p)
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    from .library.writers import FORMATS
+
+    p.add_argument("--write", action="append", choices=FORMATS, metavar="FORMAT",
+                   help=f"write captions as files (repeatable): {', '.join(FORMATS)}")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--skip-existing", dest="existing", action="store_const", const="skip",
+                          help="leave images that already have a caption alone (default)")
+    existing.add_argument("--overwrite", dest="existing", action="store_const", const="overwrite",
+                          help="replace existing captions")
+    existing.add_argument("--append", dest="existing", action="store_const", const="append",
+                          help="add the new caption after the existing one")
+    p.set_defaults(existing="skip")
+    p.add_argument("--output-dir", type=Path, metavar="DIR",
+                   help="where metadata.jsonl / captions.csv go (default: the images' common folder)")
+    p.add_argument("--embed-metadata", action="store_true",
+                   help="also write the caption into the image file's own XMP (needs pyexiv2)")
+    p.add_argument("--no-library", action="store_true",
+                   help="do not record captions or the job in the private library")
 
 
 def add_models_parser(sub: argparse._SubParsersAction) -> None:
@@ -114,18 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .app import main as app_main
 
             return app_main(argv)
-        if args.command == "caption":
-            from .commands.caption import run_caption
-
-            return run_caption(args)
-        if args.command == "models":
-            from .commands.models import run_models
-
-            return run_models(args)
-        if args.command == "bench":
-            from .commands.bench import run_bench
-
-            return run_bench(args.rest)
+        if args.command in COMMANDS:
+            module_name, function = COMMANDS[args.command]
+            module = importlib.import_module(f".commands.{module_name}", __package__)
+            return getattr(module, function)(args)
     except UsageError as exc:
         print(f"smolvlm-desktop: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,4 +1,10 @@
-"""`smolvlm-desktop caption PATH...`: answer one prompt about each image, headless."""
+"""`smolvlm-desktop caption PATH...`: answer one prompt about each image, headless.
+
+Without --write the answers are printed (streamed for plain output). With --write the images
+go through the same batch runner as the window: caption files written atomically, existing
+captions respected, and the job recorded in the library so that running the same command
+again after a crash (or `jobs resume N`) finishes it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from pathlib import Path
 from ..cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, UsageError, print_json
 from ..engine.images import load_image
 from ..engine.model import VisionLanguageModel
-from ..engine.types import EngineError, GenerationSettings, Message
+from ..engine.types import EngineError, GenerationResult, GenerationSettings, Message
 from ..paths import resolve_model
 from ..presets import DEFAULT_PRESET, preset_prompt
 
@@ -48,21 +54,89 @@ def run_caption(args: argparse.Namespace) -> int:
     settings = generation_settings(args)
     prompt = prompt_text(args)
     images, problems = expand_paths(args)
+    if args.embed_metadata and not args.write:
+        raise UsageError("--embed-metadata goes with --write")
     model = load_model(args)
-    failed = 0
+    reporter = Reporter(args, model)
     for path, reason in problems:
-        failed += 1
-        report_failure(args, model, path, reason)
-    for path in images:
-        ok = caption_one(args, model, path, prompt, settings, many=len(images) > 1)
-        failed += 0 if ok else 1
-    if failed:
+        reporter.failed(path, reason)
+    if args.write:
+        failed = run_batch(args, model, images, prompt, settings, reporter)
+    else:
+        failed = run_plain(args, model, images, prompt, settings, reporter)
+    if failed or problems:
         return EXIT_SOME_FAILED
-    return EXIT_OK if images else EXIT_ERROR
+    if not images:
+        print("smolvlm-desktop: no images found in the paths given", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+# --- printing ---------------------------------------------------------------------------
+
+
+class Reporter:
+    """Prints results the same way for the plain loop and the batch runner."""
+
+    def __init__(self, args: argparse.Namespace, model: VisionLanguageModel) -> None:
+        self.json = args.json
+        self.model = model
+
+    def record(self, path: Path, *, ok: bool, text: str | None = None,
+               token_ids: list[int] | None = None, error: str | None = None,
+               timings: dict | None = None, **extra: object) -> dict:
+        """The --json line: the same keys for successes and failures."""
+        info = self.model.info
+        return {"path": str(path), "ok": ok, "text": text, "token_ids": token_ids, "error": error,
+                "model": info.name, "variant": info.variant, "providers": info.providers,
+                "timings": timings, **extra}
+
+    def done(self, path: Path, text: str, token_ids: list[int] | None, timings: dict,
+             notes: list[str], many: bool, streamed: bool = False) -> None:
+        for note in notes:
+            print(f"note: {path}: {note}", file=sys.stderr)
+        if self.json:
+            print_json(self.record(path, ok=True, text=text, token_ids=token_ids, timings=timings))
+        elif not streamed:
+            print(f"{path}: {text}" if many else text, flush=True)
+
+    def failed(self, path: Path, reason: str) -> None:
+        if self.json:
+            print_json(self.record(path, ok=False, error=reason))
+        else:
+            print(f"error: {path}: {reason}", file=sys.stderr)
+
+    def skipped(self, path: Path, reason: str) -> None:
+        if self.json:
+            print_json(self.record(path, ok=True, skipped=reason))
+        else:
+            print(f"skipped: {path}: {reason}", file=sys.stderr)
+
+
+# --- without files: print the answers ------------------------------------------------------
+
+
+def run_plain(args: argparse.Namespace, model: VisionLanguageModel, images: list[Path],
+              prompt: str, settings: GenerationSettings, reporter: Reporter) -> int:
+    library = None if args.no_library else open_library_quietly()
+    failed = 0
+    try:
+        for path in images:
+            result = caption_one(args, model, path, prompt, settings, reporter, many=len(images) > 1)
+            if result is None:
+                failed += 1
+            elif library is not None:
+                library.record_caption(path, result.text, model.info.name, prompt,
+                                       result.timings.as_dict())
+    finally:
+        if library is not None:
+            library.close()
+    return failed
 
 
 def caption_one(args: argparse.Namespace, model: VisionLanguageModel, path: Path, prompt: str,
-                settings: GenerationSettings, many: bool) -> bool:
+                settings: GenerationSettings, reporter: Reporter, many: bool
+                ) -> GenerationResult | None:
     try:
         loaded = load_image(path)
         messages = [Message("user", prompt, images=(loaded.image,))]
@@ -75,31 +149,113 @@ def caption_one(args: argparse.Namespace, model: VisionLanguageModel, path: Path
             for event in generation:
                 print(event.text, end="", flush=True)
             print(flush=True)
+            assert generation.result is not None
             result = generation.result
     except EngineError as exc:
-        report_failure(args, model, path, str(exc))
-        return False
-    for note in loaded.notes:
-        print(f"note: {path}: {note}", file=sys.stderr)
-    if args.json:
-        print_json(record(model, path, ok=True, text=result.text, token_ids=result.token_ids,
-                          timings=result.timings.as_dict()))
-    return True
+        reporter.failed(path, str(exc))
+        return None
+    reporter.done(path, result.text, result.token_ids, result.timings.as_dict(), loaded.notes,
+                  many, streamed=not args.json)
+    return result
 
 
-def report_failure(args: argparse.Namespace, model: VisionLanguageModel, path: Path, reason: str) -> None:
-    if args.json:
-        print_json(record(model, path, ok=False, error=reason))
-    else:
-        print(f"error: {path}: {reason}", file=sys.stderr)
+def open_library_quietly():  # type: ignore[no-untyped-def]
+    """The library, or None with a note: a broken library must not stop captioning."""
+    from ..library.db import Library, LibraryError
+
+    try:
+        return Library()
+    except (LibraryError, OSError) as exc:
+        print(f"note: captions are not recorded in the library: {exc}", file=sys.stderr)
+        return None
 
 
-def record(model: VisionLanguageModel, path: Path, *, ok: bool, text: str | None = None,
-           token_ids: list[int] | None = None, error: str | None = None,
-           timings: dict | None = None) -> dict:
-    """The --json line: the same keys for successes and failures."""
-    return {
-        "path": str(path), "ok": ok, "text": text, "token_ids": token_ids, "error": error,
-        "model": model.info.name, "variant": model.info.variant,
-        "providers": model.info.providers, "timings": timings,
-    }
+# --- with files: the batch runner -------------------------------------------------------------
+
+
+def run_batch(args: argparse.Namespace, model: VisionLanguageModel, images: list[Path],
+              prompt: str, settings: GenerationSettings, reporter: Reporter) -> int:
+    from ..batch import BatchSettings
+
+    batch_settings = BatchSettings(
+        prompt=prompt, generation=settings, outputs=tuple(dict.fromkeys(args.write)),
+        existing=args.existing, embed_metadata=args.embed_metadata,
+        aggregate_dir=args.output_dir.resolve() if args.output_dir else None,
+    )
+    library = None if args.no_library else open_library_quietly()
+    try:
+        job_id = resumable_job(library, batch_settings, images, model.info.name)
+        if job_id is not None:
+            print(f"resuming job #{job_id} where it stopped", file=sys.stderr)
+        return drive(model, batch_settings, library, images, job_id, reporter)
+    finally:
+        if library is not None:
+            library.close()
+
+
+def resumable_job(library, settings, images: list[Path], model_name: str) -> int | None:  # type: ignore[no-untyped-def]
+    """An unfinished job for exactly this command (same settings, model and images), if any."""
+    if library is None:
+        return None
+    job = library.latest_unfinished_job()
+    if job is None:
+        return None
+    wanted = {**settings.to_dict(), "model": model_name}
+    if job.settings != wanted:
+        return None
+    job_paths = {Path(item.path).resolve() for item in library.job_items(job.id)}
+    return job.id if job_paths == {p.resolve() for p in images} else None
+
+
+def drive(model: VisionLanguageModel, settings, library, images: list[Path], job_id: int | None,  # type: ignore[no-untyped-def]
+          reporter: Reporter) -> int:
+    from ..batch import BatchRunner, ImageDone, ImageFailed, ImageSkipped, Progress
+
+    many = True
+    show_progress = sys.stderr.isatty() and not reporter.json
+
+    def on_event(event: object) -> None:
+        if isinstance(event, ImageDone):
+            reporter.done(event.path, event.text, event.token_ids or None,
+                          event.timings.as_dict(), event.notes, many)
+        elif isinstance(event, ImageFailed):
+            reporter.failed(event.path, event.reason)
+        elif isinstance(event, ImageSkipped):
+            reporter.skipped(event.path, event.reason)
+        elif isinstance(event, Progress) and show_progress:
+            eta = f", about {event.eta_seconds:.0f} s left" if event.eta_seconds else ""
+            print(f"\r{event.done + event.skipped + event.failed}/{event.total}{eta}   ",
+                  end="", file=sys.stderr, flush=True)
+
+    runner = BatchRunner(model, settings, library=library, on_event=on_event,
+                         model_name=model.info.name)
+    summary = runner.run(images, job_id=job_id)
+    if show_progress:
+        print(file=sys.stderr)
+    if summary.cancelled:
+        print("cancelled: run the same command again to finish", file=sys.stderr)
+    return len(summary.failed)
+
+
+def resume_job(args: argparse.Namespace) -> int:
+    """`jobs resume N`: the job's own settings, the model given now (or the default)."""
+    from ..batch import BatchSettings
+    from ..library.db import Library, LibraryError
+
+    try:
+        library = Library()
+    except LibraryError as exc:
+        raise UsageError(str(exc)) from None
+    with library:
+        try:
+            job = library.job(args.job_id)
+        except LibraryError as exc:
+            raise UsageError(str(exc)) from None
+        if not job.unfinished:
+            print(f"job #{job.id} is already finished")
+            return EXIT_OK
+        settings = BatchSettings.from_dict(job.settings)
+        model = load_model(args)
+        args.json = False
+        failed = drive(model, settings, library, [], job.id, Reporter(args, model))
+    return EXIT_SOME_FAILED if failed else EXIT_OK
