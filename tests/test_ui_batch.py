@@ -49,7 +49,12 @@ def wait_for_summary(qtbot, window) -> None:
 def test_folder_batch_writes_captions_and_shows_a_summary(qtbot, window, folder: Path) -> None:
     set_up(window, folder, recursive=True)
     gate = Gate()
-    window.worker.progress.connect(gate)  # holds the worker after the first image is counted
+
+    def hold_after_first_image(job_id: int, progress) -> None:  # runs in the worker thread
+        if progress.done >= 1:
+            gate(job_id, progress)
+
+    window.worker.progress.connect(hold_after_first_image)  # the runner also reports 0 done first
     window.batch_panel.setup.start_btn.click()
     qtbot.waitUntil(gate.reached.is_set, timeout=TIMEOUT_MS)
     run = window.batch_panel.run

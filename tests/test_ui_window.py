@@ -69,13 +69,13 @@ def test_drop_files_and_a_folder_with_a_bad_file(qtbot, tmp_path: Path) -> None:
 
 def test_drag_of_something_that_is_not_a_file_is_refused(qtbot) -> None:
     window = open_window(qtbot)
-    from PySide6.QtCore import QPointF, Qt
+    from PySide6.QtCore import QPoint, Qt
     from PySide6.QtGui import QDragEnterEvent
     from PySide6.QtWidgets import QApplication
 
     mime = QMimeData()
     mime.setText("just some text")
-    event = QDragEnterEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime,
+    event = QDragEnterEvent(QPoint(10, 10), Qt.DropAction.CopyAction, mime,
                             Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
     QApplication.sendEvent(window, event)
     assert not event.isAccepted()

@@ -27,6 +27,8 @@ PROVIDER_NAMES: dict[str, str] = {
 # "auto" tries these in order, skipping the ones this onnxruntime build does not have.
 AUTO_ORDER = ("cuda", "dml", "coreml")
 SHORT_NAMES = {v: k for k, v in PROVIDER_NAMES.items()}
+# How a person reads them, for the window's status bar.
+PROVIDER_LABELS = {"cpu": "CPU", "dml": "DirectML", "coreml": "CoreML", "cuda": "CUDA"}
 
 # The official graphs' input names (SMOLVLM_FORMAT.md); checked so that a mis-named or
 # foreign graph is reported clearly instead of failing deep inside a run.

@@ -8,13 +8,18 @@ from ..engine.types import GenerationResult, ModelInfo
 from ..worker import ERROR, LOADING, READY, UNLOADED
 
 
+GRAPH_LABELS = {"vision_encoder": "vision", "embed_tokens": "embed", "decoder_model_merged": "text"}
+
+
 def provider_text(providers: dict[str, str]) -> str:
-    """'CPU', or per graph when they differ ('vision_encoder: CUDA, ...')."""
-    short = {g: p.replace("ExecutionProvider", "") for g, p in providers.items()}
-    kinds = sorted(set(short.values()))
+    """'CPU', or per graph when they differ ('vision: DirectML, embed: CPU, text: CPU')."""
+    from ..engine.runtime import PROVIDER_LABELS  # onnxruntime is loaded once a model is
+
+    labels = {g: PROVIDER_LABELS.get(p, p) for g, p in providers.items()}
+    kinds = sorted(set(labels.values()))
     if len(kinds) == 1:
         return kinds[0]
-    return ", ".join(f"{g}: {p}" for g, p in short.items())
+    return ", ".join(f"{GRAPH_LABELS.get(g, g)}: {p}" for g, p in labels.items())
 
 
 class StatusBar(QStatusBar):
