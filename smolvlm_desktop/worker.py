@@ -16,6 +16,11 @@ pool): `submit` then runs the job in the calling thread and every signal is deli
 
 Qt signals are the only way out of here; onnxruntime is imported lazily inside the worker
 thread so that the window opens before the engine is even imported.
+
+The library (library/db.py) is opened once, in the worker thread, by the first job that needs
+it (the window posts a LibraryJob at start-up). Chat answers and batch captions are recorded
+there; if it cannot be opened (a newer schema, a broken file) the worker says so once through
+`library_problem` and everything else goes on without it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import itertools
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
@@ -66,6 +71,8 @@ class ChatTurn:
 class ChatJob(Job):
     turns: list[ChatTurn] = field(default_factory=list)
     settings: GenerationSettings = field(default_factory=GenerationSettings)
+    record: bool = True  # remember the answer in the library (not for a batch trial)
+    chat_id: int | None = None  # the library row of this conversation, once it has one
 
 
 @dataclass
@@ -74,6 +81,7 @@ class BatchJob(Job):
 
     paths: list[Path] = field(default_factory=list)
     settings: Any = None  # batch.BatchSettings
+    resume_job_id: int | None = None  # a library job to finish instead of `paths`
     pause: threading.Event = field(default_factory=threading.Event, init=False)
 
 
@@ -82,14 +90,23 @@ class LoadJob(Job):
     spec: ModelSpec | None = None
 
 
-AnyJob = Union[ChatJob, BatchJob, LoadJob]
+@dataclass
+class LibraryJob(Job):
+    """A short library call in the worker thread: `call(library)`; its value comes back in
+    `library_result` (None, without calling, when the library cannot be opened)."""
+
+    call: Callable[[Any], Any] | None = None
+
+
+AnyJob = Union[ChatJob, BatchJob, LoadJob, LibraryJob]
 
 
 class EngineWorker(QObject):
     """Owns the VisionLanguageModel and runs jobs one at a time; talks only through signals."""
 
-    # state (unloaded/loading/ready/error), ModelInfo or None, a sentence for the user
-    model_state = Signal(str, object, str)
+    # state (unloaded/loading/ready/error), ModelInfo or None, a sentence for the user,
+    # {graph: reason} of graphs that fell back to the CPU ({} when none did)
+    model_state = Signal(str, object, str, object)
     job_started = Signal(int)
     token = Signal(int, str)  # job id, new text
     chat_finished = Signal(int, object)  # job id, GenerationResult
@@ -99,13 +116,21 @@ class EngineWorker(QObject):
     progress = Signal(int, object)  # job id, batch.Progress (done, total, ETA ...)
     batch_finished = Signal(int, object)  # job id, batch.BatchSummary
     error = Signal(int, str, str)  # job id, path ("" when not about one file), reason
+    chat_recorded = Signal(int, int)  # job id, library chat id (pass it on as ChatJob.chat_id)
+    library_result = Signal(int, object)  # job id, what a LibraryJob's call returned
+    library_problem = Signal(str)  # the library cannot be used; sent once
     job_finished = Signal(int)  # always last for a job, after success, cancel or error
     _posted = Signal(object)
     _idle_changed = Signal(int)
 
-    def __init__(self, synchronous: bool = False, idle_unload_ms: int = 0) -> None:
+    def __init__(self, synchronous: bool = False, idle_unload_ms: int = 0,
+                 library_path: str | Path | None = None, use_library: bool = True) -> None:
+        """library_path: None = paths.library_path(); use_library=False never opens one."""
         super().__init__()
         self.synchronous = synchronous
+        self._library_path = library_path
+        self._library_state = "closed" if use_library else "off"  # closed/open/failed/off
+        self.library: Any = None  # set in the worker thread; thread-safe to use once open
         self._model: Any = None
         self._spec: ModelSpec | None = None
         self._wanted: ModelSpec | None = None
@@ -157,7 +182,7 @@ class EngineWorker(QObject):
     @property
     def busy(self) -> bool:
         with self._lock:
-            return any(not isinstance(j, LoadJob) for j in self._active.values())
+            return any(not isinstance(j, (LoadJob, LibraryJob)) for j in self._active.values())
 
     # --- runs in the worker thread ----------------------------------------------------------
 
@@ -174,6 +199,10 @@ class EngineWorker(QObject):
                 self._run_chat(job)
             elif isinstance(job, BatchJob):
                 self._run_batch(job)
+            elif isinstance(job, LibraryJob):
+                library = self._open_library()
+                value = job.call(library) if library is not None and job.call else None
+                self.library_result.emit(job.job_id, value)
         except EngineError as exc:
             self.error.emit(job.job_id, "", str(exc))
         except Exception as exc:  # noqa: BLE001 - a bug must reach the user, not kill the thread
@@ -200,22 +229,50 @@ class EngineWorker(QObject):
         if self._model is not None and spec == self._spec:
             return self._model
         self._drop_model()
-        self.model_state.emit(LOADING, None, f"Loading {Path(spec.folder).name}…")
+        self.model_state.emit(LOADING, None, f"Loading {Path(spec.folder).name}…", {})
         try:
             from .engine.model import VisionLanguageModel  # imports onnxruntime: here, not at start
 
             model = VisionLanguageModel.load(spec.folder, variant=spec.variant,
                                              provider=spec.provider, threads=spec.threads)
         except EngineError as exc:
-            self.model_state.emit(ERROR, None, str(exc))
+            self.model_state.emit(ERROR, None, str(exc), {})
             raise
         except OSError as exc:
-            self.model_state.emit(ERROR, None, f"could not read the model: {exc}")
+            self.model_state.emit(ERROR, None, f"could not read the model: {exc}", {})
             raise EngineError(f"could not read the model: {exc}") from exc
         self._model, self._spec = model, spec
-        notes = "; ".join(f"{g} runs on the CPU ({why})" for g, why in model.fallback_notes.items())
-        self.model_state.emit(READY, model.info, notes)
+        fallback = dict(model.fallback_notes)
+        notes = "; ".join(f"{g} runs on the CPU ({why})" for g, why in fallback.items())
+        self.model_state.emit(READY, model.info, notes, fallback)
         return model
+
+    def _open_library(self) -> Any:
+        """The library, opened on first use in this thread; None (said once) if it cannot be."""
+        if self._library_state == "closed":
+            from .library.db import Library
+
+            try:
+                self.library = Library(self._library_path)
+                self._library_state = "open"
+            except Exception as exc:  # noqa: BLE001 - LibraryError, sqlite3 and OS errors
+                self._library_state = "failed"
+                self.library_problem.emit(
+                    "Your library could not be opened, so chats and captions are not being "
+                    f"remembered or searchable this session. {exc}")
+        return self.library if self._library_state == "open" else None
+
+    def _record(self, what: str, call: Callable[[], Any]) -> Any:
+        """One library write; a failure is told once and never stops the job."""
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - a full disk, a locked file...
+            if self._library_state == "open":
+                self._library_state = "failed"
+                self.library_problem.emit(
+                    f"The library stopped working while saving {what}, so later chats and "
+                    f"captions are not remembered this session: {exc}")
+            return None
 
     def _drop_model(self) -> None:
         if self._model is not None:
@@ -232,7 +289,21 @@ class EngineWorker(QObject):
         for event in generation:
             if event.text:
                 self.token.emit(job.job_id, event.text)
-        self.chat_finished.emit(job.job_id, generation.result)
+        result = generation.result
+        self.chat_finished.emit(job.job_id, result)
+        if job.record and result.text.strip():
+            self._record_chat(job, result.text, model.info.name)
+
+    def _record_chat(self, job: ChatJob, answer: str, model_name: str) -> None:
+        library = self._open_library()
+        if library is None:
+            return
+        images = list(dict.fromkeys(p for t in job.turns for p in t.image_paths))
+        turns = [(t.role, t.text) for t in job.turns] + [("assistant", answer)]
+        chat_id = self._record("a chat", lambda: library.record_chat(
+            images, turns, model_name, chat_id=job.chat_id))
+        if chat_id is not None:
+            self.chat_recorded.emit(job.job_id, chat_id)
 
     def _messages(self, job: ChatJob) -> list[Message] | None:
         """Decode each image once (kept for later turns); None after reporting a bad image."""
@@ -258,11 +329,16 @@ class EngineWorker(QObject):
     def _run_batch(self, job: BatchJob) -> None:
         from .batch import BatchRunner
 
+        library = self._open_library()
+        if job.resume_job_id is not None and library is None:
+            raise EngineError("the batch cannot be resumed: the library that holds it could "
+                              "not be opened")
         model = self._ensure_model()
-        runner = BatchRunner(model, job.settings, library=None,
+        runner = BatchRunner(model, job.settings, library=library,
                              on_event=lambda ev: self._batch_event(job.job_id, ev),
                              model_name=model.info.name)
-        summary = runner.run(job.paths, job_id=None, cancel=job.cancel, pause=job.pause)
+        summary = runner.run(job.paths, job_id=job.resume_job_id, cancel=job.cancel,
+                             pause=job.pause)
         self.batch_finished.emit(job.job_id, summary)
 
     def _batch_event(self, job_id: int, event: Any) -> None:
@@ -302,13 +378,20 @@ class EngineWorker(QObject):
             self._drop_model()
             self.model_state.emit(UNLOADED, None,
                                   f"unloaded after {minutes:g} min idle to free memory; "
-                                  "it loads again when needed")
+                                  "it loads again when needed", {})
 
     @Slot()
     def release(self) -> None:
         """Drop the model in the thread that owns it (called as the thread finishes)."""
         self._idle_timer.stop()
         self._drop_model()
+        self.close_library()
+
+    def close_library(self) -> None:
+        if self.library is not None:
+            self.library.close()
+            self.library = None
+            self._library_state = "off"
 
 
 class WorkerThread(QThread):

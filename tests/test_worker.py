@@ -167,3 +167,77 @@ def test_synchronous_batch_writes_captions_and_skips_existing(qtbot, tmp_path: P
     (_, done_event), = rec.of("image_done")
     assert Path(done_event.path) == a
     assert rec.of("progress")[-1][1].done == 1
+
+
+# --- the library -------------------------------------------------------------------------------
+
+
+def test_chat_answers_are_recorded_as_one_growing_chat(qtbot, tmp_path: Path, spec: ModelSpec) -> None:
+    from smolvlm_desktop.library.db import Library
+
+    image = make_image(tmp_path / "a.png")
+    worker = EngineWorker(synchronous=True, library_path=tmp_path / "lib.sqlite3")
+    rec = Recorder(worker)
+    worker.recorded = []
+    worker.chat_recorded.connect(lambda job_id, chat_id: worker.recorded.append(chat_id))
+    worker.set_model(spec)
+    first = worker.submit(chat(image, "What is this zebrafish?"))
+    (_, answer), = rec.of("chat_finished")
+    assert answer.text.strip(), "the tiny model gave an empty answer; nothing to record"
+    turns = [ChatTurn("user", "What is this zebrafish?", (str(image),)),
+             ChatTurn("assistant", answer.text), ChatTurn("user", "And the okapi?")]
+    worker.submit(ChatJob(turns=turns, settings=GenerationSettings(max_new_tokens=6),
+                          chat_id=worker.recorded[0]))
+    worker.close_library()
+    assert len(worker.recorded) == 2 and worker.recorded[0] == worker.recorded[1]
+    with Library(tmp_path / "lib.sqlite3") as library:
+        hits = library.search("okapi")
+        assert [h.kind for h in hits] == ["chat"] and hits[0].paths == (str(image.resolve()),)
+        assert len(library.chat_turns(worker.recorded[0])) == 4
+        assert library.search("zebrafish")[0].path == str(image.resolve())
+    assert first.job_id != 0 and rec.of("error") == []
+
+
+def test_a_broken_library_is_reported_once_and_chat_still_works(qtbot, tmp_path: Path,
+                                                                spec: ModelSpec) -> None:
+    broken = tmp_path / "lib.sqlite3"
+    broken.write_bytes(b"this is not an SQLite database at all" * 100)
+    worker = EngineWorker(synchronous=True, library_path=broken)
+    rec = Recorder(worker)
+    problems: list[str] = []
+    worker.library_problem.connect(problems.append)
+    worker.set_model(spec)
+    image = make_image(tmp_path / "a.png")
+    worker.submit(chat(image))
+    worker.submit(chat(image))
+    assert len(rec.of("chat_finished")) == 2 and rec.of("error") == []
+    assert len(problems) == 1 and "could not be opened" in problems[0]
+    assert broken.read_bytes().startswith(b"this is not"), "the broken file is left untouched"
+
+
+def test_a_batch_is_a_library_job_that_resumes_with_its_own_settings(qtbot, tmp_path: Path,
+                                                                     spec: ModelSpec) -> None:
+    from smolvlm_desktop.batch import BatchSettings
+    from smolvlm_desktop.library.db import Library
+
+    images = [make_image(tmp_path / f"{n}.png", c) for n, c in (("a", (9, 9, 9)), ("b", (200, 9, 9)))]
+    worker = EngineWorker(synchronous=True, library_path=tmp_path / "lib.sqlite3")
+    rec = Recorder(worker)
+    worker.set_model(spec)
+    settings = BatchSettings(prompt="Caption this.", generation=GenerationSettings(max_new_tokens=4))
+    stop_after_first = BatchJob(paths=images, settings=settings)
+    worker.image_done.connect(lambda *_: stop_after_first.cancel.cancel())
+    worker.submit(stop_after_first)
+    (_, summary), = rec.of("batch_finished")
+    assert summary.cancelled and summary.done == 1
+    unfinished = worker.library.latest_unfinished_job()
+    assert unfinished is not None and unfinished.counts["pending"] == 1
+    resumed = BatchSettings.from_dict(unfinished.settings)
+    worker.submit(BatchJob(paths=[], settings=resumed, resume_job_id=unfinished.id))
+    worker.close_library()
+    (_, again) = rec.of("batch_finished")[-1]
+    assert not again.cancelled and again.done == 1
+    assert all(p.with_suffix(".txt").is_file() for p in images)
+    with Library(tmp_path / "lib.sqlite3") as library:
+        assert library.latest_unfinished_job() is None
+        assert all(library.captions_for(p) for p in images)

@@ -35,9 +35,22 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+def describe_job(job: Any) -> str:
+    """One sentence about an unfinished library job (JobInfo) for the resume bar."""
+    c = job.counts
+    finished = c.get("done", 0) + c.get("skipped", 0) + c.get("failed", 0)
+    when = str(job.created_at).replace("T", " ")[:16]
+    folder = job.settings.get("aggregate_dir")
+    where = f" in {Path(folder).name or folder}" if folder else ""
+    verb = "was cancelled" if job.state == "cancelled" else "did not finish"
+    return (f"A batch{where} started {when} (UTC) {verb}: {finished} of {c.get('total', 0)} "
+            f"images are done, {c.get('total', 0) - finished} still to caption.")
+
+
 class BatchController(QObject):
     reveal = Signal(str)  # a failed file the user clicked: select it in the gallery
     status = Signal(str)
+    job_ended = Signal()  # a batch ended (finished, cancelled or failed): look for one to resume
 
     def __init__(self, panel: BatchPanel, worker: EngineWorker, tasks: TaskRunner,
                  selection: Callable[[], list[str]], settings: Settings,
@@ -49,6 +62,7 @@ class BatchController(QObject):
         self.summary: Any = None
         self.started_at = time.monotonic()
         self.trial: ChatJob | None = None
+        self.resumable: Any = None  # library JobInfo offered in the resume bar
         self.counts = {"done": 0, "skipped": 0, "failed": 0}
         self.failures: list[tuple[str, str]] = []
         self._connect()
@@ -62,6 +76,8 @@ class BatchController(QObject):
         s.start_btn.clicked.connect(self.start)
         s.try_btn.clicked.connect(self.try_one)
         s.folder_edit.textChanged.connect(lambda: s.folder_radio.setChecked(True))
+        s.resume_btn.clicked.connect(self.resume)
+        s.dismiss_btn.clicked.connect(lambda: self.offer_resume(None))
         r.pause_btn.clicked.connect(self.toggle_pause)
         r.cancel_btn.clicked.connect(self.cancel)
         m.back_btn.clicked.connect(lambda: self.panel.setCurrentWidget(s))
@@ -191,7 +207,7 @@ class BatchController(QObject):
             return
         self.panel.setup.preview.setPlainText("")
         self.trial = ChatJob(turns=[ChatTurn("user", self.prompt(), (str(images[0]),))],
-                             settings=self.generation_settings())
+                             settings=self.generation_settings(), record=False)
         self.status.emit(f"Trying the settings on {images[0].name}…")
         self.worker.submit(self.trial)
 
@@ -201,6 +217,7 @@ class BatchController(QObject):
         if not images and not problems:
             self._problem("No images found there.")
             return
+        self.offer_resume(None)  # a new batch replaces the offer; it comes back if still relevant
         s = self.panel.setup
         folder = Path(s.folder_edit.text().strip()) if s.folder_radio.isChecked() else None
         settings = BatchSettings(prompt=self.prompt(), generation=self.generation_settings(),
@@ -212,6 +229,41 @@ class BatchController(QObject):
         self._show_run_page(len(images))
         self.job = BatchJob(paths=images, settings=settings)
         self.status.emit(f"Batch started: {len(images)} images")
+        self.worker.submit(self.job)
+
+    # --- resuming an unfinished job from the library ---------------------------------------
+
+    def offer_resume(self, job: Any) -> None:
+        """Show (JobInfo) or hide (None) the bar offering to finish an earlier batch."""
+        bar = self.panel.setup.resume_bar
+        self.resumable = job if job is not None and not self.busy else None
+        if self.resumable is not None:
+            bar.text.setText(describe_job(job))
+            bar.setToolTip(f"Job #{job.id}\nPrompt: {job.settings.get('prompt', '')}\n"
+                           f"Model then: {job.settings.get('model', 'unknown')}")
+        bar.setVisible(self.resumable is not None)
+
+    def resume(self) -> None:
+        """Finish the offered job with its own saved settings (the model loaded now)."""
+        from ..batch import BatchSettings
+
+        job = self.resumable
+        if job is None or self.busy:
+            return
+        try:
+            settings = BatchSettings.from_dict(job.settings)
+        except (KeyError, TypeError, ValueError) as exc:
+            self._problem(f"That batch cannot be resumed: its saved settings are not usable ({exc}).")
+            return
+        c = job.counts
+        self.offer_resume(None)
+        self.counts = {k: c.get(k, 0) for k in ("done", "skipped", "failed")}
+        self.failures = []
+        self.started_at = time.monotonic()
+        self._show_run_page(c.get("total", 0))
+        self.panel.run.title.setText(f"Resuming a batch of {c.get('total', 0)} images…")
+        self.job = BatchJob(paths=[], settings=settings, resume_job_id=job.id)
+        self.status.emit(f"Resuming the batch: {c.get('pending', 0)} images to go")
         self.worker.submit(self.job)
 
     def _show_run_page(self, total: int) -> None:
@@ -331,6 +383,7 @@ class BatchController(QObject):
         elif self._mine(job_id):
             self._show_summary()
             self.job = None
+            self.job_ended.emit()
 
     # --- summary ---------------------------------------------------------------------------
 

@@ -28,6 +28,33 @@ def _hint(text: str) -> QLabel:
     return label
 
 
+class ResumeBar(QFrame):
+    """'A batch did not finish … [Resume batch] [Not now]' above the set-up form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setObjectName("Card")
+        self.setAccessibleName("Unfinished batch")
+        title = QLabel("Unfinished batch")
+        title.setObjectName("SectionTitle")
+        self.text = _hint("")
+        self.resume_btn = QPushButton("Resume batch")
+        self.resume_btn.setObjectName("Primary")
+        self.resume_btn.setToolTip("Caption the images still to do, with that batch's own prompt "
+                                   "and settings; finished images are not redone")
+        self.dismiss_btn = QPushButton("Not now")
+        text = QVBoxLayout()
+        text.setSpacing(2)
+        text.addWidget(title)
+        text.addWidget(self.text)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(12, 8, 12, 8)
+        layout.addLayout(text, 1)
+        layout.addWidget(self.resume_btn)
+        layout.addWidget(self.dismiss_btn)
+        self.hide()
+
+
 class SetupPage(QScrollArea):
     """Where, what to ask, how fine, which files to write, what to do with existing ones."""
 
@@ -73,6 +100,8 @@ class SetupPage(QScrollArea):
         self.preview.setAccessibleName("Trial caption")
         self.preview.setPlaceholderText("The trial caption appears here.")
         self.preview.setFixedHeight(70)
+        self.resume_bar = ResumeBar()
+        self.resume_btn, self.dismiss_btn = self.resume_bar.resume_btn, self.resume_bar.dismiss_btn
         self.setWidget(self._form())
 
     def _form(self) -> QWidget:
@@ -107,6 +136,7 @@ class SetupPage(QScrollArea):
         body = QWidget()
         layout = QVBoxLayout(body)
         layout.setContentsMargins(12, 12, 12, 12)
+        layout.addWidget(self.resume_bar)
         layout.addLayout(form)
         layout.addWidget(self.preview)
         layout.addLayout(buttons)

@@ -31,6 +31,7 @@ class ChatController(QObject):
         super().__init__()
         self.panel, self.worker, self.generation = panel, worker, generation
         self.histories: dict[Key, list[ChatTurn]] = {}
+        self.chat_ids: dict[Key, int] = {}  # the library row of each conversation
         self.errors: dict[Key, str] = {}
         self.key: Key = ()
         self.job: ChatJob | None = None
@@ -52,6 +53,7 @@ class ChatController(QObject):
         w = self.worker
         w.token.connect(self._on_token)
         w.chat_finished.connect(self._on_finished)
+        w.chat_recorded.connect(self._on_recorded)
         w.error.connect(self._on_error)
         w.job_finished.connect(self._on_job_finished)
 
@@ -112,12 +114,14 @@ class ChatController(QObject):
         if not self.busy:
             self.histories.pop(self.key, None)
             self.errors.pop(self.key, None)
+            self.chat_ids.pop(self.key, None)  # a new conversation gets its own library row
             self._render()
 
     # --- jobs ------------------------------------------------------------------------------
 
     def _submit(self, history: list[ChatTurn]) -> None:
-        self.job = ChatJob(turns=list(history), settings=self.generation())
+        self.job = ChatJob(turns=list(history), settings=self.generation(),
+                           chat_id=self.chat_ids.get(self.key))
         self.job_key, self.live_text = self.key, ""
         self._render()
         self.worker.submit(self.job)
@@ -146,6 +150,11 @@ class ChatController(QObject):
             self.answered.emit(result)
         else:
             self.status.emit("Stopped")
+
+    @Slot(int, int)
+    def _on_recorded(self, job_id: int, chat_id: int) -> None:
+        if self._mine(job_id):
+            self.chat_ids[self.job_key] = chat_id
 
     @Slot(int, str, str)
     def _on_error(self, job_id: int, path: str, reason: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 from PySide6.QtCore import QByteArray, Signal
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDragLeaveEvent, QDropEvent, QGuiApplication
@@ -25,7 +26,7 @@ from .. import paths
 from .. import settings as settings_mod
 from ..engine.types import ModelInfo
 from ..settings import THEMES, Settings
-from ..worker import ERROR, READY, EngineWorker, ModelSpec, WorkerThread
+from ..worker import ERROR, READY, EngineWorker, LibraryJob, ModelSpec, WorkerThread
 from . import theme
 from .actions import build_menus, shortcuts_text
 from .batch_controller import BatchController
@@ -65,8 +66,12 @@ class MainWindow(QMainWindow):
         self.demo = False
         self._paste_dir: str | None = None
         self._shut_down = False
+        self._library_calls: dict[int, Callable[[Any], None]] = {}
+        self._library_problem_shown = False
         self.tasks = TaskRunner(self, synchronous=synchronous)
         self.worker = EngineWorker(synchronous=synchronous)
+        self.worker.library_result.connect(self._on_library_result)
+        self.worker.library_problem.connect(self._on_library_problem)
         self._build()
         # Started only once the window is built: a failure above leaves no thread running.
         self.thread = None if synchronous else WorkerThread(self.worker)
@@ -77,6 +82,8 @@ class MainWindow(QMainWindow):
         self.apply_theme()
         self._restore_geometry()
         self._show_settings_problems()
+        # First job of the worker: open the library and look for a batch to resume.
+        self.check_unfinished_batch()
 
     # --- building --------------------------------------------------------------------------
 
@@ -103,6 +110,7 @@ class MainWindow(QMainWindow):
         self.chat = ChatController(self.chat_panel, self.worker, generation)
         self.batch = BatchController(self.batch_panel, self.worker, self.tasks,
                                      self.gallery.selected_paths, self.settings, generation)
+        self.batch.job_ended.connect(self.check_unfinished_batch)
         self.gallery.selection_changed.connect(self.chat.set_images)
         self.batch.reveal.connect(self.reveal)
         self.status = StatusBar()
@@ -143,6 +151,29 @@ class MainWindow(QMainWindow):
         self.notice.setToolTip(details)
         self.notice.setVisible(bool(text))
 
+    # --- the library (opened by the worker, in its thread) ----------------------------------
+
+    def library_call(self, call: Callable[[Any], Any], then: Callable[[Any], None]) -> None:
+        """Run `call(library)` in the worker thread; `then(value)` on this thread (None when
+        there is no library). For the start-up check; searches use the task pool instead."""
+        job = LibraryJob(call=call)
+        self._library_calls[job.job_id] = then
+        self.worker.submit(job)
+
+    def _on_library_result(self, job_id: int, value: object) -> None:
+        then = self._library_calls.pop(job_id, None)
+        if then is not None:
+            then(value)
+
+    def _on_library_problem(self, message: str) -> None:
+        if not self._library_problem_shown:  # said once per session
+            self._library_problem_shown = True
+            self.show_notice(message.split(". ")[0] + ". Everything else works (hover for "
+                             "details).", message)
+
+    def check_unfinished_batch(self) -> None:
+        self.library_call(lambda library: library.latest_unfinished_job(), self.batch.offer_resume)
+
     # --- the model -------------------------------------------------------------------------
 
     def start_model(self, requested: str | None = None, demo: bool = False) -> None:
@@ -173,14 +204,15 @@ class MainWindow(QMainWindow):
         s = self.settings
         self.worker.set_model(ModelSpec(folder, s.variant, s.provider, s.threads, demo))
 
-    def _on_model_state(self, state: str, info: object, message: str) -> None:
+    def _on_model_state(self, state: str, info: object, message: str, fallback: object) -> None:
         self.model_state = state
         self.model_info = info if isinstance(info, ModelInfo) else None
-        self.status.set_model_state(state, self.model_info, message)
+        self.status.set_model_state(state, self.model_info, message,
+                                    fallback if isinstance(fallback, dict) else {})
         if state == ERROR and not self.chat.busy and not self.batch.busy:
             self.show_no_model(f"The model could not be loaded: {message}")
-        elif state == READY and message:
-            self.show_notice(f"Note: {message}")
+        elif state == READY and message and not fallback:
+            self.show_notice(f"Note: {message}")  # a fallback is said by the status bar
 
     def manage_models(self) -> None:
         dialog = ModelManagerDialog(self)
@@ -374,6 +406,7 @@ class MainWindow(QMainWindow):
         if self.thread is not None:
             self.thread.shutdown()
         self.tasks.shutdown()
+        self.worker.close_library()  # after the pool: a search may still have been using it
         self.settings.window_geometry = bytes(self.saveGeometry().toBase64()).decode()
         self.batch.remember_settings()
         self.save_settings()

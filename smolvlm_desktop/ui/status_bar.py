@@ -22,6 +22,24 @@ def provider_text(providers: dict[str, str]) -> str:
     return ", ".join(f"{GRAPH_LABELS.get(g, g)}: {p}" for g, p in labels.items())
 
 
+def fallback_text(fallback: dict[str, str]) -> str:
+    """'DirectML unavailable' from {graph: 'dml: reason; ...'} (the engine's fallback notes)."""
+    from ..engine.runtime import PROVIDER_LABELS
+
+    tried: list[str] = []
+    for reason in fallback.values():
+        for part in reason.split("; "):
+            label = PROVIDER_LABELS.get(part.split(":", 1)[0].strip())
+            if label and label != "CPU" and label not in tried:
+                tried.append(label)
+    return f"{' and '.join(tried) if tried else 'the chosen accelerator'} unavailable"
+
+
+def fallback_details(fallback: dict[str, str]) -> str:
+    return "\n".join(f"{GRAPH_LABELS.get(g, g)} runs on the CPU instead: {why}"
+                      for g, why in fallback.items())
+
+
 class StatusBar(QStatusBar):
     def __init__(self) -> None:
         super().__init__()
@@ -38,12 +56,19 @@ class StatusBar(QStatusBar):
         self.addPermanentWidget(self.speed_label)
         self.addPermanentWidget(self.model_label)
 
-    def set_model_state(self, state: str, info: ModelInfo | None, message: str) -> None:
+    def set_model_state(self, state: str, info: ModelInfo | None, message: str,
+                        fallback: dict[str, str] | None = None) -> None:
+        """fallback: graphs that did not get the accelerator asked for, and why."""
         self.busy.setVisible(state == LOADING)
         if state == READY and info is not None:
-            text = f"{info.name} · {info.variant} · {provider_text(info.providers)}"
-            self.model_label.setText(text)
-            self.model_label.setToolTip(f"{info.folder}\n{message}".strip())
+            provider = provider_text(info.providers)
+            if fallback:
+                provider += f" ({fallback_text(fallback)})"
+            self.model_label.setText(f"{info.name} · {info.variant} · {provider}")
+            details = fallback_details(fallback) if fallback else ""
+            self.model_label.setToolTip("\n".join(x for x in (info.folder, details) if x))
+            if fallback:
+                message = ""  # the label and its tooltip say it; no second, vaguer sentence
         elif state == LOADING:
             self.model_label.setText(message or "Loading the model…")
         elif state == UNLOADED:
