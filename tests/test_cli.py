@@ -86,3 +86,14 @@ def test_bad_usage_exits_2(capsys: pytest.CaptureFixture) -> None:
 def test_models_list_shows_the_demo_model(capsys: pytest.CaptureFixture) -> None:
     assert main(["models", "list"]) == EXIT_OK
     assert "demo" in capsys.readouterr().out
+
+
+def test_answers_have_no_leading_space(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """SmolVLM answers start with the space after "Assistant:"; a caption should not."""
+    a = write_photo(tmp_path / "a.jpg")
+    assert main(["caption", str(a), "--model", "demo", "--json", "--max-new-tokens", "4"]) == EXIT_OK
+    row = json_lines(capsys.readouterr().out)[0]
+    assert row["text"] and row["text"] == row["text"].strip()
+    assert main(["caption", str(a), "--model", "demo", "--max-new-tokens", "4"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out == out.lstrip() and out.strip() == row["text"]

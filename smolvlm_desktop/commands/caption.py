@@ -146,15 +146,18 @@ def caption_one(args: argparse.Namespace, model: VisionLanguageModel, path: Path
             if many:
                 print(f"{path}: ", end="", flush=True)
             generation = model.stream(messages, settings)
+            started = False
             for event in generation:
-                print(event.text, end="", flush=True)
+                text = event.text if started else event.text.lstrip()  # "Assistant:" + " "
+                started = started or bool(text)
+                print(text, end="", flush=True)
             print(flush=True)
             assert generation.result is not None
             result = generation.result
     except EngineError as exc:
         reporter.failed(path, str(exc))
         return None
-    reporter.done(path, result.text, result.token_ids, result.timings.as_dict(), loaded.notes,
+    reporter.done(path, result.text.strip(), result.token_ids, result.timings.as_dict(), loaded.notes,
                   many, streamed=not args.json)
     return result
 
