@@ -97,3 +97,83 @@ def test_a_library_from_a_newer_version_is_said_once_and_the_app_works(qtbot, tm
     qtbot.waitUntil(lambda: not window.chat.busy, timeout=TIMEOUT_MS)
     assert window.chat.last_result is not None and not window.chat.errors
     shoot(window, "11-library-unavailable")
+
+
+def seed_library(tmp_path: Path) -> tuple[Path, Path]:
+    from smolvlm_desktop.library.db import Library
+
+    heron = make_image(tmp_path / "pond" / "heron.png", (90, 140, 90))
+    fox = make_image(tmp_path / "woods" / "fox.png", (200, 110, 30))
+    with Library() as library:
+        library.record_caption(heron, "A grey heron stands in shallow water <b>not bold</b>.",
+                               "SmolVLM-256M", "Describe.")
+        library.record_caption(fox, "A red fox crosses a snowy field.", "SmolVLM-256M", "Describe.")
+        library.record_chat([fox], [("user", "Is the fox asleep?"), ("assistant", "No, it runs.")],
+                            "SmolVLM-256M")
+    return heron, fox
+
+
+def search(qtbot, window, text: str) -> None:
+    window.actions["library_search"].trigger()
+    window.library_panel.search.setText(text)
+    window.library.search_now()  # what the typing pause would do, without waiting for it
+    qtbot.waitUntil(lambda: window.tasks.pending == 0, timeout=TIMEOUT_MS)
+
+
+def test_search_finds_captions_and_chats_and_a_click_shows_the_image(qtbot, tmp_path: Path) -> None:
+    heron, fox = seed_library(tmp_path)
+    window = open_window(qtbot, settings())
+    panel = window.library_panel
+    window.actions["library_search"].trigger()
+    assert window.tabs.currentWidget() is panel and panel.search.hasFocus()
+    assert "Search what the app has learned" in panel.message_title.text()
+    shoot(window, "12-library-empty")
+    search(qtbot, window, "fox")
+    assert panel.hits.count() == 2, "the caption and the chat"
+    assert {h.kind for h in window.library.last_hits} == {"caption", "chat"}
+    shoot(window, "12b-library-hits")
+    search(qtbot, window, "hero")  # as you type: the last word is a prefix
+    assert panel.hits.count() == 1
+    label = panel.hits.itemWidget(panel.hits.item(0))
+    assert "&lt;b&gt;not bold" in label.text(), "caption text is escaped, never markup"
+    panel.hits.itemClicked.emit(panel.hits.item(0))
+    qtbot.waitUntil(lambda: window.gallery.selected_paths() == [str(heron.resolve())],
+                    timeout=TIMEOUT_MS)
+    search(qtbot, window, "zebra")
+    assert "Nothing found for “zebra”" in panel.message_title.text()
+    shoot(window, "12c-library-no-results")
+    window.settings.theme = "dark"
+    try:
+        window.apply_theme()
+        search(qtbot, window, "fox")
+        shoot(window, "12d-library-hits-dark")
+    finally:
+        window.settings.theme = "light"
+        window.apply_theme()
+
+
+def test_forget_selected_and_forget_everything_ask_first(qtbot, tmp_path: Path) -> None:
+    from smolvlm_desktop.library.db import Library
+    from ui_helpers import answer_next_dialog
+
+    heron, fox = seed_library(tmp_path)
+    window = open_window(qtbot, settings())
+    add_images(qtbot, window, [fox])
+    window.gallery.select_paths([str(fox)])
+    seen: list[str] = []
+    answer_next_dialog("Cancel", seen)
+    window.actions["forget_selected"].trigger()
+    assert seen and "Forget this image?" in seen[0]
+    with Library() as library:
+        assert library.search("fox")
+    answer_next_dialog("Forget")
+    window.actions["forget_selected"].trigger()
+    qtbot.waitUntil(lambda: window.tasks.pending == 0, timeout=TIMEOUT_MS)
+    assert "Forgotten: 1 caption, 1 chat" in window.status.currentMessage()
+    with Library() as library:
+        assert library.search("fox") == [] and library.search("heron")
+    answer_next_dialog("Forget everything")
+    window.actions["forget_everything"].trigger()
+    qtbot.waitUntil(lambda: window.tasks.pending == 0, timeout=TIMEOUT_MS)
+    with Library() as library:
+        assert library.search("heron") == []

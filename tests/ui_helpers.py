@@ -107,3 +107,23 @@ def add_images(qtbot, window, paths: list[Path]) -> None:
     assert drag_and_drop(window, paths)
     qtbot.waitUntil(lambda: window.tasks.pending == 0 and len(window.gallery.paths(False)) >= len(paths),
                     timeout=TIMEOUT_MS)
+
+
+def answer_next_dialog(button_text: str, seen: list[str] | None = None) -> None:
+    """Click the button labelled `button_text` on the next modal QMessageBox, as a user would
+    (the dialog is real and modal: this polls for it from the event loop it runs)."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QMessageBox
+
+    def answer() -> None:
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(10, answer)
+            return
+        if seen is not None:
+            seen.append(box.text())
+        match = [b for b in box.buttons() if b.text().replace("&", "") == button_text]
+        assert match, f"no {button_text!r} button in {[b.text() for b in box.buttons()]}"
+        match[0].click()
+
+    QTimer.singleShot(0, answer)

@@ -19,6 +19,9 @@ MENUS: list[tuple[str, list[tuple[str, str, str] | None]]] = [
                ("Go to chat", "Ctrl+1", "show_chat")]),
     ("&Batch", [("Start batch", "Ctrl+B", "batch_start"), ("Pause or resume", "Ctrl+P", "batch_pause"),
                 ("Cancel batch", "Ctrl+Shift+X", "batch_cancel"), None, ("Go to batch", "Ctrl+2", "show_batch")]),
+    ("&Library", [("Search the library", "Ctrl+F", "library_search"), None,
+                  ("Forget selected images…", "", "forget_selected"),
+                  ("Forget everything…", "", "forget_everything")]),
     ("&Model", [("Manage models…", "Ctrl+M", "manage_models"), ("Preferences…", "Ctrl+,", "preferences")]),
     ("&Help", [("Keyboard shortcuts", "F1", "show_shortcuts"), ("About SmolVLM Desktop", "", "about")]),
 ]

@@ -34,6 +34,8 @@ from .batch_panel import BatchPanel
 from .chat_controller import ChatController
 from .chat_panel import ChatPanel
 from .gallery import GalleryStrip
+from .library_controller import LibraryController
+from .library_panel import LibraryPanel
 from .model_chooser import ModelManagerDialog, NoModelPage
 from .settings_dialog import SettingsDialog
 from .status_bar import StatusBar
@@ -106,16 +108,22 @@ class MainWindow(QMainWindow):
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(self.chat_panel, "Chat")
         self.tabs.addTab(self.batch_panel, "Batch")
+        self.library_panel = LibraryPanel()
+        self.tabs.addTab(self.library_panel, "Library")
         generation = self.settings.generation_settings
         self.chat = ChatController(self.chat_panel, self.worker, generation)
         self.batch = BatchController(self.batch_panel, self.worker, self.tasks,
                                      self.gallery.selected_paths, self.settings, generation)
         self.batch.job_ended.connect(self.check_unfinished_batch)
+        self.library = LibraryController(self.library_panel, self.worker, self.tasks,
+                                         lambda: theme.colours(self.settings.theme))
+        self.library.show_paths.connect(self.show_in_gallery)
+        self.library.forgotten.connect(self.check_unfinished_batch)
         self.gallery.selection_changed.connect(self.chat.set_images)
         self.batch.reveal.connect(self.reveal)
         self.status = StatusBar()
         self.setStatusBar(self.status)
-        for controller in (self.chat, self.batch):
+        for controller in (self.chat, self.batch, self.library):
             controller.status.connect(lambda text: self.status.showMessage(text, 6000))
         self.chat.answered.connect(self.status.set_timings)
         workspace = QWidget()
@@ -314,6 +322,32 @@ class MainWindow(QMainWindow):
     def select_all(self) -> None:
         self.gallery.list.selectAll()
 
+    def show_in_gallery(self, given: list[str]) -> None:
+        """A search hit's images: added if needed (checked off-thread), then selected."""
+        from ..library.discover import discover_images
+
+        def found(result: tuple[list[Path], list[tuple[Path, str]]]) -> None:
+            images, problems = result
+            self.gallery.add_images([str(p) for p in images])
+            if images:
+                self.gallery.select_paths([str(p) for p in images])
+            if problems:
+                self.status.showMessage(f"Not found any more: {problems[0][0]} ({problems[0][1]})", 8000)
+
+        self.tasks.run(lambda: discover_images([Path(p) for p in given], recursive=False), found,
+                       lambda exc: self.status.showMessage(f"Could not open: {exc}", 8000))
+
+    def library_search(self) -> None:
+        self.tabs.setCurrentWidget(self.library_panel)
+        self.library_panel.search.setFocus()
+        self.library_panel.search.selectAll()
+
+    def forget_selected(self) -> None:
+        self.library.forget_images(self, self.gallery.selected_paths())
+
+    def forget_everything(self) -> None:
+        self.library.forget_everything(self)
+
     def reveal(self, path: str) -> None:
         """Show a file from the batch summary in the gallery, selected."""
         if self.gallery.item_for(path) is None:
@@ -377,6 +411,7 @@ class MainWindow(QMainWindow):
         if isinstance(app, QApplication):
             self.resolved_theme = theme.apply(app, self.settings.theme)
             self.chat._render()  # the transcript's HTML carries palette colours
+            self.library.restyle()
 
     def _system_scheme_changed(self) -> None:
         if self.settings.theme == "system":

@@ -1,0 +1,146 @@
+"""Library behaviour: search as you type, show a hit's image, forget images or everything.
+
+The library is opened by the worker in its thread (worker.py); it is safe to use from any
+thread, so searches and forgets run in the task pool and never wait behind a long answer in
+the worker's queue. Nothing here runs on the GUI thread but the widgets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtWidgets import QMessageBox, QWidget
+
+from ..worker import EngineWorker
+from .library_panel import LibraryPanel
+from .tasks import TaskRunner
+
+SEARCH_DELAY_MS = 200  # wait for a pause in typing before searching
+SEARCH_LIMIT = 50
+
+
+class LibraryController(QObject):
+    status = Signal(str)
+    show_paths = Signal(list)  # image paths of a chosen hit: put them in the gallery, selected
+    forgotten = Signal()  # something was forgotten: a resume offer may be gone
+
+    def __init__(self, panel: LibraryPanel, worker: EngineWorker, tasks: TaskRunner,
+                 colours: Callable[[], dict[str, str]]) -> None:
+        super().__init__()
+        self.panel, self.worker, self.tasks, self.colours = panel, worker, tasks, colours
+        self.searches = 0  # sequence number: a late answer to an older query is dropped
+        self.last_hits: list[Any] = []
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(SEARCH_DELAY_MS)
+        self._timer.timeout.connect(self.search_now)
+        panel.search.textChanged.connect(lambda: self._timer.start())
+        panel.search.returnPressed.connect(self.search_now)
+        panel.hit_chosen.connect(self._chosen)
+
+    @property
+    def library(self) -> Any:
+        return self.worker.library
+
+    def search_now(self) -> None:
+        self._timer.stop()
+        query = self.panel.search.text().strip()
+        self.searches += 1
+        number = self.searches
+        if not query:
+            self.last_hits = []
+            self.panel.show_message("Search what the app has learned",
+                                    "Every chat answer and batch caption is kept in a private "
+                                    "library on this computer. Type a word to find the images "
+                                    "it was about.")
+            return
+        library = self.library
+        if library is None:
+            self.panel.show_message("The library is not available",
+                                    "It could not be opened this session (see the note at the "
+                                    "top of the window), so there is nothing to search.")
+            return
+        self.tasks.run(lambda: library.search(query, SEARCH_LIMIT, prefix=True),
+                       lambda hits: self._show(number, query, hits),
+                       lambda exc: self._failed(number, exc))
+
+    def _show(self, number: int, query: str, hits: list[Any]) -> None:
+        if number != self.searches:
+            return
+        self.last_hits = hits
+        if hits:
+            self.panel.show_hits(hits, self.colours())
+        else:
+            self.panel.show_message(f"Nothing found for “{query}”",
+                                    "No caption or chat contains every one of these words. "
+                                    "Try fewer or shorter words.")
+
+    def restyle(self) -> None:
+        """The theme changed: the hits' HTML carries palette colours."""
+        if self.last_hits:
+            self.panel.show_hits(self.last_hits, self.colours())
+
+    def _failed(self, number: int, exc: Exception) -> None:
+        if number == self.searches:
+            self.panel.show_message("The search failed", str(exc))
+
+    def _chosen(self, hit: Any) -> None:
+        paths = [p for p in (hit.paths or (hit.path,)) if p]
+        if paths:
+            self.show_paths.emit(paths)
+        else:
+            self.status.emit("That chat had no image")
+
+    # --- forgetting ---------------------------------------------------------------------
+
+    def forget_images(self, parent: QWidget, paths: list[str]) -> None:
+        library = self.library
+        if library is None:
+            self.status.emit("The library is not available this session")
+            return
+        if not paths:
+            self.status.emit("Select the images to forget in the gallery first")
+            return
+        n = len(paths)
+        noun = "this image" if n == 1 else f"these {n} images"
+        if not self._confirm(parent, "Forget images?",
+                             f"Forget {noun}? Their captions, chats and batch records are "
+                             "removed from the library for good. The image files and the "
+                             "caption files next to them are not touched.", "Forget"):
+            return
+        self.tasks.run(lambda: [library.forget_image(p) for p in paths], self._forgotten,
+                       lambda exc: self.status.emit(f"Could not forget: {exc}"))
+
+    def forget_everything(self, parent: QWidget) -> None:
+        library = self.library
+        if library is None:
+            self.status.emit("The library is not available this session")
+            return
+        if not self._confirm(parent, "Forget everything?",
+                             "Empty the whole library? Every remembered caption, chat and "
+                             "batch job is removed for good, and unfinished batches can no "
+                             "longer be resumed. Your images and caption files are not touched.",
+                             "Forget everything"):
+            return
+        self.tasks.run(lambda: [library.forget_all()], self._forgotten,
+                       lambda exc: self.status.emit(f"Could not forget: {exc}"))
+
+    @staticmethod
+    def _confirm(parent: QWidget, title: str, text: str, action: str) -> bool:
+        box = QMessageBox(QMessageBox.Icon.Warning, title, text, QMessageBox.StandardButton.Cancel,
+                          parent)
+        forget = box.addButton(action, QMessageBox.ButtonRole.DestructiveRole)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        return box.clickedButton() is forget
+
+    def _forgotten(self, results: list[Any]) -> None:
+        captions = sum(r.captions for r in results)
+        chats = sum(r.chats for r in results)
+        jobs = sum(r.job_items for r in results)
+        self.status.emit(f"Forgotten: {captions} caption{'s' if captions != 1 else ''}, "
+                         f"{chats} chat{'s' if chats != 1 else ''}, {jobs} batch record"
+                         f"{'s' if jobs != 1 else ''}")
+        self.search_now()
+        self.forgotten.emit()
