@@ -414,3 +414,46 @@ class WorkerThread(QThread):
         self.worker.cancel_all()
         self.quit()
         self.wait()
+
+
+class HubTask(QThread):
+    """One model-manager operation that can take minutes (a download, an import copy), in a
+    thread of its own so that the engine worker stays free for chat and batch.
+
+        task = HubTask(lambda progress, cancel: hub.pull(name, progress=progress, cancel=cancel))
+        task.progress.connect(...); task.succeeded.connect(...); task.failed.connect(...)
+        task.start() ... task.stop()   # cancel and wait (a pull stops within one chunk)
+
+    `fn(progress, cancel)` gets a callback for hub.PullProgress reports and a threading.Event.
+    Exactly one of succeeded(value), cancelled() or failed(message) is sent, on the GUI thread.
+    """
+
+    progress = Signal(object)  # hub.PullProgress
+    succeeded = Signal(object)  # what fn returned (the model folder)
+    cancelled = Signal()
+    failed = Signal(str)  # a sentence for the user (hub errors are written for people)
+
+    def __init__(self, fn: Callable[[Callable[[Any], None], threading.Event], Any]) -> None:
+        super().__init__()
+        self.setObjectName("model-manager")
+        self.fn = fn
+        self.cancel = threading.Event()
+
+    def run(self) -> None:
+        from .hub import HubError, PullCancelled
+
+        try:
+            value = self.fn(self.progress.emit, self.cancel)
+        except PullCancelled:
+            self.cancelled.emit()
+        except HubError as exc:
+            self.failed.emit(str(exc))
+        except Exception as exc:  # noqa: BLE001 - EngineError from a bad folder, OSError...
+            self.failed.emit(str(exc) or type(exc).__name__)
+        else:
+            self.succeeded.emit(value)  # finished: even if Cancel came too late to stop it
+
+    def stop(self) -> None:
+        """Cancel and wait: never leaves the thread running (safe to call when finished)."""
+        self.cancel.set()
+        self.wait()

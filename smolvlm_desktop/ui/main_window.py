@@ -36,7 +36,8 @@ from .chat_panel import ChatPanel
 from .gallery import GalleryStrip
 from .library_controller import LibraryController
 from .library_panel import LibraryPanel
-from .model_chooser import ModelManagerDialog, NoModelPage
+from .model_chooser import NoModelPage
+from .model_manager import ModelManagerDialog
 from .settings_dialog import SettingsDialog
 from .status_bar import StatusBar
 from .tasks import TaskRunner
@@ -135,6 +136,8 @@ class MainWindow(QMainWindow):
         self.workspace = workspace
         self.no_model = NoModelPage()
         self.no_model.chooser.chosen.connect(self.choose_model)
+        self.no_model.chooser.manage.connect(self.manage_models)
+        self.model_manager: ModelManagerDialog | None = None
         self.pages = QStackedWidget()
         self.pages.addWidget(self.workspace)
         self.pages.addWidget(self.no_model)
@@ -223,9 +226,26 @@ class MainWindow(QMainWindow):
             self.show_notice(f"Note: {message}")  # a fallback is said by the status bar
 
     def manage_models(self) -> None:
-        dialog = ModelManagerDialog(self)
-        dialog.chooser.chosen.connect(self.choose_model)
-        dialog.exec()
+        """The model manager, window-modal (open(), not exec(): no nested event loop)."""
+        if self.model_manager is None:
+            wanted = lambda: self.worker._wanted.folder if self.worker._wanted else None  # noqa: E731
+            self.model_manager = ModelManagerDialog(self.tasks, self.settings.variant, wanted, self)
+            self.model_manager.chosen.connect(self._model_from_manager)
+            self.model_manager.default_changed.connect(self._default_from_manager)
+        else:
+            self.model_manager.refresh()
+        self.model_manager.open()
+
+    def _model_from_manager(self, folder: str, demo: bool) -> None:
+        self.choose_model(folder, demo)
+        self.status.showMessage(f"Loading {Path(folder).name}…", 6000)
+
+    def _default_from_manager(self, folder: str, demo: bool) -> None:
+        """A new default: the saved choice gives way to it, now and at the next start."""
+        self.settings.model = None
+        self.save_settings()
+        self.choose_model(folder, demo, remember=False)
+        self.status.showMessage(f"{Path(folder).name} is the default model now; loading it…", 6000)
 
     def preferences(self) -> None:
         before = (self.settings.variant, self.settings.provider, self.settings.threads)
@@ -438,6 +458,8 @@ class MainWindow(QMainWindow):
         self._shut_down = True
         QGuiApplication.styleHints().colorSchemeChanged.disconnect(self._system_scheme_changed)
         self.worker.cancel_all()
+        if self.model_manager is not None:
+            self.model_manager.stop_task()  # a download stops here and resumes next time
         if self.thread is not None:
             self.thread.shutdown()
         self.tasks.shutdown()

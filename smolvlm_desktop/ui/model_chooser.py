@@ -1,15 +1,15 @@
 """Choosing a model: the friendly empty state when none is installed, and the model manager.
 
-Downloading is a colleague's `models pull` (the only networked command); until the window can
-do it itself, we show the exact command, let the user open a folder they copied, or start the
-bundled demo model whose answers are noise.
+"Download a model…" opens the model manager (model_manager.py), the only place that uses the
+network; the same command for a terminal is shown too, with a folder picker and the bundled demo
+model whose answers are noise.
 """
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QGuiApplication
-from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QFrame, QHBoxLayout,
+from PySide6.QtWidgets import (QFileDialog, QFrame, QHBoxLayout,
                                QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout,
                                QWidget)
 
@@ -22,6 +22,7 @@ class ModelChooser(QFrame):
     """Installed models, the command to get one, a folder picker and the demo model."""
 
     chosen = Signal(str, bool)  # folder, is the demo model
+    manage = Signal()  # open the model manager (download, import...)
 
     def __init__(self, title: str, body: str) -> None:
         super().__init__()
@@ -32,6 +33,11 @@ class ModelChooser(QFrame):
         self.body = text = QLabel(body)
         text.setObjectName("EmptyBody")
         text.setWordWrap(True)
+        self.download_btn = QPushButton("Download a model…")
+        self.download_btn.setObjectName("Primary")
+        self.download_btn.setToolTip("Choose a SmolVLM model to download once (the only time the "
+                                     "app uses the network)")
+        self.download_btn.clicked.connect(self.manage)
         self.command = QLabel(PULL_COMMAND)
         self.command.setObjectName("Command")
         self.command.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -62,7 +68,13 @@ class ModelChooser(QFrame):
         layout.addWidget(heading)
         layout.addWidget(text)
         self.error_slot = layout.count()
-        layout.addWidget(QLabel("To download SmolVLM once (about 0.5 GB), run in a terminal:"))
+        download_row = QHBoxLayout()
+        download_row.addWidget(self.download_btn)
+        download_row.addStretch()
+        layout.addLayout(download_row)
+        hint = QLabel("…or, in a terminal:")
+        hint.setObjectName("Hint")
+        layout.addWidget(hint)
         layout.addLayout(command_row)
         self.installed_title = QLabel("Installed models:")
         layout.addWidget(self.installed_title)
@@ -129,20 +141,3 @@ class NoModelPage(QWidget):
         self.error.setVisible(bool(text))
         self.chooser.heading.setText("Choose a model" if text else NO_MODEL_TITLE)
         self.chooser.body.setText(NO_MODEL_BODY)
-
-
-class ModelManagerDialog(QDialog):
-    """Model ▸ Manage models…: the same choices from a dialog."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("Models")
-        self.resize(640, 460)
-        self.chooser = ModelChooser(
-            "Models", "Choose the model the window uses. Models stay on this computer.")
-        self.chooser.chosen.connect(lambda *_: self.accept())
-        close = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
-        close.rejected.connect(self.reject)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.chooser, 1)
-        layout.addWidget(close)
