@@ -188,3 +188,24 @@ def test_the_window_opens_without_importing_onnxruntime(tmp_path: Path) -> None:
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_status_bar_names_a_cpu_fallback_from_directml_notes_that_cannot_occur_here(qtbot) -> None:
+    """This onnxruntime build has no DirectML, so the engine cannot produce a fallback here:
+    the notes are given as the engine words them; the model itself is the real demo model."""
+    window = open_window(qtbot)
+    assert window.model_state == "ready"
+    assert "unavailable" not in window.status.model_label.text(), "no fallback on a plain CPU run"
+    notes = {"vision_encoder": "dml: DmlExecutionProvider is not in this onnxruntime build",
+             "decoder_model_merged": "dml: DmlExecutionProvider is not in this onnxruntime build"}
+    window.worker.model_state.emit("ready", window.model_info, "", notes)
+    qtbot.waitUntil(lambda: "(DirectML unavailable)" in window.status.model_label.text(),
+                    timeout=TIMEOUT_MS)
+    assert window.status.model_label.text().endswith("CPU (DirectML unavailable)")
+    tip = window.status.model_label.toolTip()
+    assert "vision runs on the CPU instead: dml: DmlExecutionProvider is not" in tip
+    assert "text runs on the CPU instead" in tip
+    assert not window.notice.isVisibleTo(window), "said once, in the status bar"
+    label = window.status.model_label
+    qtbot.waitUntil(lambda: label.width() >= label.sizeHint().width(), timeout=TIMEOUT_MS)  # laid out
+    shoot(window.statusBar(), "14-status-cpu-fallback")

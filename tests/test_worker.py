@@ -50,6 +50,7 @@ def test_synchronous_chat_streams_tokens_then_the_result(qtbot, tmp_path: Path, 
     job = worker.submit(chat(make_image(tmp_path / "a.png")))
     states = [s[0] for s in rec.of("model_state")]
     assert states == ["loading", "ready"]
+    assert rec.of("model_state")[-1][3] == {}, "fallback notes: none on a plain CPU load"
     (job_id, result), = rec.of("chat_finished")
     assert job_id == job.job_id
     assert "".join(t[1] for t in rec.of("token")) == result.text

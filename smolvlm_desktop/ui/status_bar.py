@@ -69,6 +69,8 @@ class StatusBar(QStatusBar):
             self.model_label.setToolTip("\n".join(x for x in (info.folder, details) if x))
             if fallback:
                 message = ""  # the label and its tooltip say it; no second, vaguer sentence
+            if self.currentMessage().startswith("Loading"):
+                self.clearMessage()  # loaded: "Loading…" must not linger next to the model name
         elif state == LOADING:
             self.model_label.setText(message or "Loading the model…")
         elif state == UNLOADED:
