@@ -90,6 +90,32 @@ class LoadJob(Job):
     spec: ModelSpec | None = None
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """How long one answer took on this machine, for the batch panel's time estimates."""
+
+    tiles: int  # vision passes (tiles) of its images
+    image_ms: float  # preprocessing + vision encoder
+    prefill_ms: float  # grows with the image tokens, so counted per tile too
+    decode_ms: float
+    new_tokens: int
+
+
+def tile_count(size: tuple[int, int], cfg: Any, detail: int | None) -> int:
+    """Vision passes for an image of size (width, height), as engine/processor.py cuts it."""
+    from .engine.processor import fit_longest_edge, fit_whole_tiles
+
+    width, height = size
+    if cfg.do_resize:
+        height, width = fit_longest_edge(height, width, detail or cfg.longest_edge)
+    if not cfg.do_image_splitting:
+        return 1
+    height, width = fit_whole_tiles(height, width, cfg.tile_size)
+    if height <= cfg.tile_size and width <= cfg.tile_size:
+        return 1
+    return (height // cfg.tile_size) * (width // cfg.tile_size) + 1
+
+
 @dataclass
 class LibraryJob(Job):
     """A short library call in the worker thread: `call(library)`; its value comes back in
@@ -119,6 +145,7 @@ class EngineWorker(QObject):
     chat_recorded = Signal(int, int)  # job id, library chat id (pass it on as ChatJob.chat_id)
     library_result = Signal(int, object)  # job id, what a LibraryJob's call returned
     library_problem = Signal(str)  # the library cannot be used; sent once
+    measured = Signal(object)  # Measurement of an answer about images (time estimates)
     job_finished = Signal(int)  # always last for a job, after success, cancel or error
     _posted = Signal(object)
     _idle_changed = Signal(int)
@@ -291,8 +318,32 @@ class EngineWorker(QObject):
                 self.token.emit(job.job_id, event.text)
         result = generation.result
         self.chat_finished.emit(job.job_id, result)
+        sizes = [self._image_cache[p].size for t in job.turns for p in t.image_paths
+                 if p in self._image_cache]
+        self._measure(model, sizes, job.settings.detail, result.timings, result.stop_reason)
         if job.record and result.text.strip():
             self._record_chat(job, result.text, model.info.name)
+
+    def _measure(self, model: Any, sizes: list[tuple[int, int]], detail: int | None,
+                 timings: Any, stop_reason: str = "") -> None:
+        if not sizes or stop_reason == "cancelled" or timings.new_tokens < 1 or timings.image_ms <= 0:
+            return
+        try:
+            tiles = sum(tile_count(size, model.files.image_processor, detail) for size in sizes)
+        except Exception:  # noqa: BLE001 - an estimate is never worth an error
+            return
+        self.measured.emit(Measurement(tiles, timings.image_ms, timings.prefill_ms,
+                                       timings.decode_ms, timings.new_tokens))
+
+    def _measure_file(self, model: Any, path: Any, detail: int | None, timings: Any) -> None:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as image:  # reads the header only
+                size = image.size
+        except Exception:  # noqa: BLE001 - a HEIC without its plugin...: no estimate from it
+            return
+        self._measure(model, [size], detail, timings)
 
     def _record_chat(self, job: ChatJob, answer: str, model_name: str) -> None:
         library = self._open_library()
@@ -334,8 +385,14 @@ class EngineWorker(QObject):
             raise EngineError("the batch cannot be resumed: the library that holds it could "
                               "not be opened")
         model = self._ensure_model()
-        runner = BatchRunner(model, job.settings, library=library,
-                             on_event=lambda ev: self._batch_event(job.job_id, ev),
+        detail = job.settings.generation.detail
+
+        def on_event(event: Any) -> None:
+            self._batch_event(job.job_id, event)
+            if type(event).__name__ == "ImageDone" and event.token_ids:
+                self._measure_file(model, event.path, detail, event.timings)
+
+        runner = BatchRunner(model, job.settings, library=library, on_event=on_event,
                              model_name=model.info.name)
         summary = runner.run(job.paths, job_id=job.resume_job_id, cancel=job.cancel,
                              pause=job.pause)

@@ -170,3 +170,26 @@ def test_a_missing_folder_is_explained_not_started(qtbot, window, tmp_path: Path
     window.batch_panel.setup.start_btn.click()
     assert window.batch.job is None
     assert "folder" in window.batch_panel.setup.preview.toPlainText()
+
+
+def test_expected_time_per_detail_level_appears_once_measured(qtbot, window, tmp_path: Path) -> None:
+    setup = window.batch_panel.setup
+    assert setup.estimate.isHidden(), "no guess before anything was measured"
+    add_images(qtbot, window, [make_image(tmp_path / "a.png", size=(640, 640))])
+    measured = []
+    window.worker.measured.connect(measured.append)
+    window.chat.ask("Describe this image.")
+    qtbot.waitUntil(lambda: not window.chat.busy, timeout=TIMEOUT_MS)
+    assert measured and measured[0].tiles >= 1 and measured[0].new_tokens >= 1
+    window.show_batch()
+    setup.detail_combo.setCurrentIndex(setup.detail_combo.findData(1024))
+    assert not setup.estimate.isHidden()
+    text = setup.estimate.text()
+    for level in ("512 px ≈", "1024 px ≈", "1536 px ≈", "2048 px ≈"):
+        assert level in text
+    assert "<b>1024 px ≈" in text, "the chosen level stands out"
+    assert "measured over 1 answer this session" in text
+    checks = list(setup.format_checks.values())
+    qtbot.waitUntil(lambda: all(c.height() >= c.sizeHint().height() for c in checks),
+                    timeout=TIMEOUT_MS)  # the form laid out again with the new row
+    shoot(window, "15-batch-time-estimates")

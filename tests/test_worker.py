@@ -227,10 +227,13 @@ def test_a_batch_is_a_library_job_that_resumes_with_its_own_settings(qtbot, tmp_
     worker.set_model(spec)
     settings = BatchSettings(prompt="Caption this.", generation=GenerationSettings(max_new_tokens=4))
     stop_after_first = BatchJob(paths=images, settings=settings)
+    measured: list = []
+    worker.measured.connect(measured.append)
     worker.image_done.connect(lambda *_: stop_after_first.cancel.cancel())
     worker.submit(stop_after_first)
     (_, summary), = rec.of("batch_finished")
     assert summary.cancelled and summary.done == 1
+    assert len(measured) == 1 and measured[0].tiles >= 1, "a captioned image times the machine"
     unfinished = worker.library.latest_unfinished_job()
     assert unfinished is not None and unfinished.counts["pending"] == 1
     resumed = BatchSettings.from_dict(unfinished.settings)

@@ -83,6 +83,11 @@ class SetupPage(QScrollArea):
         self.detail_combo.setAccessibleName("Detail level")
         for value, label in DETAIL_CHOICES:
             self.detail_combo.addItem(label, value)
+        self.estimate = _hint("")  # expected time per image, once this machine has been measured
+        self.estimate.setAccessibleName("Expected time per image")
+        self.estimate.setWordWrap(False)  # two set lines
+        self.estimate.setTextFormat(Qt.TextFormat.RichText)
+        self.estimate.hide()
         self.format_checks = {f: QCheckBox(f"{f}: {FORMAT_LABELS.get(f, f)}") for f in formats}
         self.existing_radios = {key: QRadioButton(label) for key, label in EXISTING}
         self.existing_group = QButtonGroup(self)
@@ -131,6 +136,7 @@ class SetupPage(QScrollArea):
         form.addRow("Ask:", self.preset_combo)
         form.addRow("", self.prompt_edit)
         form.addRow("Detail:", self.detail_combo)
+        form.addRow("", self.estimate)
         form.addRow("Write:", outputs)
         form.addRow("Existing captions:", existing)
         body = QWidget()
