@@ -57,7 +57,7 @@ class MainWindow(QMainWindow):
 
     def __init__(self, settings: Settings | None = None, synchronous: bool = False,
                  persist: bool = True) -> None:
-        """persist=False (the self-test) never writes the settings file."""
+        """persist=False (the self-test) never writes the settings file nor the library."""
         super().__init__()
         self.settings = settings if settings is not None else settings_mod.load()
         self.persist = persist
@@ -72,7 +72,7 @@ class MainWindow(QMainWindow):
         self._library_calls: dict[int, Callable[[Any], None]] = {}
         self._library_problem_shown = False
         self.tasks = TaskRunner(self, synchronous=synchronous)
-        self.worker = EngineWorker(synchronous=synchronous)
+        self.worker = EngineWorker(synchronous=synchronous, use_library=persist)
         self.worker.library_result.connect(self._on_library_result)
         self.worker.library_problem.connect(self._on_library_problem)
         self._build()
