@@ -47,10 +47,16 @@ $venv/bin/python installers/linux/build_deb.py
 deb=$(ls -t dist/smolvlm-desktop_*.deb | head -1)
 dpkg-deb --info "$deb" | sed -n '/Package:/,/Recommends:/p'
 
-step "install into a scratch root"
+step "install into a scratch root (dpkg --root)"
+# A real dpkg install, into an empty root with its own package database. That database has
+# none of the Depends (this machine has them), hence --force-depends.
 root=$(mktemp -d /tmp/smolvlm-deb-root.XXXXXX)
 trap 'rm -rf "$root"' EXIT
-dpkg-deb -x "$deb" "$root"
+mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates"
+touch "$root/var/lib/dpkg/status"
+out=$(dpkg --root="$root" --force-depends --force-script-chrootless -i "$deb" 2>&1) \
+  || { echo "$out"; echo "dpkg -i failed"; exit 1; }
+echo "$out" | grep -v -e "depends on" -e "is not installed" -e "dependency problems" || true
 for f in usr/bin/smolvlm-desktop opt/smolvlm-desktop/smolvlm-desktop \
          usr/share/applications/smolvlm-desktop.desktop \
          usr/share/metainfo/io.github.smolvlm_desktop.metainfo.xml \
@@ -107,6 +113,13 @@ if command -v Xvfb >/dev/null && command -v xdotool >/dev/null; then
 else
   echo "Xvfb or xdotool missing: window timing skipped"
 fi
+
+step "uninstall (dpkg --root -r) leaves nothing behind"
+rm -rf "$root/home"
+dpkg --root="$root" -r smolvlm-desktop >/dev/null
+left=$(cd "$root" && find . -mindepth 1 -not -path "./var*" -not -type d)
+[ -z "$left" ] || { echo "files left after removal:"; echo "$left"; exit 1; }
+echo "removed cleanly"
 
 step "done"
 du -sh --apparent-size dist/smolvlm-desktop | sed 's/\t.*/ bundle (unpacked)/'

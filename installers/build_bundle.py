@@ -90,6 +90,11 @@ def problems_in(dist: Path) -> tuple[list[str], list[Path], int]:
     demo = [p for p in files if p.name == "config.json" and p.parent.name == "tiny-smolvlm"]
     if not demo:
         problems.append("the tiny demo model (smolvlm_desktop/data/tiny-smolvlm) is missing")
+    if sys.platform == "win32" and not any(p.name.lower() == "msvcp140.dll" for p in files):
+        # ONNX Runtime and Qt need the Visual C++ runtime; the PySide6 and onnxruntime wheels
+        # normally carry it. Without it the app fails to start on a PC that lacks the VC++
+        # Redistributable, so do not ship such a bundle.
+        problems.append("msvcp140.dll (Visual C++ runtime) is not in the bundle")
     if total > SIZE_LIMIT_MB * 1e6:
         problems.append(f"the bundle is {total / 1e6:.0f} MB, over the {SIZE_LIMIT_MB} MB target")
     return problems, files, total

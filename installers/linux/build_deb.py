@@ -139,6 +139,7 @@ COPYRIGHT = f"""Format: https://www.debian.org/doc/packaging-manuals/copyright-f
 Upstream-Name: SmolVLM Desktop
 
 Files: *
+Copyright: 2026 The SmolVLM Desktop developers
 License: Apache-2.0
  On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.
 
@@ -165,14 +166,13 @@ def stage(bundle: Path, root: Path) -> None:
     doc = root / "usr/share/doc" / NAME
     doc.mkdir(parents=True, exist_ok=True)
     (doc / "copyright").write_text(COPYRIGHT, encoding="utf-8")
-    # Debian's usual modes whatever the umask was: 755 for folders and programs, 644 for data.
+    # Debian's usual modes whatever the umask was: 755 for folders and programs, 644 for data
+    # and for shared libraries (wheels ship .so files executable; they need not be).
     for path in [root, *root.rglob("*")]:
         if path.is_symlink():
             continue
-        if path.is_dir() or path.stat().st_mode & 0o111:
-            path.chmod(0o755)
-        else:
-            path.chmod(0o644)
+        program = path.stat().st_mode & 0o111 and ".so" not in path.name
+        path.chmod(0o755 if path.is_dir() or program else 0o644)
 
 
 def put(src: Path, dst: Path, mode: int = 0o644) -> None:
