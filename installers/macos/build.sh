@@ -4,8 +4,8 @@
 #     bash installers/macos/build.sh
 #
 # On Apple Silicon with macOS 14 or later (onnxruntime's current macOS wheel is arm64, macOS 14+),
-# with Python 3.11 from python.org or Homebrew. Output: dist/SmolVLM Desktop.app and
-# dist/SmolVLM-Desktop-<version>-macos-arm64.dmg.
+# or on an Intel Mac with macOS 13+ (then onnxruntime 1.23.2), with Python 3.11 from python.org
+# or Homebrew. Output: dist/SmolVLM Desktop.app and dist/SmolVLM-Desktop-<version>-macos-<arch>.dmg.
 #
 # ONNX Runtime's standard macOS wheel carries the CoreML execution provider, so no special
 # package is needed: the app tries CoreML (provider "auto") and falls back to the CPU per graph,
@@ -27,6 +27,10 @@ dmg="dist/SmolVLM-Desktop-$version-macos-$(uname -m).dmg"
 "$python" -m venv --clear build/installer-venv
 build/installer-venv/bin/python -m pip install --upgrade pip
 build/installer-venv/bin/python -m pip install . "pyinstaller==6.22.3"
+if [ "$(uname -m)" = x86_64 ]; then
+  # Intel Mac: onnxruntime's newest macOS wheels are arm64 only; 1.23.2 is the last x86_64 one.
+  build/installer-venv/bin/python -m pip install "onnxruntime==1.23.2"
+fi
 build/installer-venv/bin/python installers/build_bundle.py   # reads CODESIGN_IDENTITY itself
 
 # Smoke test: a chat and a batch on the demo model, offscreen; a caption on the CLI.
