@@ -105,8 +105,8 @@ class OnnxRunner:
         return int(prepared.ids.shape[0])
 
     def vision(self, prepared: OnnxPrepared) -> np.ndarray:
-        feeds = {"pixel_values": prepared.pixel_values, "pixel_attention_mask": prepared.pixel_attention_mask}
-        return self.model.graphs["vision_encoder"].run(feeds, self.run_options)[0]
+        """The engine's own vision step (how it splits the tiles into graph calls included)."""
+        return self.model._vision(prepared.pixel_values, prepared.pixel_attention_mask, self.run_options)
 
     def prefill(self, prepared: OnnxPrepared, features: np.ndarray) -> tuple[Any, int]:
         """Embed the prompt, splice the image in, run the decoder over it: (state, next token)."""

@@ -99,3 +99,25 @@ def test_sessions_do_not_spin(tiny_model_dir: Path) -> None:
     """Busy-waiting worker threads halve decode speed when other programs want the cores."""
     opts = runtime.session_options(2)
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_vision_one_tile_per_call_matches_one_call_for_all(tiny_model_dir: Path, monkeypatch) -> None:
+    """Splitting the tiles into separate calls bounds memory; the fp32 features must not change."""
+    import onnxruntime as ort
+
+    from smolvlm_desktop.engine import model as model_module
+    from smolvlm_desktop.engine.processor import preprocess
+
+    model = VisionLanguageModel.load(tiny_model_dir, variant="fp32", provider="cpu", threads=1)
+    rng = np.random.default_rng(5)
+    image = Image.fromarray(rng.integers(0, 255, (300, 420, 3), dtype=np.uint8), "RGB")
+    processed = preprocess([image], model.files.image_processor, None)
+    tiles = processed.pixel_values.shape[1]
+    assert tiles > 1
+    features = {}
+    for per_call in (1, tiles):
+        monkeypatch.setattr(model_module, "VISION_TILES_PER_CALL", per_call)
+        features[per_call] = model._vision(processed.pixel_values, processed.pixel_attention_mask,
+                                           ort.RunOptions())
+    assert features[1].shape[0] == tiles
+    np.testing.assert_allclose(features[1], features[tiles], rtol=1e-5, atol=1e-5)
