@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from .engine.types import EngineError
+
 VISION_GRAPH = "vision_encoder"
 EMBED_GRAPH = "embed_tokens"
 DECODER_GRAPH = "decoder_model_merged"
@@ -55,7 +57,7 @@ ATOL = 1e-4
 RTOL = 1e-4
 
 
-class ExportError(RuntimeError):
+class ExportError(EngineError):
     """The export could not be done or produced a graph that does not match PyTorch."""
 
 
@@ -69,8 +71,9 @@ def require_export_extra() -> None:
             missing.append(name)
     if missing:
         raise ExportError(
-            f"exporting needs {', '.join(missing)}: install the export extra with "
-            "`pip install smolvlm-desktop[export]`"
+            f"exporting needs {', '.join(missing)}, which the installed app does not carry: "
+            "run it from a Python install with the export extra "
+            "(`pip install 'smolvlm-desktop[export]'`)"
         )
 
 

@@ -97,3 +97,13 @@ def test_answers_have_no_leading_space(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["caption", str(a), "--model", "demo", "--max-new-tokens", "4"]) == EXIT_OK
     out = capsys.readouterr().out
     assert out == out.lstrip() and out.strip() == row["text"]
+
+
+def test_export_without_torch_is_a_message_not_a_traceback_simulated_missing_torch(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The installed app carries no torch; `sys.modules[...] = None` makes its import fail here."""
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)
+    code = main(["models", "export", str(tmp_path / "ckpt"), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == EXIT_ERROR
+    assert "torch" in err and "export extra" in err and "Traceback" not in err

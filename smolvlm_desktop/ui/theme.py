@@ -82,5 +82,5 @@ def apply(app: QApplication, theme: str) -> str:
 
 def icon(name: str) -> QIcon:
     """An icon from resources/icons (SVG, so it is sharp at any scale)."""
-    path = resources.files("smolvlm_desktop.resources").joinpath("icons", f"{name}.svg")
+    path = resources.files("smolvlm_desktop.resources").joinpath("icons").joinpath(f"{name}.svg")
     return QIcon(str(path))
