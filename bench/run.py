@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: make `bench` and `smolvlm_desktop` importable
     sys.path.insert(0, str(REPO))
 
-from bench.arch import ARCHS, Arch, BuiltModel, ensure_model, log  # noqa: E402
+from bench.arch import ARCHS, Arch, BuiltModel, cache_root, ensure_model, log  # noqa: E402
 from bench.child import CONFIGS, RESULT_MARKER  # noqa: E402
 
 LABELS = {"int8": "int8 ONNX", "fp32": "fp32 ONNX", "torch": "transformers fp32"}
@@ -106,8 +106,10 @@ def run_child(config: str, arch: Arch, built: BuiltModel, args: argparse.Namespa
     if config == "torch" and built.checkpoint is not None:
         cmd += ["--checkpoint", str(built.checkpoint)]
     if config != "torch" and args.ort_cache:
-        # Next to the built model, as the app keeps it in the user's cache folder.
-        cmd += ["--ort-cache", str(built.model_dir.parent / "ort-cache")]
+        # In the benchmark's own cache, as the app keeps it in the user's cache folder (never
+        # beside the model: the tiny one lives inside the package).
+        ort_cache = (args.cache or cache_root()) / "ort-cache" / built.model_dir.name
+        cmd += ["--ort-cache", str(ort_cache)]
     log(f"measuring {LABELS[config]} ({args.repeats} repeats, {args.threads} threads)")
     proc = subprocess.run([*cmd, "--spawned-at", repr(time.time())], env=env, cwd=REPO,
                           stdout=subprocess.PIPE, text=True)

@@ -36,6 +36,7 @@ def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     out = tmp_path_factory.mktemp("bench") / "results.json"
     status = main(["bench", "--arch", "tiny", "--repeats", "1", "--threads", "1",
+                   "--cache", str(tmp_path_factory.mktemp("bench-cache")),
                    "--new-tokens", str(NEW_TOKENS), "--json", str(out)])
     assert status == 0
     return json.loads(out.read_text(encoding="utf-8"))
