@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from platformdirs import user_config_path, user_data_path
+from platformdirs import user_cache_path, user_config_path, user_data_path
 
 APP_NAME = "SmolVLM Desktop"
 APP_ID = "smolvlm-desktop"
@@ -26,6 +26,14 @@ def config_dir() -> Path:
     """The settings file. Override: SMOLVLM_CONFIG_DIR."""
     override = os.environ.get("SMOLVLM_CONFIG_DIR")
     return Path(override) if override else user_config_path(APP_ID, appauthor=False)
+
+
+def ort_cache_dir() -> Path:
+    """ONNX Runtime's optimised copies of the graphs, so start-up does not redo the work.
+    Disposable: deleting it only costs one slower start. Override: SMOLVLM_CACHE_DIR."""
+    override = os.environ.get("SMOLVLM_CACHE_DIR")
+    root = Path(override) if override else user_cache_path(APP_ID, appauthor=False)
+    return root / "ort-cache"
 
 
 def models_dir() -> Path:

@@ -34,6 +34,7 @@ from typing import Any, Callable, Union
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 from .engine.types import CancelToken, EngineError, GenerationSettings, Message
+from .paths import ort_cache_dir
 
 UNLOADED, LOADING, READY, ERROR = "unloaded", "loading", "ready", "error"
 _job_ids = itertools.count(1)
@@ -261,7 +262,8 @@ class EngineWorker(QObject):
             from .engine.model import VisionLanguageModel  # imports onnxruntime: here, not at start
 
             model = VisionLanguageModel.load(spec.folder, variant=spec.variant,
-                                             provider=spec.provider, threads=spec.threads)
+                                             provider=spec.provider, threads=spec.threads,
+                                             cache_dir=ort_cache_dir())
         except EngineError as exc:
             self.model_state.emit(ERROR, None, str(exc), {})
             raise

@@ -53,6 +53,7 @@ def private_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     root = tmp_path_factory.mktemp("userdirs")
     monkeypatch.setenv("SMOLVLM_DATA_DIR", str(root / "data"))
     monkeypatch.setenv("SMOLVLM_CONFIG_DIR", str(root / "config"))
+    monkeypatch.setenv("SMOLVLM_CACHE_DIR", str(root / "cache"))
     monkeypatch.delenv("SMOLVLM_MODEL", raising=False)
     return root
 

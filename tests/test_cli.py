@@ -107,3 +107,18 @@ def test_export_without_torch_is_a_message_not_a_traceback_simulated_missing_tor
     err = capsys.readouterr().err
     assert code == EXIT_ERROR
     assert "torch" in err and "export extra" in err and "Traceback" not in err
+
+
+def test_second_start_reuses_the_optimised_graphs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """The CLI keeps ONNX Runtime's optimised graphs in the user cache dir, not in the model."""
+    from smolvlm_desktop import paths
+
+    a = write_photo(tmp_path / "a.jpg")
+    args = ["caption", str(a), "--model", "demo", "--json", "--max-new-tokens", "4"]
+    assert main(args) == EXIT_OK
+    first = json_lines(capsys.readouterr().out)[0]
+    cached = sorted(p.name.split("-")[0] for p in paths.ort_cache_dir().iterdir())
+    assert cached == ["decoder_model_merged_int8", "embed_tokens_int8", "vision_encoder_int8"]
+    assert main(args) == EXIT_OK
+    assert json_lines(capsys.readouterr().out)[0]["token_ids"] == first["token_ids"]
+    assert not (paths.demo_model_dir() / "ort-cache").exists()

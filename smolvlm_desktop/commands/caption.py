@@ -16,7 +16,7 @@ from ..cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, UsageError, print_json
 from ..engine.images import load_image
 from ..engine.model import VisionLanguageModel
 from ..engine.types import EngineError, GenerationResult, GenerationSettings, Message
-from ..paths import resolve_model
+from ..paths import ort_cache_dir, resolve_model
 from ..presets import DEFAULT_PRESET, preset_prompt
 
 
@@ -38,7 +38,7 @@ def prompt_text(args: argparse.Namespace) -> str:
 def load_model(args: argparse.Namespace) -> VisionLanguageModel:
     folder = resolve_model(args.model)
     model = VisionLanguageModel.load(folder, variant=args.variant, provider=args.provider,
-                                     threads=args.threads)
+                                     threads=args.threads, cache_dir=ort_cache_dir())
     for graph, reason in model.fallback_notes.items():
         print(f"note: {graph} runs on the CPU ({reason})", file=sys.stderr)
     return model
