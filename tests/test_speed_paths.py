@@ -99,6 +99,9 @@ def test_sessions_spin_only_briefly(tiny_model_dir: Path) -> None:
     """A long busy-wait between ops slows decoding down when other programs want the cores."""
     opts = runtime.session_options(2)
     assert opts.get_session_config_entry("session.intra_op.spin_duration_us") == "50"
+    vision = runtime.session_options(2, short_spin=False)  # few long ops: ORT's default
+    with pytest.raises(Exception):  # ORT raises when the entry was never set
+        vision.get_session_config_entry("session.intra_op.spin_duration_us")
 
 
 def test_vision_one_tile_per_call_matches_one_call_for_all(tiny_model_dir: Path, monkeypatch) -> None:
