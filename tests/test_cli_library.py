@@ -127,3 +127,21 @@ def test_jobs_list_and_the_same_command_resumes_an_unfinished_job(tmp_path: Path
     with Library() as library:
         assert len(library.list_jobs()) == 1
         assert library.job(job.id).state == "finished"
+
+
+def test_embed_metadata_writes_xmp_iptc_and_exif_without_touching_pixels(tmp_path: Path,
+                                                                           capsys) -> None:
+    pyexiv2 = pytest.importorskip("pyexiv2")
+    image = tmp_path / "photo.jpg"
+    Image.new("RGB", (64, 48), (200, 120, 40)).save(image, quality=92)
+    with Image.open(image) as before:
+        pixels = before.tobytes()
+    code = main(["caption", str(image), "--write", "txt", "--embed-metadata", "--json", *FAST])
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert code == EXIT_OK and row["ok"]
+    with pyexiv2.Image(str(image)) as handle:
+        assert handle.read_xmp()["Xmp.dc.description"] == {'lang="x-default"': row["text"]}
+        assert handle.read_iptc()["Iptc.Application2.Caption"] == row["text"]
+        assert handle.read_exif()["Exif.Image.ImageDescription"] == row["text"]
+    with Image.open(image) as after:
+        assert after.tobytes() == pixels

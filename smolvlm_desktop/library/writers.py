@@ -643,7 +643,12 @@ class _Embedder:
                 if old and existing == "skip":
                     return False
                 value = _append(old, text) if old and existing == "append" else text
+                # The Metadata Working Group's three homes of a caption, kept equal so that
+                # every photo tool reads the same text (IPTC declared UTF-8 first).
                 handle.modify_xmp({"Xmp.dc.description": {'lang="x-default"': value}})
+                handle.modify_iptc({"Iptc.Envelope.CharacterSet": "\x1b%G",
+                                    "Iptc.Application2.Caption": value})
+                handle.modify_exif({"Exif.Image.ImageDescription": value})
         except Exception as exc:  # noqa: BLE001 - exiv2 reports every failure as RuntimeError
             raise OutputError(image, f"could not embed the caption: {exc}") from None
         return True
