@@ -22,7 +22,7 @@ from .files import ModelFiles, load_model_files
 from .generate import CacheLayout, DecoderState, TokenChooser, new_run_options
 from .processor import preprocess
 from .prompt import PromptBuilder
-from .runtime import GraphSession, open_graph
+from .runtime import GraphSession, numpy_dtype, open_graph
 from .types import (
     CancelToken,
     EngineError,
@@ -231,7 +231,7 @@ class VisionLanguageModel:
         Separate calls also let a cancel take effect between tiles.
         """
         graph = self.graphs["vision_encoder"]
-        dtype = np.dtype(_dtype_of(graph, "pixel_values"))
+        dtype = np.dtype(numpy_dtype(graph.input_type("pixel_values")))
         pixel_values = pixel_values.astype(dtype, copy=False)
         step = VISION_TILES_PER_CALL
         parts = [
@@ -258,12 +258,6 @@ def _run(graph: GraphSession, feeds: dict, run_options: ort.RunOptions) -> list[
         if run_options.terminate:
             raise _Terminated() from exc
         raise EngineError(f"{graph.path.name} failed: {str(exc).splitlines()[0][:300]}") from exc
-
-
-def _dtype_of(graph: GraphSession, name: str) -> str:
-    from .runtime import numpy_dtype
-
-    return numpy_dtype(graph.input_type(name))
 
 
 def splice_image_features(embeds: np.ndarray, ids: np.ndarray, features: np.ndarray,
