@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -145,3 +148,53 @@ def test_embed_metadata_writes_xmp_iptc_and_exif_without_touching_pixels(tmp_pat
         assert handle.read_exif()["Exif.Image.ImageDescription"] == row["text"]
     with Image.open(image) as after:
         assert after.tobytes() == pixels
+
+
+def sign_in_the_library(tmp_path: Path) -> None:
+    from smolvlm_desktop.library.db import Library
+
+    with Library() as library:
+        library.record_caption(tmp_path / "sign.png", "a sign reading [EXIT] above a door",
+                               "SmolVLM-256M", "Describe.")
+
+
+@pytest.mark.parametrize("query", ["door", "exit"])
+def test_search_piped_prints_the_caption_text_exactly_without_marks(tmp_path: Path, capsys,
+                                                                     query: str) -> None:
+    sign_in_the_library(tmp_path)
+    assert main(["search", query]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert out == f"{tmp_path / 'sign.png'}\n    a sign reading [EXIT] above a door\n"
+
+
+def search_in_a_terminal(query: str, **env: str) -> str:
+    """`smolvlm-desktop search QUERY` with its stdout on a real pseudo-terminal."""
+    import pty
+
+    master, slave = pty.openpty()
+    environ = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    child = subprocess.Popen([sys.executable, "-m", "smolvlm_desktop", "search", query],
+                             stdout=slave, stderr=subprocess.PIPE,
+                             env={**environ, "TERM": "xterm", **env})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err.decode()
+    return b"".join(chunks).decode("utf-8")
+
+
+@pytest.mark.skipif(os.name == "nt", reason="pseudo-terminals are POSIX")
+def test_search_in_a_terminal_shows_only_the_match_in_bold(tmp_path: Path) -> None:
+    sign_in_the_library(tmp_path)
+    assert "a sign reading [EXIT] above a \x1b[1mdoor\x1b[0m\r\n" in search_in_a_terminal("door")
+    assert "a sign reading [\x1b[1mEXIT\x1b[0m] above a door" in search_in_a_terminal("exit")
+    assert "a sign reading [EXIT] above a door\r\n" in search_in_a_terminal("door", NO_COLOR="1")

@@ -12,7 +12,8 @@ import pytest
 
 from smolvlm_desktop.engine.types import Timings
 from smolvlm_desktop.library import db as dbmod
-from smolvlm_desktop.library.db import Library, LibraryError, fts_query
+from smolvlm_desktop.library.db import (SNIPPET_END, SNIPPET_START, Library, LibraryError,
+                                        fts_query)
 
 
 @pytest.fixture
@@ -87,7 +88,35 @@ def test_search_finds_all_words_in_any_order(lib: Library, tmp_path: Path) -> No
     assert {Path(h.path).name for h in lib.search("CAR red")} == found
     hit = lib.search("apple")[0]
     assert hit.text == "a red apple" and hit.model == "tiny" and hit.kind == "caption"
-    assert hit.snippet == "a red [apple]" and hit.created_at
+    assert hit.snippet == f"a red {SNIPPET_START}apple{SNIPPET_END}" and hit.created_at
+
+
+def test_brackets_in_a_caption_are_text_and_only_the_match_is_marked(lib: Library,
+                                                                      tmp_path: Path) -> None:
+    text = "a sign reading [EXIT] above a door"
+    captions(lib, tmp_path, {"sign.jpg": text})
+    for hit in lib.search("door") + lib.search("exit"):  # the marks are not part of the text
+        assert hit.snippet.replace(SNIPPET_START, "").replace(SNIPPET_END, "") == text
+    (hit,) = lib.search("door")
+    assert hit.snippet == f"a sign reading [EXIT] above a {SNIPPET_START}door{SNIPPET_END}"
+    (hit,) = lib.search("exit")
+    assert hit.snippet == f"a sign reading [{SNIPPET_START}EXIT{SNIPPET_END}] above a door"
+
+
+def test_snippet_marks_cannot_be_forged_by_a_caption_or_a_chat(lib: Library,
+                                                                tmp_path: Path) -> None:
+    forged = f"a {SNIPPET_START}fake{SNIPPET_END} mark on a wall"
+    lib.record_caption(tmp_path / "a.jpg", forged, "tiny", "Describe.")
+    lib.record_chat([tmp_path / "b.jpg"], [("user", "What is it?"), ("assistant", forged)], "tiny")
+    hits = lib.search("wall")
+    assert len(hits) == 2
+    for hit in hits:
+        assert SNIPPET_START not in hit.text and SNIPPET_END not in hit.text
+        assert hit.snippet.count(SNIPPET_START) == hit.snippet.count(SNIPPET_END) == 1
+        assert f"{SNIPPET_START}wall{SNIPPET_END}" in hit.snippet.lower()
+    assert lib.captions_for(tmp_path / "a.jpg")[0].text == "a fake mark on a wall"
+    assert lib.search(SNIPPET_START + SNIPPET_END) == []
+    assert len(lib.search(f"{SNIPPET_START}fake")) == 2  # a mark typed in a query is dropped
 
 
 def test_search_limit_and_prefix_and_accents(lib: Library, tmp_path: Path) -> None:

@@ -177,3 +177,43 @@ def test_forget_selected_and_forget_everything_ask_first(qtbot, tmp_path: Path) 
     qtbot.waitUntil(lambda: window.tasks.pending == 0, timeout=TIMEOUT_MS)
     with Library() as library:
         assert library.search("heron") == []
+
+
+def highlighted_runs(label_html: str) -> tuple[str, list[str]]:
+    """What a person sees in a hit's label: its plain text and the runs drawn highlighted
+    (bold), read back from the rich text as Qt lays it out."""
+    from PySide6.QtGui import QFont, QTextDocument
+
+    document = QTextDocument()
+    document.setHtml(label_html)
+    runs, block = [], document.begin()
+    while block.isValid():
+        it = block.begin()
+        while not it.atEnd():
+            fragment = it.fragment()
+            if fragment.charFormat().fontWeight() >= QFont.Weight.DemiBold:
+                runs.append(fragment.text())
+            it += 1
+        block = block.next()
+    return document.toPlainText(), runs
+
+
+@pytest.mark.parametrize("query, match", [("door", "door"), ("exit", "EXIT")])
+def test_a_caption_with_brackets_shows_them_and_highlights_only_the_match(
+        qtbot, tmp_path: Path, query: str, match: str) -> None:
+    from smolvlm_desktop.library.db import Library
+    from smolvlm_desktop.ui import theme
+    from smolvlm_desktop.ui.library_panel import LibraryPanel
+
+    with Library(tmp_path / "library.sqlite3") as library:
+        library.record_caption(tmp_path / "sign.png", "a sign reading [EXIT] <i>above</i> a door",
+                               "SmolVLM-256M", "Describe.")
+        hits = library.search(query)
+    panel = LibraryPanel()
+    qtbot.addWidget(panel)
+    panel.show_hits(hits, theme.colours("light"))
+    label = panel.hits.itemWidget(panel.hits.item(0))
+    assert "&lt;i&gt;above" in label.text(), "still escaped, never markup"
+    text, runs = highlighted_runs(label.text().split('<div style="margin-top:2px">')[1])
+    assert text.splitlines()[0] == "a sign reading [EXIT] <i>above</i> a door"
+    assert runs == [match]

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
 from ..cli import EXIT_ERROR, EXIT_OK, UsageError, add_model_options
-from ..library.db import Library, LibraryError
+from ..library.db import SNIPPET_END, SNIPPET_START, Library, LibraryError
+
+BOLD, PLAIN = "\x1b[1m", "\x1b[0m"
 
 
 def add_library_parsers(sub: argparse._SubParsersAction) -> None:
@@ -41,16 +45,35 @@ def open_library() -> Library:
         raise UsageError(str(exc)) from None
 
 
+def wants_bold(stream: object) -> bool:
+    """Bold (ANSI) only for a person at a terminal: not in a pipe or file, not with NO_COLOR
+    (no-color.org) or TERM=dumb, and on Windows only where the terminal says it is a modern
+    one (the old console prints the escape codes as text)."""
+    isatty = getattr(stream, "isatty", None)
+    if not (isatty and isatty()) or "NO_COLOR" in os.environ or os.environ.get("TERM") == "dumb":
+        return False
+    return os.name != "nt" or "WT_SESSION" in os.environ or "TERM" in os.environ
+
+
+def snippet_text(snippet: str, bold: bool) -> str:
+    """A search snippet for the terminal: the match in bold, or (piped, NO_COLOR) the plain
+    text with no marks at all, so the caption's own characters, brackets included, come out
+    exactly as they are and a script never has to tell marks from text."""
+    start, end = (BOLD, PLAIN) if bold else ("", "")
+    return snippet.replace(SNIPPET_START, start).replace(SNIPPET_END, end).replace("\n", " ")
+
+
 def run_search(args: argparse.Namespace) -> int:
     with open_library() as library:
         hits = library.search(args.query, limit=args.limit)
+    bold = wants_bold(sys.stdout)
     for hit in hits:
         if args.json:
             print(json.dumps({"path": hit.path, "kind": hit.kind, "text": hit.text,
                               "model": hit.model, "created_at": hit.created_at},
                              ensure_ascii=False))
         else:
-            print(f"{hit.path}\n    {hit.snippet}")
+            print(f"{hit.path}\n    {snippet_text(hit.snippet, bold)}")
     if not hits and not args.json:
         print(f"nothing found for {args.query!r}")
     return EXIT_OK

@@ -32,7 +32,11 @@ from ..engine.types import Timings
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
-SNIPPET_START, SNIPPET_END, SNIPPET_ELLIPSIS = "[", "]", "…"
+# The marks around a match in a snippet: private-use characters, which no caption or chat
+# contains, so a caption such as "a sign reading [EXIT]" keeps its brackets. They are removed
+# from every text before it is indexed or searched (`searchable`), so none can be forged.
+SNIPPET_START, SNIPPET_END, SNIPPET_ELLIPSIS = "\ue000", "\ue001", "…"
+_NOT_SEARCHABLE = str.maketrans("", "", SNIPPET_START + SNIPPET_END)
 ITEM_STATES = ("pending", "done", "skipped", "failed")
 JOB_STATES = ("running", "cancelled", "finished")
 
@@ -137,7 +141,7 @@ class SearchHit:
     text: str  # the whole caption, or the chat's text
     model: str
     created_at: str
-    snippet: str  # the matching words wrapped in SNIPPET_START / SNIPPET_END
+    snippet: str  # the matching words wrapped in SNIPPET_START / SNIPPET_END (not brackets)
     kind: str = "caption"  # "caption" or "chat"
     paths: tuple[str, ...] = ()  # every image of a chat (the one image of a caption)
 
@@ -200,10 +204,15 @@ def normalize_path(path: str | os.PathLike[str]) -> str:
     return str(Path(path).expanduser().resolve())
 
 
+def searchable(text: str) -> str:
+    """Text as it may enter the search index: without the snippet marks (see SNIPPET_START)."""
+    return text.translate(_NOT_SEARCHABLE)
+
+
 def fts_query(user_text: str, prefix: bool = False) -> str | None:
     """User words -> an FTS5 query that cannot be a syntax error: every word becomes a quoted
     phrase ("red car" -> '"red" "car"': both words, any order). None when nothing is left."""
-    terms = user_text.replace("\x00", " ").split()
+    terms = searchable(user_text).replace("\x00", " ").split()
     if not terms:
         return None
     quoted = ['"' + term.replace('"', '""') + '"' for term in terms]
@@ -356,7 +365,8 @@ class Library:
         image_id = self._image_id(conn, path, facts)
         cursor = conn.execute(
             "INSERT INTO captions(image_id, model, prompt, text, created_at, timings) "
-            "VALUES (?, ?, ?, ?, ?, ?)", (image_id, model, prompt, text, _now(), timings_json))
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (image_id, model, prompt, searchable(text), _now(), timings_json))
         return int(cursor.lastrowid)
 
     def record_caption(self, path: str | os.PathLike[str], text: str, model: str, prompt: str,
@@ -387,7 +397,7 @@ class Library:
         facts = [file_facts(k) for k in keys]
         clean = [_turn(t) for t in turns]
         turns_json = json.dumps(clean, ensure_ascii=False)
-        search_text = "\n".join(t["text"] for t in clean)
+        search_text = searchable("\n".join(t["text"] for t in clean))
         with self._write() as conn:
             if chat_id is not None:
                 updated = conn.execute(

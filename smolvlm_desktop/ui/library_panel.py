@@ -25,15 +25,18 @@ HIT_ROLE = Qt.ItemDataRole.UserRole
 
 
 def snippet_html(snippet: str, mark_style: str) -> str:
-    """The library's snippet ('…a [red] car…') as HTML with the match highlighted; the text
-    itself is escaped, so a caption can never inject markup."""
+    """The library's snippet (the match between SNIPPET_START and SNIPPET_END) as HTML with
+    the match highlighted. The text itself is escaped, so a caption can never inject markup,
+    and its own brackets stay brackets: the marks are characters no caption contains."""
     out, inside = [], False
     for char in snippet:
-        if char == SNIPPET_START and not inside:
-            out.append(f'<span style="{mark_style}">')
+        if char == SNIPPET_START:
+            if not inside:
+                out.append(f'<span style="{mark_style}">')
             inside = True
-        elif char == SNIPPET_END and inside:
-            out.append("</span>")
+        elif char == SNIPPET_END:
+            if inside:
+                out.append("</span>")
             inside = False
         else:
             out.append(html.escape(char))
