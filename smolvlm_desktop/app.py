@@ -4,6 +4,11 @@ The window opens before any model work starts (ONNX Runtime is imported in the w
 then the model loads in the background. `--self-test` is the installers' smoke test: it opens
 the window offscreen, runs a chat turn and a two-image batch on the bundled demo model through
 the real worker thread, checks the results, closes cleanly and exits 0 (1 with a reason).
+
+The window (also with `--demo`) keeps a local crash log in `<data dir>/logs` (crashlog.py) and
+says at the next start when the previous session crashed. `--self-test` does not: it runs in
+installers and CI, must leave no files behind (like its settings and library), and reports a
+crash through its exit status and stderr already.
 """
 
 from __future__ import annotations
@@ -41,20 +46,48 @@ def make_app(argv: Sequence[str]):  # -> QApplication
     return app
 
 
+def log_dir() -> Path:
+    from .paths import data_dir
+
+    return data_dir() / "logs"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.self_test:
         return run_self_test()
-    from PySide6.QtCore import QTimer
-
-    from .ui.main_window import MainWindow
+    from . import crashlog
 
     app = make_app([])
+    start_window(args)
+    code = app.exec()
+    crashlog.disable()  # a clean exit: the next start reports no crash
+    return code
+
+
+def start_window(args: argparse.Namespace):  # -> MainWindow
+    """Turn the crash log on, open the window, then load the model and tell of a crash.
+
+    The previous session's crash is read before the log is enabled (which starts this session's
+    record), and the log is on before the window is built, so that an error there is logged too.
+    """
+    from PySide6.QtCore import QTimer
+
+    from . import crashlog
+    from .ui.main_window import MainWindow
+
+    folder = log_dir()
+    report = crashlog.previous_crash(folder)
+    logged = crashlog.enable(folder)
     window = MainWindow()
+    if logged:
+        window.report_errors(folder)
     window.show()
     # After the first paint: the window is up before anything slow is even started.
     QTimer.singleShot(0, lambda: window.start_model(args.model, demo=args.demo))
-    return app.exec()
+    if report:
+        QTimer.singleShot(0, lambda: window.show_crash_report(report, folder))
+    return window
 
 
 # --- the self-test -----------------------------------------------------------------------------

@@ -17,12 +17,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from PySide6.QtCore import QByteArray, Signal
+from PySide6.QtCore import QByteArray, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDragLeaveEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import (QApplication, QFileDialog, QLabel, QMainWindow, QMessageBox,
                                QStackedWidget, QTabWidget, QVBoxLayout, QWidget)
 
-from .. import paths
+from .. import crashlog, paths
 from .. import settings as settings_mod
 from ..engine.types import ModelInfo
 from ..settings import THEMES, Settings
@@ -33,6 +33,7 @@ from .batch_controller import BatchController
 from .batch_panel import BatchPanel
 from .chat_controller import ChatController
 from .chat_panel import ChatPanel
+from .crash_dialog import CrashDialog, error_dialog, previous_crash_dialog
 from .gallery import GalleryStrip
 from .library_controller import LibraryController
 from .library_panel import LibraryPanel
@@ -46,6 +47,9 @@ DEMO_TEXT = ("DEMO MODEL: this is a tiny model with random weights, bundled for 
              "window out. Its answers are random noise, not descriptions of your images.")
 
 
+MORE_ERRORS_SHOWN = 20  # later errors of a session added to the first one's message
+
+
 def _writer_formats() -> list[str]:
     from ..library.writers import FORMATS
 
@@ -54,6 +58,7 @@ def _writer_formats() -> list[str]:
 
 class MainWindow(QMainWindow):
     closed = Signal()
+    unexpected_error = Signal(str)  # an errors.log entry, emitted from whichever thread raised
 
     def __init__(self, settings: Settings | None = None, synchronous: bool = False,
                  persist: bool = True) -> None:
@@ -71,6 +76,12 @@ class MainWindow(QMainWindow):
         self._shut_down = False
         self._library_calls: dict[int, Callable[[Any], None]] = {}
         self._library_problem_shown = False
+        self.log_dir: Path | None = None
+        self.crash_dialog: CrashDialog | None = None
+        self.error_dialog: CrashDialog | None = None
+        self._errors_added = 0
+        # Queued even from this thread: the message is built after the hook has returned.
+        self.unexpected_error.connect(self._on_unexpected_error, Qt.ConnectionType.QueuedConnection)
         self.tasks = TaskRunner(self, synchronous=synchronous)
         self.worker = EngineWorker(synchronous=synchronous, use_library=persist)
         self.worker.library_result.connect(self._on_library_result)
@@ -161,6 +172,32 @@ class MainWindow(QMainWindow):
         self.notice.setText(text)
         self.notice.setToolTip(details)
         self.notice.setVisible(bool(text))
+
+    # --- crashes and unexpected errors ------------------------------------------------------
+
+    def show_crash_report(self, report: str, log_dir: Path) -> None:
+        """The previous session crashed: say so once, without blocking the window."""
+        self.crash_dialog = previous_crash_dialog(report, log_dir, self)
+        self.crash_dialog.show()
+
+    def report_errors(self, log_dir: Path) -> None:
+        """Uncaught exceptions logged by crashlog (a Qt slot that raised, a thread that died) are
+        shown in a message: the first one of the session; later ones join its details."""
+        self.log_dir = log_dir
+        crashlog.add_listener(self._error_logged)
+
+    def _error_logged(self, entry: str) -> None:
+        self.unexpected_error.emit(entry)
+
+    def _on_unexpected_error(self, entry: str) -> None:
+        if self.error_dialog is not None:
+            self._errors_added += 1
+            if self._errors_added <= MORE_ERRORS_SHOWN:  # a slot failing on every paint: bounded
+                self.error_dialog.append_details(entry)
+            self.status.showMessage("Another unexpected error was written to errors.log", 8000)
+            return
+        self.error_dialog = error_dialog(entry, self.log_dir or Path(), self)
+        self.error_dialog.show()
 
     # --- the library (opened by the worker, in its thread) ----------------------------------
 
@@ -456,6 +493,10 @@ class MainWindow(QMainWindow):
         if self._shut_down:
             return
         self._shut_down = True
+        crashlog.remove_listener(self._error_logged)
+        for dialog in (self.crash_dialog, self.error_dialog):
+            if dialog is not None:
+                dialog.close()
         QGuiApplication.styleHints().colorSchemeChanged.disconnect(self._system_scheme_changed)
         self.worker.cancel_all()
         if self.model_manager is not None:
