@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from . import export_decoder
 from .engine.types import EngineError
 
 VISION_GRAPH = "vision_encoder"
@@ -372,7 +373,11 @@ def export_checkpoint(src: Path, dst: Path, quantize: Sequence[str] = ("int8",),
     onnx_dir = dst / "onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
     for name, spec in _graph_specs(lm).items():
-        _export_graph(spec, onnx_dir / f"{name}.onnx", opset)
+        if name == DECODER_GRAPH and export_decoder.unsupported_reason(lm.config.get_text_config(decoder=True)) is None:
+            export_decoder.build_decoder(lm, onnx_dir / f"{name}.onnx", opset)
+            _normalise(onnx_dir / f"{name}.onnx")
+        else:
+            _export_graph(spec, onnx_dir / f"{name}.onnx", opset)
     verify_export(lm, onnx_dir)
     for kind in quantize:
         for name in GRAPHS:
@@ -388,6 +393,7 @@ def copy_side_files(src: Path, dst: Path) -> None:
 
 def quantize_graph(fp32_path: Path, out_path: Path, kind: str) -> None:
     """Dynamic quantisation of the weights (MatMul and Gather) to int8 or uint8."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     weight_type = QuantType.QInt8 if kind == "int8" else QuantType.QUInt8
@@ -395,7 +401,10 @@ def quantize_graph(fp32_path: Path, out_path: Path, kind: str) -> None:
     level = root.level
     root.setLevel(logging.ERROR)  # it advises "pre-processing" on every call: noise here
     try:
-        quantize_dynamic(fp32_path, out_path, weight_type=weight_type, op_types_to_quantize=["MatMul", "Gather"])
+        # DefaultTensorType: ONNX's shape inference does not know ONNX Runtime's fused ops (the
+        # hand-written decoder's), so it cannot tell their outputs are float; they are.
+        quantize_dynamic(fp32_path, out_path, weight_type=weight_type, op_types_to_quantize=["MatMul", "Gather"],
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     finally:
         root.setLevel(level)
     _normalise(out_path)
