@@ -27,8 +27,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_TINY = REPO / "smolvlm_desktop" / "data" / "tiny-smolvlm"
-# Bump when the build recipe changes in a way the config hash cannot see.
+# Bump when the build recipe changes in a way the config hash cannot see. The exporter's own
+# source is hashed in as well (EXPORTER_SOURCES), so a new graph recipe rebuilds the model.
 BUILD_RECIPE = 1
+EXPORTER_SOURCES = ("smolvlm_desktop/export.py", "smolvlm_desktop/export_decoder.py", "smolvlm_desktop/tiny_model.py")
 SEED = 256_000_001
 # Tokens a greedy run would stop at (<|endoftext|>, <|im_end|>, <end_of_utterance>). Their
 # embedding rows are zeroed: with tied embeddings their logit is then exactly 0 while the best
@@ -51,7 +53,7 @@ class Arch:
         """Short hash of everything that decides the built files."""
         blob = json.dumps({"config": self.config, "tile": self.tile, "longest_edge": self.longest_edge,
                            "image_seq_len": self.image_seq_len, "seed": SEED, "stop_ids": STOP_IDS,
-                           "recipe": BUILD_RECIPE}, sort_keys=True)
+                           "recipe": BUILD_RECIPE, "exporter": exporter_digest()}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -61,6 +63,14 @@ class BuiltModel:
 
     model_dir: Path  # official layout: configs, tokenizer, onnx/*.onnx (also the torch processor)
     checkpoint: Path | None  # save_pretrained folder; None = tiny weights rebuilt from the seed
+
+
+def exporter_digest() -> str:
+    """Hash of the code that builds the ONNX files."""
+    digest = hashlib.sha256()
+    for name in EXPORTER_SOURCES:
+        digest.update((REPO / name).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def smolvlm_256m() -> Arch:
