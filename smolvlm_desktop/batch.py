@@ -5,6 +5,10 @@ worker thread both drive it, and it talks back through plain event objects.
     summary = runner.run(images)                  # a new job in the library
     summary = runner.run([], job_id=7)            # resume: only job 7's pending images run
 
+One process at a time per job: with a library, a run claims its job for its whole length
+(library/joblock.py) and raises JobBusy, before writing anything, if another process is
+running it. The OS drops the claim of a process that dies, so a crashed job can be resumed.
+
 One image, in order: skip if a caption exists (policy) -> load -> generate (tokens streamed)
 -> stage the caption in the job -> write the caption files -> record the caption and mark
 the item done (one transaction).
@@ -26,6 +30,7 @@ import os
 import threading
 import time
 from collections import deque
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
@@ -35,6 +40,7 @@ from .engine.types import CancelToken, EngineError, GenerationSettings, Message,
 from .library import writers
 from .library.atomic import OutputError
 from .library.db import Library
+from .library.joblock import JobBusy, JobClaim  # JobBusy: what run() raises for a taken job
 
 Existing = Literal["skip", "overwrite", "append"]
 PAUSE_POLL_S = 0.05  # how often a paused batch looks at its pause and cancel flags
@@ -197,6 +203,7 @@ class _Run:
     pause: threading.Event | None
     writer: Any = None
     complete: bool = True  # False when an output could not be saved: the job stays resumable
+    claim: AbstractContextManager[Any] = field(default_factory=nullcontext)  # JobClaim, held
 
 
 class BatchRunner:
@@ -227,22 +234,27 @@ class BatchRunner:
         cancel: stops mid-image; that image stays pending (no file written) and the job is
         marked "cancelled", resumable. pause: while the Event is *set* the batch waits,
         between tokens and between images; clear it to go on. Cancel still works while
-        paused (both flags are polled every PAUSE_POLL_S)."""
+        paused (both flags are polled every PAUSE_POLL_S).
+
+        JobBusy, with nothing written, if another process is running that job, or (for a
+        new job) the very same batch: see `_claim`."""
         started = time.monotonic()
         run = self._prepare(paths, job_id, cancel or CancelToken(), pause)
-        self.on_event(run.tally.progress())
-        try:
-            if job_id is not None:
-                _Recovery(self, run).finish()
-            run.writer = self._writer(run.aggregate_dir, self.settings.outputs)
+        with run.claim:
+            self.on_event(run.tally.progress())
             try:
-                self._loop(run)
+                if job_id is not None:
+                    _Recovery(self, run).finish()
+                run.writer = self._writer(run.aggregate_dir, self.settings.outputs)
+                try:
+                    self._loop(run)
+                finally:
+                    self._close_writer(run)
             finally:
-                self._close_writer(run)
-        finally:
-            run.summary.elapsed_s = time.monotonic() - started
-        if self.library is not None and run.job_id is not None and run.complete:
-            self.library.finish_job(run.job_id, "cancelled" if run.summary.cancelled else "finished")
+                run.summary.elapsed_s = time.monotonic() - started
+            if self.library is not None and run.job_id is not None and run.complete:
+                self.library.finish_job(run.job_id,
+                                        "cancelled" if run.summary.cancelled else "finished")
         return run.summary
 
     def _loop(self, run: _Run) -> None:
@@ -256,7 +268,9 @@ class BatchRunner:
 
     def _prepare(self, paths: Sequence[Path], job_id: int | None, cancel: CancelToken,
                  pause: threading.Event | None) -> _Run:
-        """The images to run and the counts they start from (a resumed job's earlier work)."""
+        """The images to run and the counts they start from (a resumed job's earlier work);
+        with a library, the job is claimed first and the claim comes back in the _Run."""
+        claim: AbstractContextManager[Any] = nullcontext()
         if self.library is None:
             if job_id is not None:
                 raise ValueError("resuming a job needs the library it is stored in")
@@ -264,22 +278,63 @@ class BatchRunner:
             tally = _Tally(total=len(items))
             aggregate_dir = self.settings.aggregate_dir or common_parent(list(paths))
         else:
-            if job_id is None:
-                settings = {**self.settings.to_dict(), "model": self.model_name}
-                job_id = self.library.create_job(settings, list(paths))
-            else:
-                self.library.finish_job(job_id, "running")
-            all_items = self.library.job_items(job_id)
-            counts = self.library.job(job_id).counts
-            tally = _Tally(done=counts["done"], skipped=counts["skipped"],
-                           failed=counts["failed"], total=counts["total"])
-            items = [_Item(i, it.path, it.caption, it.timings)
-                     for i, it in enumerate(all_items) if it.state == "pending"]
-            # from all of the job's images, so that a resume puts jsonl/csv in the same place
-            aggregate_dir = self.settings.aggregate_dir or common_parent(
-                [it.path for it in all_items])
+            job_id, claim = self._claim(paths, job_id)
+            try:
+                items, tally, aggregate_dir = self._job_state(job_id)
+            except BaseException:
+                claim.release()
+                raise
         summary = BatchSummary(job_id, 0, 0, [], False, 0.0)
-        return _Run(job_id, items, tally, Path(aggregate_dir), summary, cancel, pause)
+        return _Run(job_id, items, tally, Path(aggregate_dir), summary, cancel, pause,
+                    claim=claim)
+
+    def _claim(self, paths: Sequence[Path], job_id: int | None) -> tuple[int, JobClaim]:
+        """The job this run works on, claimed until the run ends (JobBusy if taken).
+
+        A resumed job is claimed before it is touched. A new job is claimed inside the
+        transaction that creates it, so that no other process sees it unclaimed and resumes
+        it first; and it is refused if another process is running an unfinished job with the
+        same settings, model and images (the same command typed twice), since both would
+        write the same files at once."""
+        library = self.library
+        assert library is not None
+        if job_id is not None:
+            library.job(job_id)  # an unknown job: LibraryError, before any lock file is made
+            claim = library.claim_job(job_id)
+            try:
+                library.finish_job(job_id, "running")
+            except BaseException:
+                claim.release()
+                raise
+            return job_id, claim
+        settings = {**self.settings.to_dict(), "model": self.model_name}
+        claims: list[JobClaim] = []
+
+        def claim_new(new_id: int) -> None:
+            for twin in library.unfinished_jobs_like(settings, paths):
+                if twin.id != new_id and library.job_claimed(twin.id):
+                    raise JobBusy(twin.id)
+            claims.append(library.claim_job(new_id))
+
+        try:
+            return library.create_job(settings, list(paths), on_created=claim_new), claims[0]
+        except BaseException:
+            for claim in claims:  # claimed, then the commit failed: the job does not exist
+                claim.release()
+            raise
+
+    def _job_state(self, job_id: int) -> tuple[list[_Item], _Tally, Path]:
+        """A claimed job's pending images, its counts so far and where its jsonl/csv go."""
+        assert self.library is not None
+        all_items = self.library.job_items(job_id)
+        counts = self.library.job(job_id).counts
+        tally = _Tally(done=counts["done"], skipped=counts["skipped"],
+                       failed=counts["failed"], total=counts["total"])
+        items = [_Item(i, it.path, it.caption, it.timings)
+                 for i, it in enumerate(all_items) if it.state == "pending"]
+        # from all of the job's images, so that a resume puts jsonl/csv in the same place
+        aggregate_dir = self.settings.aggregate_dir or common_parent([it.path for it in all_items])
+        return items, tally, Path(aggregate_dir)
 
     def _writer(self, aggregate_dir: Path, formats: Sequence[str]) -> writers.CaptionWriter:
         return writers.CaptionWriter(formats, existing=self.settings.existing,

@@ -1,8 +1,10 @@
 """Resuming after a crash: every image captioned once, one row per image, no half file.
 
 The first tests build each crash state by hand with the real writer and library (what a
-killed run leaves on disk), so each window is covered deterministically. The last one kills
-a real batch process with SIGKILL, twice, and resumes it in a fresh process.
+killed run leaves on disk), so each window is covered deterministically. Then a real batch
+process is killed with SIGKILL, twice, and resumed in a fresh process. The last tests hold a
+job in a real second process (its claim, library/joblock.py) and check that nobody else
+runs it until that process is killed.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from smolvlm_desktop.batch import BatchRunner, BatchSettings, ImageDone, TokenDelta
+from smolvlm_desktop.batch import BatchRunner, BatchSettings, ImageDone, JobBusy, TokenDelta
 from smolvlm_desktop.engine.types import GenerationSettings, Timings
 from smolvlm_desktop.library import writers
 from smolvlm_desktop.library.db import Library
+from test_joblock import hold_in_another_process, kill
 
 GEN = GenerationSettings(max_new_tokens=6)
 
@@ -173,19 +176,26 @@ def start_child(library: Path, folder: Path, stall: str, log: Path) -> subproces
 
 
 def done_count(library: Path) -> int:
+    """Images done so far in the (one) job, which the running child holds: so not
+    latest_unfinished_job, which leaves out jobs another process is running."""
     with Library(library) as lib:
-        job = lib.latest_unfinished_job()
-        return job.counts["done"] if job else 0
+        jobs = lib.list_jobs()
+        return jobs[0].counts["done"] if jobs else 0
 
 
 def kill_when_stalled(child: subprocess.Popen, library: Path, marker: Path, at_least: int,
                       log: Path) -> None:
     """Poll the library until `at_least` images are done and the child hangs; then kill -9."""
     deadline = time.monotonic() + 120
-    while not (marker.exists() and done_count(library) >= at_least):
-        assert child.poll() is None, f"the batch ended before the kill:\n{log.read_text()}"
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.05)
+    try:
+        while not (marker.exists() and done_count(library) >= at_least):
+            assert child.poll() is None, f"the batch ended before the kill:\n{log.read_text()}"
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+    except BaseException:
+        child.kill()
+        child.wait(30)
+        raise
     child.send_signal(signal.SIGKILL)
     assert child.wait(30) == -signal.SIGKILL
     marker.unlink()
@@ -225,3 +235,78 @@ def test_sigkill_twice_then_resume_captions_every_image_exactly_once(tmp_path: P
         assert all(r["text"] == captions[r["file_name"]] for r in rows)
     leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".")]
     assert leftovers == []  # no temporary files from the killed writes
+
+
+# --- a job another process is running ------------------------------------------------------
+
+
+def busy(job_id: int) -> str:
+    return f"job {job_id} is being run by another SmolVLM Desktop process"
+
+
+def written(folder: Path) -> list[str]:
+    """Every caption output in the folder (the images themselves left out)."""
+    return sorted(p.name for p in folder.iterdir() if p.suffix != ".png")
+
+
+def test_a_job_another_process_runs_is_not_resumed_and_nothing_is_written(
+        tiny_model, lib: Library, tmp_path: Path) -> None:
+    images = make_images(tmp_path / "photos", 3)
+    settings = BatchSettings("Describe.", GEN, outputs=("txt", "jsonl"))
+    job = lib.create_job(settings.to_dict(), images)
+    lib.stage_caption(job, images[0], "staged before a crash", None)  # recovery would write it
+    lib.finish_job(job, "cancelled")
+    events: list = []
+    holder = hold_in_another_process(lib.path, job)
+    try:
+        assert lib.latest_unfinished_job() is None, "a job being run is not offered to resume"
+        with pytest.raises(JobBusy, match=busy(job)):
+            BatchRunner(tiny_model, settings, library=lib, on_event=events.append).run(
+                [], job_id=job)
+    finally:
+        kill(holder)
+    assert events == [] and written(tmp_path / "photos") == []
+    assert lib.job(job).state == "cancelled", "the job's state was not touched"
+    assert [it.state for it in lib.job_items(job)] == ["pending"] * 3
+
+    assert lib.latest_unfinished_job().id == job  # the kill gave the job back
+    summary = BatchRunner(tiny_model, settings, library=lib).run([], job_id=job)
+    assert summary.done == 3 and lib.job(job).state == "finished"
+    assert images[0].with_suffix(".txt").read_text(encoding="utf-8") == "staged before a crash"
+
+
+def test_the_very_same_new_batch_is_refused_while_another_process_runs_it(
+        tiny_model, lib: Library, tmp_path: Path) -> None:
+    images = make_images(tmp_path / "photos", 2)
+    settings = BatchSettings("Describe.", GEN)
+    job = lib.create_job({**settings.to_dict(), "model": tiny_model.info.name}, images)
+    holder = hold_in_another_process(lib.path, job)
+    try:
+        with pytest.raises(JobBusy, match=busy(job)):
+            BatchRunner(tiny_model, settings, library=lib).run(images)
+    finally:
+        kill(holder)
+    assert [j.id for j in lib.list_jobs()] == [job], "no second job was created"
+    assert written(tmp_path / "photos") == []
+    assert BatchRunner(tiny_model, settings, library=lib).run(images).done == 2
+
+
+def test_a_run_holds_its_job_from_creation_to_the_end(tiny_model, lib: Library,
+                                                      tmp_path: Path) -> None:
+    images = make_images(tmp_path / "photos", 2)
+    claimed: list[bool] = []
+
+    def on_event(event: object) -> None:
+        if isinstance(event, ImageDone):
+            claimed.append(lib.job_claimed(lib.list_jobs()[0].id))
+
+    summary = BatchRunner(tiny_model, BatchSettings("Describe.", GEN), library=lib,
+                          on_event=on_event).run(images)
+    assert claimed == [True, True] and not lib.job_claimed(summary.job_id)
+
+    def refuse(job_id: int) -> None:
+        raise JobBusy(job_id)
+
+    with pytest.raises(JobBusy):
+        lib.create_job({"prompt": "x"}, images, on_created=refuse)
+    assert len(lib.list_jobs()) == 1, "a job whose claim failed is not created"

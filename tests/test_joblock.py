@@ -42,7 +42,8 @@ def test_a_claim_is_exclusive_until_released(tmp_path: Path) -> None:
     library = tmp_path / "library.sqlite3"
     first = claim_job(library, 3)
     assert first.held and is_claimed(library, 3)
-    with pytest.raises(JobBusy, match="job 3 is being run by another SmolVLM Desktop process") as info:
+    busy = "job 3 is being run by another SmolVLM Desktop process"
+    with pytest.raises(JobBusy, match=busy) as info:
         claim_job(library, 3)
     assert info.value.job_id == 3
     first.release()

@@ -5,6 +5,10 @@ chats, and batch jobs with one row per image so that a batch killed at any momen
 Everything the user can search is indexed with FTS5, kept in sync by triggers, and everything
 can be forgotten for real: rows, index entries and the free pages they leave behind.
 
+A batch job is run by one process at a time: a run claims it first (`claim_job`, an OS lock
+next to the library file, see joblock.py), and a job claimed by a running process is never
+offered for resuming.
+
 Threads: one `Library` owns one connection that may be used from any thread; a lock
 serialises the calls, and every call is short (one small transaction), so the window's
 worker thread can mark items while the UI thread runs a search. Other processes (a CLI batch
@@ -26,9 +30,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..engine.types import Timings
+from .joblock import JobClaim, claim_job, is_claimed
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
@@ -505,8 +510,13 @@ class Library:
 
     # --- batch jobs -----------------------------------------------------------------------
 
-    def create_job(self, settings: Mapping[str, Any], paths: Sequence[str | os.PathLike[str]]) -> int:
-        """A new job with every path pending, in order (duplicates kept once)."""
+    def create_job(self, settings: Mapping[str, Any], paths: Sequence[str | os.PathLike[str]],
+                   *, on_created: Callable[[int], None] | None = None) -> int:
+        """A new job with every path pending, in order (duplicates kept once).
+
+        on_created(job_id) runs inside the transaction that creates the job, before any other
+        process can see it: the batch runner claims the job there, so nobody can resume it
+        first. If it raises, the job is not created."""
         keys = list(dict.fromkeys(normalize_path(p) for p in paths))
         settings_json = json.dumps(dict(settings), sort_keys=True, ensure_ascii=False)
         with self._write() as conn:
@@ -516,7 +526,18 @@ class Library:
             conn.executemany(
                 "INSERT INTO job_items(job_id, path, position) VALUES (?, ?, ?)",
                 [(job_id, key, position) for position, key in enumerate(keys)])
+            if on_created is not None:
+                on_created(job_id)
         return job_id
+
+    def claim_job(self, job_id: int) -> JobClaim:
+        """Claim the job for one run (hold it until claim.release()); JobBusy if another
+        process (or another run in this one) is running it."""
+        return claim_job(self.path, job_id)
+
+    def job_claimed(self, job_id: int) -> bool:
+        """Is some process running this job right now? A snapshot: claim_job decides."""
+        return is_claimed(self.path, job_id)
 
     def job(self, job_id: int) -> JobInfo:
         rows = self._read("SELECT id, created_at, settings, state, finished_at FROM jobs "
@@ -540,11 +561,29 @@ class Library:
         return [self._job_info(r) for r in rows]
 
     def latest_unfinished_job(self) -> JobInfo | None:
-        """The newest job that was cancelled or never finished (killed, crashed, or still
-        running in another process: the library cannot tell those apart)."""
-        rows = self._read("SELECT id, created_at, settings, state, finished_at FROM jobs "
-                          "WHERE state != 'finished' ORDER BY id DESC LIMIT 1")
-        return self._job_info(rows[0]) if rows else None
+        """The newest job that was cancelled or never finished (killed, crashed) and that no
+        process is running now: the one to offer to resume. A job another process holds is
+        left out (its state says "running" too), since resuming it would only be refused."""
+        for row in self._unfinished_rows():
+            if not self.job_claimed(row[0]):
+                return self._job_info(row)
+        return None
+
+    def unfinished_jobs_like(self, settings: Mapping[str, Any],
+                             paths: Sequence[str | os.PathLike[str]]) -> list[JobInfo]:
+        """Unfinished jobs with exactly these settings and images, newest first: the same
+        command run again. Claimed or not: callers look (job_claimed) and decide."""
+        wanted = json.loads(json.dumps(dict(settings)))  # tuples -> lists, as stored
+        keys = {normalize_path(p) for p in paths}
+        return [self._job_info(row) for row in self._unfinished_rows()
+                if json.loads(row[2]) == wanted and self._job_paths(row[0]) == keys]
+
+    def _unfinished_rows(self) -> list[sqlite3.Row | tuple]:
+        return self._read("SELECT id, created_at, settings, state, finished_at FROM jobs "
+                          "WHERE state != 'finished' ORDER BY id DESC")
+
+    def _job_paths(self, job_id: int) -> set[str]:
+        return {r[0] for r in self._read("SELECT path FROM job_items WHERE job_id = ?", (job_id,))}
 
     def pending_items(self, job_id: int) -> list[Path]:
         rows = self._read("SELECT path FROM job_items WHERE job_id = ? AND state = 'pending' "
