@@ -4,7 +4,7 @@ The first tests build each crash state by hand with the real writer and library 
 killed run leaves on disk), so each window is covered deterministically. Then a real batch
 process is killed with SIGKILL, twice, and resumed in a fresh process. The last tests hold a
 job in a real second process (its claim, library/joblock.py) and check that nobody else
-runs it until that process is killed.
+runs it, from the runner and the CLI, until that process is killed.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from smolvlm_desktop.batch import BatchRunner, BatchSettings, ImageDone, JobBusy, TokenDelta
+from smolvlm_desktop.cli import EXIT_ERROR, EXIT_OK, main
 from smolvlm_desktop.engine.types import GenerationSettings, Timings
 from smolvlm_desktop.library import writers
 from smolvlm_desktop.library.db import Library
@@ -310,3 +311,56 @@ def test_a_run_holds_its_job_from_creation_to_the_end(tiny_model, lib: Library,
     with pytest.raises(JobBusy):
         lib.create_job({"prompt": "x"}, images, on_created=refuse)
     assert len(lib.list_jobs()) == 1, "a job whose claim failed is not created"
+
+
+MODEL = ["--model", "demo", "--threads", "1"]
+FAST = [*MODEL, "--max-new-tokens", "4"]
+
+
+def test_cli_jobs_resume_refuses_a_job_another_process_runs(tmp_path: Path, capsys) -> None:
+    images = make_images(tmp_path / "photos", 2)
+    with Library() as library:
+        job = library.create_job(BatchSettings("Describe.", GEN).to_dict(), images)
+        holder = hold_in_another_process(library.path, job)
+    try:
+        assert main(["jobs"]) == EXIT_OK
+        assert f"#{job}  in use" in capsys.readouterr().out
+        assert main(["jobs", "resume", str(job), *MODEL]) == EXIT_ERROR
+        out, err = capsys.readouterr()
+    finally:
+        kill(holder)
+    assert out == "" and err == f"smolvlm-desktop: {busy(job)}; wait for it to end (or stop " \
+                                "it there), then try again\n"
+    assert written(tmp_path / "photos") == []
+    assert main(["jobs", "resume", str(job), *MODEL]) == EXIT_OK
+    capsys.readouterr()
+    assert written(tmp_path / "photos") == ["img00.txt", "img01.txt"]
+
+
+def test_cli_the_same_command_twice_refuses_instead_of_a_second_job(tmp_path: Path,
+                                                                   capsys) -> None:
+    images = make_images(tmp_path / "photos", 3)
+    command = ["caption", str(tmp_path / "photos"), "--write", "txt", *FAST]
+    assert main(command) == EXIT_OK
+    capsys.readouterr()
+    with Library() as library:  # make it the unfinished job a killed run leaves
+        (job,) = library.list_jobs()
+        with library._lock:
+            library._conn.execute("UPDATE jobs SET state = 'running' WHERE id = ?", (job.id,))
+            library._conn.execute("UPDATE job_items SET state = 'pending' WHERE job_id = ? "
+                                  "AND path = ?", (job.id, str(images[2].resolve())))
+    images[2].with_suffix(".txt").unlink()
+    holder = hold_in_another_process(Library().path, job.id)  # the same command, running now
+    try:
+        assert main(command) == EXIT_ERROR
+        err = capsys.readouterr().err
+    finally:
+        kill(holder)
+    assert err.startswith(f"smolvlm-desktop: {busy(job.id)}") and err.count("\n") == 1
+    assert not images[2].with_suffix(".txt").exists()
+    with Library() as library:
+        assert [j.id for j in library.list_jobs()] == [job.id], "no second job was started"
+
+    assert main(command) == EXIT_OK  # that process is gone: the same command finishes the job
+    assert f"resuming job #{job.id}" in capsys.readouterr().err
+    assert images[2].with_suffix(".txt").exists()

@@ -3,7 +3,9 @@
 Without --write the answers are printed (streamed for plain output). With --write the images
 go through the same batch runner as the window: caption files written atomically, existing
 captions respected, and the job recorded in the library so that running the same command
-again after a crash (or `jobs resume N`) finishes it.
+again after a crash (or `jobs resume N`) finishes it. A job another SmolVLM Desktop process is
+running is never run a second time: the command says so in one line and exits with
+EXIT_ERROR, having written nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ..cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, UsageError, print_json
 from ..engine.images import load_image
 from ..engine.model import VisionLanguageModel
 from ..engine.types import EngineError, GenerationResult, GenerationSettings, Message
+from ..library.joblock import JobBusy
 from ..paths import ort_cache_dir, resolve_model
 from ..presets import DEFAULT_PRESET, preset_prompt
 
@@ -61,7 +64,10 @@ def run_caption(args: argparse.Namespace) -> int:
     for path, reason in problems:
         reporter.failed(path, reason)
     if args.write:
-        failed = run_batch(args, model, images, prompt, settings, reporter)
+        try:
+            failed = run_batch(args, model, images, prompt, settings, reporter)
+        except JobBusy as exc:
+            return refuse(exc)
     else:
         failed = run_plain(args, model, images, prompt, settings, reporter)
     if failed or problems:
@@ -70,6 +76,12 @@ def run_caption(args: argparse.Namespace) -> int:
         print("smolvlm-desktop: no images found in the paths given", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_OK
+
+
+def refuse(exc: JobBusy) -> int:
+    """Another process runs the job: one line on stderr, and a failure exit code."""
+    print(f"smolvlm-desktop: {exc}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 # --- printing ---------------------------------------------------------------------------
@@ -197,17 +209,21 @@ def run_batch(args: argparse.Namespace, model: VisionLanguageModel, images: list
 
 
 def resumable_job(library, settings, images: list[Path], model_name: str) -> int | None:  # type: ignore[no-untyped-def]
-    """An unfinished job for exactly this command (same settings, model and images), if any."""
+    """The newest unfinished job of exactly this command (same settings, model and images).
+
+    If another process is running such a job, JobBusy: the command refuses rather than
+    starting a new job. A new job would caption the same images into the same files at the
+    same time as the other process, the very clash the claim prevents, and a person who
+    typed the command twice wants it done once; when the other run ends (or is killed),
+    running the command again resumes or finishes it."""
     if library is None:
         return None
-    job = library.latest_unfinished_job()
-    if job is None:
-        return None
     wanted = {**settings.to_dict(), "model": model_name}
-    if job.settings != wanted:
-        return None
-    job_paths = {Path(item.path).resolve() for item in library.job_items(job.id)}
-    return job.id if job_paths == {p.resolve() for p in images} else None
+    twins = library.unfinished_jobs_like(wanted, images)
+    running = next((job for job in twins if library.job_claimed(job.id)), None)
+    if running is not None:
+        raise JobBusy(running.id)
+    return twins[0].id if twins else None
 
 
 def drive(model: VisionLanguageModel, settings, library, images: list[Path], job_id: int | None,  # type: ignore[no-untyped-def]
@@ -257,8 +273,13 @@ def resume_job(args: argparse.Namespace) -> int:
         if not job.unfinished:
             print(f"job #{job.id} is already finished")
             return EXIT_OK
+        if library.job_claimed(job.id):  # said before loading a model for nothing
+            return refuse(JobBusy(job.id))
         settings = BatchSettings.from_dict(job.settings)
         model = load_model(args)
         args.json = False
-        failed = drive(model, settings, library, [], job.id, Reporter(args, model))
+        try:
+            failed = drive(model, settings, library, [], job.id, Reporter(args, model))
+        except JobBusy as exc:  # claimed since the look above
+            return refuse(exc)
     return EXIT_SOME_FAILED if failed else EXIT_OK

@@ -114,13 +114,17 @@ def run_jobs(args: argparse.Namespace) -> int:
         return resume_job(args)
     with open_library() as library:
         jobs = library.list_jobs()
+        # "running" is also what a crashed job says; "in use" is one a live process runs now
+        in_use = {job.id for job in jobs if job.unfinished and library.job_claimed(job.id)}
     for job in jobs:
         c = job.counts
         if args.json:
-            print(json.dumps({"id": job.id, "state": job.state, "created_at": job.created_at,
-                              "counts": c, "prompt": job.settings.get("prompt")}, ensure_ascii=False))
+            print(json.dumps({"id": job.id, "state": job.state, "in_use": job.id in in_use,
+                              "created_at": job.created_at, "counts": c,
+                              "prompt": job.settings.get("prompt")}, ensure_ascii=False))
         else:
-            print(f"#{job.id}  {job.state:<9}  {c.get('done', 0)}/{c.get('total', 0)} done, "
+            state = "in use" if job.id in in_use else job.state
+            print(f"#{job.id}  {state:<9}  {c.get('done', 0)}/{c.get('total', 0)} done, "
                   f"{c.get('skipped', 0)} skipped, {c.get('failed', 0)} failed  "
                   f"{job.created_at}  {job.settings.get('prompt', '')[:50]!r}")
     if not jobs and not args.json:
