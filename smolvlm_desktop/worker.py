@@ -142,6 +142,7 @@ class EngineWorker(QObject):
     image_skipped = Signal(int, str, str)  # job id, path, reason
     progress = Signal(int, object)  # job id, batch.Progress (done, total, ETA ...)
     batch_finished = Signal(int, object)  # job id, batch.BatchSummary
+    batch_refused = Signal(int, str)  # job id, why it did not start (another process runs it)
     error = Signal(int, str, str)  # job id, path ("" when not about one file), reason
     chat_recorded = Signal(int, int)  # job id, library chat id (pass it on as ChatJob.chat_id)
     library_result = Signal(int, object)  # job id, what a LibraryJob's call returned
@@ -380,12 +381,17 @@ class EngineWorker(QObject):
         return messages
 
     def _run_batch(self, job: BatchJob) -> None:
-        from .batch import BatchRunner
+        """Run a batch; `batch_refused` instead, with nothing written, if another process is
+        running that library job (or the very same batch): see BatchRunner.run."""
+        from .batch import BatchRunner, JobBusy
 
         library = self._open_library()
         if job.resume_job_id is not None and library is None:
             raise EngineError("the batch cannot be resumed: the library that holds it could "
                               "not be opened")
+        if job.resume_job_id is not None and library.job_claimed(job.resume_job_id):
+            self.batch_refused.emit(job.job_id, str(JobBusy(job.resume_job_id)))
+            return  # said before loading a model for nothing
         model = self._ensure_model()
         detail = job.settings.generation.detail
 
@@ -396,8 +402,12 @@ class EngineWorker(QObject):
 
         runner = BatchRunner(model, job.settings, library=library, on_event=on_event,
                              model_name=model.info.name)
-        summary = runner.run(job.paths, job_id=job.resume_job_id, cancel=job.cancel,
-                             pause=job.pause)
+        try:
+            summary = runner.run(job.paths, job_id=job.resume_job_id, cancel=job.cancel,
+                                 pause=job.pause)
+        except JobBusy as exc:  # claimed since the look above, or a new batch's twin
+            self.batch_refused.emit(job.job_id, str(exc))
+            return
         self.batch_finished.emit(job.job_id, summary)
 
     def _batch_event(self, job_id: int, event: Any) -> None:

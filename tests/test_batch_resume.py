@@ -4,7 +4,7 @@ The first tests build each crash state by hand with the real writer and library 
 killed run leaves on disk), so each window is covered deterministically. Then a real batch
 process is killed with SIGKILL, twice, and resumed in a fresh process. The last tests hold a
 job in a real second process (its claim, library/joblock.py) and check that nobody else
-runs it, from the runner and the CLI, until that process is killed.
+runs it, from the runner, the CLI and the window, until that process is killed.
 """
 
 from __future__ import annotations
@@ -364,3 +364,41 @@ def test_cli_the_same_command_twice_refuses_instead_of_a_second_job(tmp_path: Pa
     assert main(command) == EXIT_OK  # that process is gone: the same command finishes the job
     assert f"resuming job #{job.id}" in capsys.readouterr().err
     assert images[2].with_suffix(".txt").exists()
+
+
+@pytest.mark.gui
+def test_the_window_shows_why_it_does_not_resume_a_job_another_process_runs(
+        qtbot, tmp_path: Path) -> None:
+    from smolvlm_desktop.settings import Settings
+    from ui_helpers import TIMEOUT_MS, open_window
+
+    images = make_images(tmp_path / "photos", 2)
+    with Library() as library:
+        job = library.create_job(BatchSettings("Describe.", GEN, outputs=("caption",)).to_dict(),
+                                 images)
+    window = open_window(qtbot, Settings(max_new_tokens=4, variant="fp32", provider="cpu",
+                                         threads=1, idle_unload_minutes=0))
+    setup = window.batch_panel.setup
+    qtbot.waitUntil(lambda: not setup.resume_bar.isHidden(), timeout=TIMEOUT_MS)
+    holder = hold_in_another_process(Library().path, job)  # the CLI started it meanwhile
+    try:
+        setup.resume_btn.click()
+        qtbot.waitUntil(lambda: window.batch.job is None, timeout=TIMEOUT_MS)
+        assert window.batch_panel.currentWidget() is setup
+        assert busy(job) in setup.preview.toPlainText()
+        assert busy(job) in window.status.currentMessage()
+        qtbot.waitUntil(lambda: setup.resume_bar.isHidden(), timeout=TIMEOUT_MS)
+        window.check_unfinished_batch()  # looked at again: still not offered while it runs
+        qtbot.waitUntil(lambda: window.tasks.pending == 0, timeout=TIMEOUT_MS)
+        qtbot.wait(200)
+        assert setup.resume_bar.isHidden()
+    finally:
+        kill(holder)
+    assert written(tmp_path / "photos") == []
+    window.check_unfinished_batch()
+    qtbot.waitUntil(lambda: not setup.resume_bar.isHidden(), timeout=TIMEOUT_MS)
+    setup.resume_btn.click()
+    qtbot.waitUntil(lambda: window.batch_panel.currentWidget() is window.batch_panel.summary,
+                    timeout=TIMEOUT_MS)
+    assert "Finished: 2 captioned" in window.batch_panel.summary.title.text()
+    assert written(tmp_path / "photos") == ["img00.caption", "img01.caption"]

@@ -106,6 +106,7 @@ class BatchController(QObject):
         self.started_at = time.monotonic()
         self.trial: ChatJob | None = None
         self.resumable: Any = None  # library JobInfo offered in the resume bar
+        self.refused: str | None = None  # why the running BatchJob was not started
         self.speed = SpeedEstimate()
         self.model_edge: int | None = None  # the loaded model's own detail (longest edge)
         self.counts = {"done": 0, "skipped": 0, "failed": 0}
@@ -136,6 +137,7 @@ class BatchController(QObject):
         w.progress.connect(self._on_progress)
         w.error.connect(self._on_error)
         w.batch_finished.connect(self._on_batch_finished)
+        w.batch_refused.connect(self._on_batch_refused)
         w.chat_finished.connect(self._on_trial_finished)
         w.job_finished.connect(self._on_job_finished)
         w.measured.connect(self._on_measured)
@@ -457,14 +459,28 @@ class BatchController(QObject):
         if self._mine(job_id):
             self.summary = summary  # failures were already collected, one ImageFailed each
 
+    @Slot(int, str)
+    def _on_batch_refused(self, job_id: int, reason: str) -> None:
+        if self._mine(job_id):
+            self.refused = reason
+
     @Slot(int)
     def _on_job_finished(self, job_id: int) -> None:
         if self._is_trial(job_id):
             self.trial = None
         elif self._mine(job_id):
-            self._show_summary()
-            self.job = None
+            if self.refused is not None:
+                self._show_refusal(self.refused)
+            else:
+                self._show_summary()
+            self.job, self.refused = None, None
             self.job_ended.emit()
+
+    def _show_refusal(self, reason: str) -> None:
+        """The batch never started (another process runs it): back to the set-up page with
+        the reason, not a summary of a run that did not happen."""
+        self.panel.setCurrentWidget(self.panel.setup)
+        self._problem(f"The batch was not started: {reason}.")
 
     # --- summary ---------------------------------------------------------------------------
 
