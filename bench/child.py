@@ -44,7 +44,17 @@ def bench_image(size: int, seed: int = 7) -> Image.Image:
 
 
 def peak_rss_mb() -> float | None:
-    """Peak resident memory of this process so far (None where `resource` does not exist)."""
+    """Peak resident memory of this process so far (None where it cannot be read).
+
+    On Linux this is VmHWM: getrusage's ru_maxrss survives exec, so a child started by a
+    parent that had just built the model (3.9 GB with torch) reported the parent's peak."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # Windows
