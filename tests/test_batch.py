@@ -258,3 +258,24 @@ def test_pause_between_images_then_cancel_while_paused(tiny_model, lib: Library,
 def test_bad_settings_are_refused_before_any_job_exists(bad: dict) -> None:
     with pytest.raises(ValueError):
         BatchSettings(prompt="Describe.", **bad)
+
+
+def test_the_next_image_is_decoded_while_this_one_is_captioned(tmp_path: Path) -> None:
+    """_Prefetch: taking image 0 starts decoding image 1 on the helper thread, so it is ready
+    before anyone asks for it; a broken file raises its own ImageError when taken."""
+    from smolvlm_desktop.batch import _Prefetch
+    from smolvlm_desktop.engine.types import ImageError
+
+    good = [tmp_path / "a.png", tmp_path / "b.png"]
+    for i, path in enumerate(good):
+        Image.new("RGB", (40 + i, 30), (i * 90, 20, 200)).save(path)
+    broken = tmp_path / "c.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with _Prefetch([*good, broken]) as images:
+        first = images.take(0)
+        ahead = images._ahead[1]  # started by take(0), before anyone asked for image 1
+        assert ahead.result(timeout=10).image.size == (41, 30)
+        assert first.image.size == (40, 30)
+        assert images.take(1).image.size == (41, 30)
+        with pytest.raises(ImageError, match="c.png"):
+            images.take(2)
