@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from . import export_decoder
+from . import export_decoder, export_vision
 from .engine.types import EngineError
 
 VISION_GRAPH = "vision_encoder"
@@ -107,7 +107,8 @@ def _make_vision_module(vlm: Any) -> Any:
     Mirrors ``get_image_features`` but avoids the two constructs the ONNX exporter cannot
     handle: ``Tensor.unfold`` for the patch mask (a reshape + sum does the same) and
     ``torch.bucketize`` for the position ids (counting boundaries <= x is its definition
-    for ``right=True``). The transformer layers themselves are the original modules.
+    for ``right=True``). The transformer layers are the original modules' weights and
+    arithmetic, exported with ONNX Runtime's fused attention and GELU (export_vision).
     """
     torch, nn = _torch_modules()
 
@@ -122,6 +123,8 @@ def _make_vision_module(vlm: Any) -> Any:
             self.patch = int(vision.config.patch_size)
             self.side = int(self.embeddings.num_patches_per_side)
             self.scale = int(vlm.connector.scale_factor)
+            # ONNX Runtime's fused attention and GELU where the layers allow (export_vision).
+            self.fused = export_vision.unsupported_reason(vision.config) is None
             # The same float32 boundaries the reference computes on every call.
             self.register_buffer("boundaries", torch.arange(1 / self.side, 1.0, 1 / self.side),
                                  persistent=False)
@@ -136,8 +139,11 @@ def _make_vision_module(vlm: Any) -> Any:
             embeds = self.embeddings.patch_embedding(pixels).flatten(2).transpose(1, 2)
             embeds = embeds + self.embeddings.position_embedding(self._position_ids(patch_mask))
             flat_mask = patch_mask.reshape(patch_mask.shape[0], -1)
-            additive = (1.0 - flat_mask.to(embeds.dtype))[:, None, None, :] * torch.finfo(embeds.dtype).min
-            hidden = self.encoder(inputs_embeds=embeds, attention_mask=additive).last_hidden_state
+            if self.fused:
+                hidden = export_vision.run_layers(self.encoder, embeds, flat_mask.to(torch.int32))
+            else:
+                additive = (1.0 - flat_mask.to(embeds.dtype))[:, None, None, :] * torch.finfo(embeds.dtype).min
+                hidden = self.encoder(inputs_embeds=embeds, attention_mask=additive).last_hidden_state
             hidden = self.post_layernorm(hidden)
             return self.projection(self._pixel_shuffle(hidden, height // self.patch, width // self.patch))
 
