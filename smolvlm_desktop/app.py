@@ -46,6 +46,55 @@ def make_app(argv: Sequence[str]):  # -> QApplication
     return app
 
 
+def quit_on_signals(app) -> Callable[[], None]:  # app: QApplication
+    """SIGTERM (a logout, `kill`) and Ctrl+C close the window as its close button does: a batch
+    stops where it can resume, settings are saved and the next start reports no crash.
+
+    Python runs a signal handler only when it next runs bytecode, and Qt's event loop runs
+    none while idle; a socket that Qt watches, written by the signal itself
+    (signal.set_wakeup_fd), wakes it up."""
+    import signal
+    import socket
+
+    from PySide6.QtCore import QSocketNotifier
+    from PySide6.QtWidgets import QApplication
+
+    receiver, sender = socket.socketpair()
+    for end in (receiver, sender):
+        end.setblocking(False)
+    notifier = QSocketNotifier(receiver.fileno(), QSocketNotifier.Type.Read, app)
+
+    def drain() -> None:
+        try:
+            receiver.recv(64)
+        except OSError:
+            pass
+
+    def close(*_: object) -> None:
+        QApplication.closeAllWindows()
+        # Closing the last window quits by itself; a second quit() would stay queued and end
+        # the next event loop run in this process at once.
+        if not app.quitOnLastWindowClosed() or any(w.isVisible() for w in app.topLevelWidgets()):
+            app.quit()
+
+    notifier.activated.connect(drain)
+    signals = [getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name)]
+    previous = {number: signal.signal(number, close) for number in signals}
+    previous_fd = signal.set_wakeup_fd(sender.fileno())
+
+    def restore() -> None:
+        """Put back what was there before (the app may run inside another program's process)."""
+        signal.set_wakeup_fd(previous_fd)
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        notifier.setEnabled(False)
+        notifier.deleteLater()
+        receiver.close()
+        sender.close()
+
+    return restore
+
+
 def log_dir() -> Path:
     from .paths import data_dir
 
@@ -59,8 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import crashlog
 
     app = make_app([])
+    restore_signals = quit_on_signals(app)
     start_window(args)
     code = app.exec()
+    restore_signals()
     crashlog.disable()  # a clean exit: the next start reports no crash
     return code
 

@@ -6,6 +6,7 @@ tests read what a real crashed child left behind in the data dir.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -14,6 +15,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 from PySide6.QtCore import QTimer  # noqa: E402
@@ -268,6 +270,20 @@ def test_an_error_in_a_slot_is_shown_once_and_logged(qtbot, data_dir: Path, sess
     assert window.crash_dialog is None  # an error in this session is no crash of the last one
 
 
+@contextlib.contextmanager
+def safety_net() -> Iterator[None]:
+    """Quit the app's event loop after TIMEOUT_MS if the test's own way out failed; stopped
+    afterwards, so that it cannot end a later test's event loop."""
+    timer = QTimer()
+    timer.setSingleShot(True)
+    timer.timeout.connect(QApplication.quit)
+    timer.start(TIMEOUT_MS)
+    try:
+        yield
+    finally:
+        timer.stop()
+
+
 @pytest.mark.gui
 def test_a_clean_exit_of_the_app_leaves_no_crash(qtbot, data_dir: Path, session_ends) -> None:
     def close_window() -> None:
@@ -279,11 +295,38 @@ def test_a_clean_exit_of_the_app_leaves_no_crash(qtbot, data_dir: Path, session_
         windows[0].close()
 
     QTimer.singleShot(0, close_window)
-    QTimer.singleShot(TIMEOUT_MS, QApplication.quit)  # a safety net, never reached when it works
-    assert app.main([]) == 0
+    with safety_net():
+        assert app.main([]) == 0
     assert crashlog.enabled_dir() is None
     assert not list(app.log_dir().glob("running-*"))
     assert crashlog.previous_crash(app.log_dir()) is None
+
+
+@pytest.mark.gui
+@pytest.mark.skipif(not hasattr(os, "kill") or sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_closes_the_window_as_its_close_button_does(qtbot, data_dir: Path, session_ends) -> None:
+    """A logout or `kill` is no crash: the window shuts down (settings saved, batch left
+    resumable), the next start reports nothing, and the process's own handlers come back."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    seen: list = []
+
+    def terminate_when_up() -> None:
+        windows = [w for w in QApplication.topLevelWidgets() if w.isVisible() and hasattr(w, "shutdown")]
+        if not windows:
+            QTimer.singleShot(20, terminate_when_up)
+            return
+        seen.append(windows[0])
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    QTimer.singleShot(0, terminate_when_up)
+    with safety_net():  # it would end the loop with the window still open
+        assert app.main([]) == 0
+    assert seen and seen[0]._shut_down  # closed by the signal, not by the safety net
+    assert not list(app.log_dir().glob("running-*"))
+    assert crashlog.previous_crash(app.log_dir()) is None
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 @pytest.mark.gui
