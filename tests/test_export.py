@@ -281,6 +281,40 @@ def test_int8_decoder_stays_close_to_fp32() -> None:
     assert cosine.min() > 0.95
 
 
+def test_a_row_of_the_int8_decoder_does_not_depend_on_its_batch() -> None:
+    """The int8 decoder quantises each row on its own (MatMulNBits), so one conversation's
+    logits are the same decoded alone or beside others; with per-tensor dynamic quantisation
+    they were not (a batch-mate's range changed this row's scale)."""
+    rng = np.random.default_rng(5)
+    layout = session("decoder_model_merged_int8").get_inputs()[3].shape  # [batch, kv, past, dim]
+    past_len = 7
+    scales = np.array([0.1, 1.0, 30.0], np.float32)[:, None, None]  # rows of very different range
+    feeds = {"inputs_embeds": rng.standard_normal((3, 1, 8)).astype(np.float32) * scales,
+             "attention_mask": np.ones((3, past_len + 1), np.int64),
+             "position_ids": np.full((3, 1), past_len, np.int64)}
+    for name in empty_past():
+        feeds[name] = rng.standard_normal((3, layout[1], past_len, layout[3])).astype(np.float32)
+    decoder = session("decoder_model_merged_int8")
+    together = decoder.run(["logits"], feeds)[0]
+    for row in range(3):
+        alone = decoder.run(["logits"], {k: v[row:row + 1] for k, v in feeds.items()})[0]
+        np.testing.assert_allclose(together[row], alone[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("sizes", "block"), [
+    ((576, 1536, 9, 64), 64),     # SmolVLM-256M (SmolLM2-135M): 576 = 4.5 x 128
+    ((960, 2560, 15, 64), 64),    # SmolVLM-500M (SmolLM2-360M)
+    ((2048, 8192, 32, 64), 128),  # SmolVLM-2.2B
+    ((8, 16, 2, 4), 16),          # the tiny demo model: smaller than every block
+])
+def test_decoder_weight_block_divides_every_matrix(sizes: tuple[int, int, int, int], block: int) -> None:
+    from types import SimpleNamespace
+
+    hidden, inter, heads, head_dim = sizes
+    config = SimpleNamespace(hidden_size=hidden, intermediate_size=inter, num_attention_heads=heads, head_dim=head_dim)
+    assert export.decoder_weight_block(config) == block
+
+
 @pytest.mark.reference
 def test_verification_catches_a_wrong_graph(torch_model, tmp_path: Path) -> None:
     """verify_export must fail loudly when the graph and the model disagree: check the
