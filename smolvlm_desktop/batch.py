@@ -9,9 +9,10 @@ One process at a time per job: with a library, a run claims its job for its whol
 (library/joblock.py) and raises JobBusy, before writing anything, if another process is
 running it. The OS drops the claim of a process that dies, so a crashed job can be resumed.
 
-One image, in order: skip if a caption exists (policy) -> load -> generate (tokens streamed)
--> stage the caption in the job -> write the caption files -> record the caption and mark
-the item done (one transaction).
+One image, in order: skip if a caption exists (policy) -> load (the next one is decoded
+ahead, on a helper thread) -> generate (in a group of GROUP_SIZE images decoded together;
+tokens streamed) -> stage the caption in the job -> write the caption files -> record the
+caption and mark the item done (one transaction).
 
 Why a kill -9 at any instant loses at most the image in flight, and nothing is written twice:
 - sidecar files (.txt, .json, .xmp...) are written atomically and synced before mark_done;
@@ -44,6 +45,12 @@ from .library.db import Library
 from .library.joblock import JobBusy, JobClaim  # JobBusy: what run() raises for a taken job
 
 Existing = Literal["skip", "overwrite", "append"]
+# Images captioned together: each is read and prefilled alone, then their tokens are decoded
+# in one batch (VisionLanguageModel.generate_many), where the decoder gives every row the same
+# answer as alone. One decoding step reads all the weights whatever the batch: 256M int8,
+# 4 rows cost 11.1 ms a step against 7.5 ms for one. Bigger groups gain less per image and
+# hold back the first caption longer.
+GROUP_SIZE = 4
 PAUSE_POLL_S = 0.05  # how often a paused batch looks at its pause and cancel flags
 ETA_WINDOW = 20  # recent images the time-per-image average is taken over
 
@@ -212,9 +219,10 @@ class BatchRunner:
 
     def __init__(self, model: Any, settings: BatchSettings, *, library: Library | None = None,
                  on_event: Callable[[object], None] | None = None,
-                 model_name: str | None = None) -> None:
+                 model_name: str | None = None, group_size: int | None = None) -> None:
         self.model = model
         self.settings = settings
+        self.group_size = max(1, group_size or GROUP_SIZE)
         self.library = library
         self.on_event = on_event or (lambda event: None)
         info = getattr(model, "info", None)
@@ -261,11 +269,11 @@ class BatchRunner:
     def _loop(self, run: _Run) -> None:
         pending = [item for item in run.items if item.staged is None]  # staged: finished by _Recovery
         with _Prefetch([item.path for item in pending]) as images:
-            for position, item in enumerate(pending):
-                if self._wait_while_paused(run.pause, run.cancel) or not self._one(run, item, images, position):
+            for start in range(0, len(pending), self.group_size):
+                group = list(enumerate(pending[start:start + self.group_size], start))
+                if self._wait_while_paused(run.pause, run.cancel) or not self._group(run, group, images):
                     run.summary.cancelled = True
                     return
-                self.on_event(run.tally.progress())
 
     def _prepare(self, paths: Sequence[Path], job_id: int | None, cancel: CancelToken,
                  pause: threading.Event | None) -> _Run:
@@ -355,23 +363,41 @@ class BatchRunner:
         run.summary.failed.append((exc.path, str(exc)))
         self.on_event(ImageFailed(exc.path, str(exc)))
 
-    # --- one image ----------------------------------------------------------------------
+    # --- a group of images -------------------------------------------------------------
 
-    def _one(self, run: _Run, item: _Item, images: "_Prefetch", position: int) -> bool:
-        """Caption one image; False when the batch was cancelled during it."""
-        if self.settings.existing == "skip" and run.writer.has_caption(item.path):
-            self._skipped(run, item.path, "a caption already exists")
-            return True
-        self.on_event(ImageStarted(item.index, run.tally.total, item.path))
+    def _group(self, run: _Run, group: list[tuple[int, _Item]], images: "_Prefetch") -> bool:
+        """Caption up to group_size images, decoded together (see GROUP_SIZE); False when the
+        batch was cancelled meanwhile (captions finished before the cancel are kept, the
+        others stay pending)."""
         clock = _Clock()
-        try:
-            loaded = images.take(position)
-            result = self._generate(run, item.path, loaded.image, clock)
-        except EngineError as exc:  # ImageError included: its message names the file's problem
-            self._failed(run, item.path, str(exc))
+        ready: list[tuple[_Item, Any]] = []
+        for position, item in group:
+            if self.settings.existing == "skip" and run.writer.has_caption(item.path):
+                self._skipped(run, item.path, "a caption already exists")
+                self.on_event(run.tally.progress())
+                continue
+            self.on_event(ImageStarted(item.index, run.tally.total, item.path))
+            try:
+                ready.append((item, images.take(position)))
+            except EngineError as exc:  # ImageError: its message names the file's problem
+                self._failed(run, item.path, str(exc))
+                self.on_event(run.tally.progress())
+        if not ready:
             return True
-        if result is None:
-            return False
+        results = self._generate(run, [item.path for item, _ in ready], [loaded.image for _, loaded in ready], clock)
+        finished = [(item, loaded, result) for (item, loaded), result in zip(ready, results) if result is not None]
+        per_image = clock.elapsed() / max(1, len(finished))
+        for item, loaded, result in finished:
+            if isinstance(result, EngineError):
+                self._failed(run, item.path, str(result))
+            else:
+                self._finish(run, item, result, loaded.notes)
+                run.tally.recent.append(per_image)
+            self.on_event(run.tally.progress())
+        return len(finished) == len(ready) and not run.cancel.cancelled
+
+    def _finish(self, run: _Run, item: _Item, result: tuple[str, Timings, list[int]], notes: list[str]) -> None:
+        """Stage, write and record one caption."""
         text, timings, token_ids = result
         if self.library is not None and run.job_id is not None:
             self.library.stage_caption(run.job_id, item.path, text, timings)
@@ -379,26 +405,28 @@ class BatchRunner:
             files = run.writer.write(item.path, text, self._meta(timings))
         except OutputError as exc:
             self._failed(run, item.path, str(exc))
-            return True
-        self._done(run, item, text, timings, list(files), loaded.notes, token_ids)
-        run.tally.recent.append(clock.elapsed())
-        return True
+            return
+        self._done(run, item, text, timings, list(files), notes, token_ids)
 
-    def _generate(self, run: _Run, path: Path, image: Any, clock: "_Clock"
-                  ) -> tuple[str, Timings, list[int]] | None:
-        """The caption and its timings, or None if cancelled (nothing of it is kept)."""
-        messages = [Message("user", self.settings.prompt, images=(image,))]
-        generation = self.model.stream(messages, self.settings.generation, cancel=run.cancel)
-        for event in generation:
+    def _generate(self, run: _Run, paths: list[Path], images: list[Any], clock: "_Clock"
+                  ) -> list[tuple[str, Timings, list[int]] | EngineError | None]:
+        """Each image's caption and timings, its error, or None where a cancel stopped it
+        (nothing of that one is kept; it stays pending for a resume)."""
+
+        def on_token(index: int, event: Any) -> None:
             if event.text:
-                self.on_event(TokenDelta(path, event.text))
+                self.on_event(TokenDelta(paths[index], event.text))
             if run.pause is not None and run.pause.is_set():
                 with clock.paused():
                     self._wait_while_paused(run.pause, run.cancel)
-        result = generation.result
-        if result is None or result.stop_reason == "cancelled" or run.cancel.cancelled:
-            return None
-        return result.text.strip(), result.timings, result.token_ids  # text as the files hold it
+
+        conversations = [[Message("user", self.settings.prompt, images=(image,))] for image in images]
+        results = self.model.generate_many(conversations, self.settings.generation, cancel=run.cancel,
+                                           on_token=on_token)
+        return [r if isinstance(r, EngineError)
+                else None if r.stop_reason == "cancelled"
+                else (r.text.strip(), r.timings, r.token_ids)  # the text as the files hold it
+                for r in results]
 
     def _meta(self, timings: Timings) -> writers.CaptionMeta:
         return writers.CaptionMeta(self.model_name, self.settings.prompt, timings.as_dict())

@@ -167,6 +167,7 @@ class EngineWorker(QObject):
         self._active: dict[int, AnyJob] = {}  # submitted and not finished: cancel_all sees them
         self._closing = False
         self._image_cache: dict[str, Any] = {}  # path -> PIL image of the current chat
+        self._batch_showing: Any = None  # the batch image whose tokens the window streams
         self._idle_ms = idle_unload_ms
         self._idle_timer = QTimer(self)  # a child: moves to the worker thread with us
         self._idle_timer.setSingleShot(True)
@@ -414,9 +415,13 @@ class EngineWorker(QObject):
         """BatchRunner's plain events become Qt signals (delivered queued to the GUI)."""
         kind = type(event).__name__
         if kind == "ImageStarted":
+            self._batch_showing = event.path
             self.image_started.emit(job_id, event.index, event.total, str(event.path))
         elif kind == "TokenDelta":
-            self.token.emit(job_id, event.text)
+            # A group of images decodes together; the window streams the one it names as
+            # being captioned (the last started), the others arrive whole with image_done.
+            if event.path == self._batch_showing:
+                self.token.emit(job_id, event.text)
         elif kind == "ImageDone":
             self.image_done.emit(job_id, event)
         elif kind == "ImageSkipped":

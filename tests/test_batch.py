@@ -84,13 +84,13 @@ def test_hostile_folder_fails_one_by_one_and_captions_the_rest(tiny_model, lib: 
     word = good[0].with_suffix(".txt").read_text(encoding="utf-8").split()[0]
     assert lib.search(word)
 
-    # per image: started, tokens, done; the streamed text is the caption
+    # per image: started, tokens, done; the streamed text is the caption (decoded in groups too)
     done = events.of(ImageDone)
     assert [e.path for e in done] == good
     assert all(e.total == len(images) for e in done)
-    first = done[0]
-    streamed = "".join(e.text for e in events.of(TokenDelta) if e.path == first.path)
-    assert streamed.strip() == first.text == first.files[0].read_text(encoding="utf-8")
+    for image in done:
+        streamed = "".join(e.text for e in events.of(TokenDelta) if e.path == image.path)
+        assert streamed.strip() == image.text == image.files[0].read_text(encoding="utf-8")
     assert isinstance(events[0], Progress) and events[0].done == 0
     final = events.of(Progress)[-1]
     assert (final.done, final.failed, final.total) == (len(good), len(expected_bad), len(images))
@@ -159,8 +159,11 @@ def test_settings_round_trip_through_the_job(lib: Library, tmp_path: Path) -> No
     assert BatchSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
 
 
-def test_cancel_mid_image_then_resume_captions_the_rest_exactly_once(tiny_model, lib: Library,
-                                                                     tmp_path: Path) -> None:
+@pytest.mark.parametrize(("group_size", "kept"), [(1, 2), (4, 0)])
+def test_cancel_mid_image_then_resume_captions_the_rest_exactly_once(tiny_model, lib: Library, tmp_path: Path,
+                                                                     group_size: int, kept: int) -> None:
+    """Images decoded one by one keep the two finished before the cancel; in groups of four
+    the cancel stops the whole group in flight (images 1-4), which the resume then does."""
     images = make_images(tmp_path, 6)
     cancel = CancelToken()
     events = Events()
@@ -171,22 +174,22 @@ def test_cancel_mid_image_then_resume_captions_the_rest_exactly_once(tiny_model,
             cancel.cancel()  # as the Cancel button does, while image 3 is being generated
 
     first = BatchRunner(tiny_model, BatchSettings("Describe.", GEN, outputs=("txt", "jsonl")),
-                        library=lib, on_event=on_event)
+                        library=lib, on_event=on_event, group_size=group_size)
     summary = first.run(images, cancel=cancel)
-    assert summary.cancelled and summary.done == 2
+    assert summary.cancelled and summary.done == kept
     assert any(isinstance(e, TokenDelta) and e.path == images[2] for e in events)
-    assert not images[2].with_suffix(".txt").exists()  # no partial file
+    assert not any(p.with_suffix(".txt").exists() for p in images[kept:])  # no partial file
     assert lib.job(summary.job_id).state == "cancelled"
-    assert lib.pending_items(summary.job_id) == images[2:]
+    assert lib.pending_items(summary.job_id) == images[kept:]
     assert lib.latest_unfinished_job().id == summary.job_id
 
     resumed_events = Events()
     settings = BatchSettings.from_dict(lib.job(summary.job_id).settings)
-    again = BatchRunner(tiny_model, settings, library=lib, on_event=resumed_events.append)
+    again = BatchRunner(tiny_model, settings, library=lib, on_event=resumed_events.append, group_size=group_size)
     resumed = again.run([], job_id=summary.job_id)
-    assert (resumed.done, resumed.skipped, resumed.failed, resumed.cancelled) == (4, 0, [], False)
-    assert [e.path for e in resumed_events.of(ImageStarted)] == images[2:]
-    assert resumed_events[0].done == 2  # progress goes on from where it stopped
+    assert (resumed.done, resumed.skipped, resumed.failed, resumed.cancelled) == (6 - kept, 0, [], False)
+    assert [e.path for e in resumed_events.of(ImageStarted)] == images[kept:]
+    assert resumed_events[0].done == kept  # progress goes on from where it stopped
     assert lib.job(summary.job_id).state == "finished"
     assert [i.state for i in lib.job_items(summary.job_id)] == ["done"] * 6
     assert count_rows(lib, "captions") == 6
@@ -240,7 +243,8 @@ def test_pause_between_images_then_cancel_while_paused(tiny_model, lib: Library,
             first_done.set()
 
     cancel = CancelToken()
-    batch = BatchRunner(tiny_model, BatchSettings("Describe.", GEN), library=lib, on_event=on_event)
+    # One image per group: a pause takes effect between groups (or between tokens).
+    batch = BatchRunner(tiny_model, BatchSettings("Describe.", GEN), library=lib, on_event=on_event, group_size=1)
     thread, out = run_in_thread(lambda: batch.run(images, cancel=cancel, pause=pause))
     assert first_done.wait(30)
     time.sleep(0.2)

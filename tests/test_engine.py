@@ -15,6 +15,7 @@ from smolvlm_desktop.engine.model import VisionLanguageModel
 from smolvlm_desktop.engine.types import (
     CancelToken,
     EngineError,
+    GenerationResult,
     GenerationSettings,
     Message,
     ModelFolderError,
@@ -188,3 +189,95 @@ def test_settings_are_validated() -> None:
         GenerationSettings(top_p=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         GenerationSettings(max_new_tokens=0)
+
+
+# --- several conversations at once (generate_many) --------------------------------------------
+def conversations() -> list[list[Message]]:
+    return [ask("Describe this image.", 0), ask("What is in it?", 1), ask("Tags?", 2),
+            [Message("user", "Say something.")]]
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_decoding_together_gives_each_conversation_its_own_answer(tiny_model_dir: Path, variant: str) -> None:
+    """Rows of different prompt lengths, one of them ending early at a stop id (so the batch
+    shrinks mid-way): every answer, token for token, as generate() gives it alone."""
+    model = VisionLanguageModel.load(tiny_model_dir, variant=variant, provider="cpu", threads=1)
+    assert model.decodes_in_batches
+    base = GenerationSettings(max_new_tokens=12)
+    first = [model.generate(c, base) for c in conversations()]
+    for early in first[1].token_ids[1:]:  # a token that ends some answers sooner than others
+        settings = GenerationSettings(max_new_tokens=12, extra_stop_ids=(early,))
+        alone = [model.generate(c, settings) for c in conversations()]
+        if len({len(a.token_ids) for a in alone}) > 1:
+            break
+    assert len({len(a.token_ids) for a in alone}) > 1, "no rows of different lengths to test with"
+    streamed: dict[int, str] = {}
+    together = model.generate_many(conversations(), settings,
+                                   on_token=lambda i, e: streamed.__setitem__(i, streamed.get(i, "") + e.text))
+    for one, many, index in zip(alone, together, range(4)):
+        assert isinstance(many, GenerationResult)
+        assert (many.token_ids, many.text, many.stop_reason) == (one.token_ids, one.text, one.stop_reason)
+        assert streamed.get(index, "") == many.text
+        assert many.timings.prompt_tokens == one.timings.prompt_tokens
+        assert (many.timings.decode_ms > 0) == (len(many.token_ids) > 1)  # its share of the steps it was in
+
+
+def test_a_decoder_whose_rows_depend_on_the_batch_answers_one_by_one(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The official int8 files' per-tensor dynamic quantisation: rows are not decoded
+    together there (a caption must not depend on the images beside it); answers still match."""
+    pytest.importorskip("onnx")
+    from smolvlm_desktop.export import quantize_graph
+
+    folder = copy_model(tiny_model_dir, tmp_path / "model")
+    onnx_dir = folder / "onnx"
+    quantize_graph(onnx_dir / "decoder_model_merged.onnx", onnx_dir / "decoder_model_merged_int8.onnx", "int8")
+    model = VisionLanguageModel.load(folder, variant="int8", provider="cpu", threads=1)
+    assert not model.decodes_in_batches
+    settings = GenerationSettings(max_new_tokens=6)
+    together = model.generate_many(conversations(), settings)
+    assert [r.token_ids for r in together] == [model.generate(c, settings).token_ids for c in conversations()]
+
+
+def test_a_cancel_stops_every_conversation_of_the_batch(tiny_model: VisionLanguageModel) -> None:
+    cancel = CancelToken()
+    results = tiny_model.generate_many(conversations(), GenerationSettings(max_new_tokens=50), cancel=cancel,
+                                       on_token=lambda i, e: cancel.cancel())
+    assert [r.stop_reason for r in results] == ["cancelled"] * 4
+    assert all(len(r.token_ids) <= 1 for r in results)
+
+
+def test_a_prompt_longer_than_the_model_reads_is_that_conversation_s_error_only(
+        tiny_model: VisionLanguageModel) -> None:
+    """At 2048 px the tiny model's 64-px tiles make 1,025 tiles, 16,400 image tokens: past its
+    8,192 positions. Said before the vision pass, for that conversation only."""
+    bad = [Message("user", "Describe.", images=(photo(3),))]
+    text_only = [Message("user", "Say something.")]
+    results = tiny_model.generate_many([text_only, bad], GenerationSettings(max_new_tokens=4, detail=2048))
+    assert isinstance(results[0], GenerationResult) and len(results[0].token_ids) == 4
+    assert isinstance(results[1], EngineError)
+    assert "8192" in str(results[1]) and "detail" in str(results[1])
+    with pytest.raises(EngineError, match="at most 8192"):
+        tiny_model.generate(bad, GenerationSettings(max_new_tokens=4, detail=2048))
+
+
+def test_batch_decoder_rows_match_each_conversation_alone(tiny_model: VisionLanguageModel) -> None:
+    """The left padding and masks of BatchDecoder, at the logits: three caches of different
+    lengths decoded together, then two of them after the third has finished."""
+    from smolvlm_desktop.engine.generate import BatchDecoder, DecoderState
+
+    decoder, layout = tiny_model.graphs["decoder_model_merged"], tiny_model.cache_layout
+    rng = np.random.default_rng(4)
+    hidden = decoder.session.get_inputs()[0].shape[-1]
+    states = []
+    for length in (3, 9, 5):
+        state = DecoderState(decoder, layout)
+        state.forward(rng.standard_normal((1, length, hidden)).astype(np.float32))
+        states.append(state)
+    batch = BatchDecoder(states)
+    for rows in ([0, 1, 2], [0, 2]):
+        if len(rows) < 3:
+            batch.keep([0, 2])
+        step = rng.standard_normal((len(rows), 1, hidden)).astype(np.float32)
+        together = batch.forward(step)
+        for k, row in enumerate(rows):
+            np.testing.assert_allclose(together[k], states[row].forward(step[k:k + 1]), rtol=1e-5, atol=1e-5)

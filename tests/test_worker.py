@@ -221,7 +221,11 @@ def test_a_batch_is_a_library_job_that_resumes_with_its_own_settings(qtbot, tmp_
     from smolvlm_desktop.batch import BatchSettings
     from smolvlm_desktop.library.db import Library
 
-    images = [make_image(tmp_path / f"{n}.png", c) for n, c in (("a", (9, 9, 9)), ("b", (200, 9, 9)))]
+    from smolvlm_desktop.batch import GROUP_SIZE
+
+    # One group more than fits: the cancel (at the first image done) lets the group in flight
+    # finish and stops before the next.
+    images = [make_image(tmp_path / f"{n}.png", (9 + 40 * n, 9, 9)) for n in range(GROUP_SIZE + 1)]
     worker = EngineWorker(synchronous=True, library_path=tmp_path / "lib.sqlite3")
     rec = Recorder(worker)
     worker.set_model(spec)
@@ -232,8 +236,8 @@ def test_a_batch_is_a_library_job_that_resumes_with_its_own_settings(qtbot, tmp_
     worker.image_done.connect(lambda *_: stop_after_first.cancel.cancel())
     worker.submit(stop_after_first)
     (_, summary), = rec.of("batch_finished")
-    assert summary.cancelled and summary.done == 1
-    assert len(measured) == 1 and measured[0].tiles >= 1, "a captioned image times the machine"
+    assert summary.cancelled and summary.done == GROUP_SIZE
+    assert len(measured) == GROUP_SIZE and measured[0].tiles >= 1, "a captioned image times the machine"
     unfinished = worker.library.latest_unfinished_job()
     assert unfinished is not None and unfinished.counts["pending"] == 1
     resumed = BatchSettings.from_dict(unfinished.settings)

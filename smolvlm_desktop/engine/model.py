@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
 from .files import ModelFiles, load_model_files
-from .generate import CacheLayout, DecoderState, TokenChooser, new_run_options
+from .generate import (Answer, BatchDecoder, CacheLayout, DecoderState, decodes_batch_invariantly,
+                       new_run_options)
 from .processor import preprocess
 from .prompt import PromptBuilder
 from .runtime import GraphSession, numpy_dtype, open_graph
@@ -31,7 +32,6 @@ from .types import (
     Message,
     ModelFolderError,
     ModelInfo,
-    StopReason,
     Timings,
     TokenEvent,
 )
@@ -69,6 +69,7 @@ class VisionLanguageModel:
         self.prompt = PromptBuilder.from_files(files)
         self.cache_layout = CacheLayout.from_graph(
             graphs["decoder_model_merged"], files.config.get("text_config", {}))
+        self._batch_invariant: bool | None = None
         self.info = ModelInfo(
             name=files.name,
             folder=str(files.folder),
@@ -145,82 +146,179 @@ class VisionLanguageModel:
             rows.append(state.forward(step, run_options))
         return np.stack(rows)
 
+    def generate_many(self, conversations: Sequence[Sequence[Message]], settings: GenerationSettings | None = None,
+                      cancel: CancelToken | None = None,
+                      on_token: Callable[[int, TokenEvent], None] | None = None) -> list[GenerationResult | EngineError]:
+        """Answer several conversations, decoding them together where that changes no answer.
+
+        Each conversation is prefilled alone (vision, prompt), then all decode in one batch
+        (BatchDecoder), dropping each as it ends. On a decoder whose rows depend on their
+        batch-mates (`decodes_batch_invariantly`), they are answered one after another instead.
+        Returns, in order, each answer or the EngineError that stopped that one conversation;
+        `on_token(index, event)` streams tokens. Timings: a batched step's time is shared
+        out among the rows it served, so that per-answer times add up to the time taken."""
+        settings = settings or GenerationSettings()
+        if not self.graphs:
+            raise EngineError("the model was unloaded; load it again")
+        if len(conversations) > 1 and not self.decodes_in_batches:
+            return [self._generate_one(i, c, settings, cancel, on_token) for i, c in enumerate(conversations)]
+        results: list[GenerationResult | EngineError | None] = [None] * len(conversations)
+        failure: EngineError | None = None
+        run_options = new_run_options(cancel)
+        rows: list[tuple[int, Answer, DecoderState, np.ndarray]] = []
+        try:
+            for index, messages in enumerate(conversations):
+                if cancel is not None and cancel.cancelled:
+                    break
+                try:
+                    rows.append((index, *self._start(list(messages), settings, run_options, time.perf_counter())))
+                except EngineError as exc:
+                    results[index] = exc
+            self._decode_together(rows, run_options, cancel, on_token)
+        except _Terminated:
+            for _, answer, _, _ in rows:
+                answer.cancel()
+        except EngineError as exc:  # a batched decoder call failed: every unfinished answer with it
+            failure = exc
+        for index, answer, _, _ in rows:
+            if failure is not None and not answer.done:
+                results[index] = failure
+                continue
+            result, tail = answer.finish()
+            if tail is not None and on_token is not None:
+                on_token(index, tail)
+            results[index] = result
+        return [r if r is not None else GenerationResult("", [], "cancelled", Timings()) for r in results]
+
+    def _generate_one(self, index: int, messages: Sequence[Message], settings: GenerationSettings,
+                      cancel: CancelToken | None, on_token: Callable[[int, TokenEvent], None] | None
+                      ) -> GenerationResult | EngineError:
+        try:
+            generation = self.stream(messages, settings, cancel)
+            for event in generation:
+                if on_token is not None:
+                    on_token(index, event)
+        except EngineError as exc:
+            return exc
+        assert generation.result is not None
+        return generation.result
+
+    @property
+    def decodes_in_batches(self) -> bool:
+        """Whether this decoder gives each conversation the same logits in a batch as alone
+        (measured once, on first use: a few small decoder calls)."""
+        if self._batch_invariant is None:
+            hidden = int(self.files.config.get("text_config", {}).get("hidden_size") or 0) or int(
+                self.graphs["embed_tokens"].session.get_outputs()[0].shape[-1])
+            self._batch_invariant = decodes_batch_invariantly(
+                self.graphs["decoder_model_merged"], self.cache_layout, hidden)
+        return self._batch_invariant
+
+    def _decode_together(self, rows: list[tuple[int, Answer, DecoderState, np.ndarray]],
+                         run_options: ort.RunOptions, cancel: CancelToken | None,
+                         on_token: Callable[[int, TokenEvent], None] | None) -> None:
+        active = [(index, answer) for index, answer, _, _ in rows]
+        if not active:
+            return
+        batch = BatchDecoder([state for _, _, state, _ in rows])
+        logits = np.stack([first for _, _, _, first in rows])
+        while True:
+            for (index, answer), row_logits in zip(active, logits):
+                event = answer.step(row_logits)
+                if event is not None and on_token is not None:
+                    on_token(index, event)
+            if cancel is not None and cancel.cancelled:
+                for _, answer in active:
+                    answer.cancel()
+                return
+            going = [k for k, (_, answer) in enumerate(active) if not answer.done]
+            if not going:
+                return
+            if len(going) < len(active):
+                batch.keep(going)
+                active = [active[k] for k in going]
+            ids = np.array([[answer.token_ids[-1]] for _, answer in active], dtype=np.int64)
+            t0 = time.perf_counter()
+            logits = batch.forward(self._embed(ids, run_options), run_options)
+            share = (time.perf_counter() - t0) * 1000 / len(active)
+            for _, answer in active:
+                answer.timings.decode_ms += share
+
+    def _start(self, messages: list[Message], settings: GenerationSettings, run_options: ort.RunOptions,
+               started: float) -> tuple[Answer, DecoderState, np.ndarray]:
+        """Prefill one conversation: its answer-to-be, its cache, and the first logits."""
+        timings = Timings()
+        embeds, prompt_ids = self._prefill_inputs(messages, settings, run_options, timings)
+        timings.prompt_tokens = len(prompt_ids)
+        state = DecoderState(self.graphs["decoder_model_merged"], self.cache_layout)
+        t0 = time.perf_counter()
+        logits = state.forward(embeds, run_options)
+        timings.prefill_ms += (time.perf_counter() - t0) * 1000
+        stop_ids = set(self.files.stop_ids) | set(settings.extra_stop_ids)
+        answer = Answer(settings, stop_ids, list(prompt_ids), self.prompt.streamer(), timings, started)
+        return answer, state, logits
+
     def _run(self, generation: Generation, messages: list[Message], settings: GenerationSettings,
              cancel: CancelToken | None) -> Iterator[TokenEvent]:
-        timings = Timings()
         started = time.perf_counter()
-        token_ids: list[int] = []
-        streamer = self.prompt.streamer()
-        text_parts: list[str] = []
-        stop_reason: StopReason = "max_tokens"
         run_options = new_run_options(cancel)
+        answer: Answer | None = None
         try:
-            embeds, prompt_ids = self._prefill_inputs(messages, settings, run_options, timings)
-            timings.prompt_tokens = len(prompt_ids)
-            state = DecoderState(self.graphs["decoder_model_merged"], self.cache_layout)
-            chooser = TokenChooser(settings)
-            stop_ids = set(self.files.stop_ids) | set(settings.extra_stop_ids)
-            t0 = time.perf_counter()
-            logits = state.forward(embeds, run_options)
-            timings.prefill_ms += (time.perf_counter() - t0) * 1000
-            seen = list(prompt_ids)
-            for step in range(settings.max_new_tokens):
-                token = chooser.choose(logits, seen)
-                if step == 0:
-                    timings.first_token_ms = (time.perf_counter() - started) * 1000
-                if token in stop_ids:
-                    stop_reason = "stop_token"
-                    break
-                token_ids.append(token)
-                seen.append(token)
-                timings.new_tokens = len(token_ids)
-                delta = streamer.push(token)
-                text_parts.append(delta)
-                yield TokenEvent(token, delta)
+            answer, state, logits = self._start(messages, settings, run_options, started)
+            while (event := answer.step(logits)) is not None:
+                yield event
                 if cancel is not None and cancel.cancelled:
-                    stop_reason = "cancelled"
-                    break
-                if step + 1 == settings.max_new_tokens:
+                    answer.cancel()
+                if answer.done:
                     break
                 t0 = time.perf_counter()
-                logits = state.forward(self._embed(np.array([[token]], dtype=np.int64), run_options),
+                logits = state.forward(self._embed(np.array([[event.token_id]], dtype=np.int64), run_options),
                                        run_options)
-                timings.decode_ms += (time.perf_counter() - t0) * 1000
+                answer.timings.decode_ms += (time.perf_counter() - t0) * 1000
         except _Terminated:
-            stop_reason = "cancelled"
+            if answer is not None:
+                answer.cancel()
         except EngineError:
             raise
         except Exception as exc:  # noqa: BLE001 - ORT's own error types
             if not run_options.terminate:
                 raise EngineError(f"generation failed: {str(exc).splitlines()[0][:300]}") from exc
-            stop_reason = "cancelled"
-        tail = streamer.flush()
-        if tail:
-            text_parts.append(tail)
-            if token_ids:
-                yield TokenEvent(token_ids[-1], tail)
-        generation.result = GenerationResult(
-            text="".join(text_parts), token_ids=token_ids, stop_reason=stop_reason, timings=timings)
+            if answer is not None:
+                answer.cancel()
+        if answer is None:  # cancelled before the prompt was read
+            generation.result = GenerationResult("", [], "cancelled", Timings())
+            return
+        generation.result, tail = answer.finish()
+        if tail is not None:
+            yield tail
 
     def _prefill_inputs(self, messages: list[Message], settings: GenerationSettings,
                         run_options: ort.RunOptions, timings: Timings) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings of the whole prompt with the image features in place of <image> tokens."""
         images = [img for m in messages for img in m.images]
         t0 = time.perf_counter()
+        processed = preprocess(images, self.files.image_processor, settings.detail) if images else None
+        ids = self.prompt.encode(messages, processed.grids if processed else [])
+        self._check_length(len(ids), settings)
         features = None
-        grids: list[tuple[int, int]] = []
-        if images:
-            processed = preprocess(images, self.files.image_processor, settings.detail)
-            grids = processed.grids
+        if processed is not None:
             features = self._vision(processed.pixel_values, processed.pixel_attention_mask, run_options)
         timings.image_ms = (time.perf_counter() - t0) * 1000
         t0 = time.perf_counter()
-        ids = self.prompt.encode(messages, grids)
         embeds = self._embed(ids[None, :], run_options)
         if features is not None:
             embeds = splice_image_features(embeds, ids, features, self.files.image_token_id)
         timings.prefill_ms = (time.perf_counter() - t0) * 1000
         return embeds, ids
+
+    def _check_length(self, prompt_tokens: int, settings: GenerationSettings) -> None:
+        """Refuse, before the vision pass, a prompt the model cannot read (its positions end
+        at max_position_embeddings; the RoPE tables of the exported decoder end there too)."""
+        limit = self.files.config.get("text_config", {}).get("max_position_embeddings")
+        if limit and prompt_tokens + 1 > int(limit):
+            raise EngineError(
+                f"this prompt is {prompt_tokens} tokens with its images; the model reads at most {int(limit)}. "
+                "Choose a lower detail or fewer images")
 
     def _vision(self, pixel_values: np.ndarray, mask: np.ndarray, run_options: ort.RunOptions) -> np.ndarray:
         """Image features [tiles, image_seq_len, hidden], VISION_TILES_PER_CALL tiles per graph call.
