@@ -320,6 +320,10 @@ def measure(args: argparse.Namespace) -> Measurement:
     log(f"{args.config}: first caption done {since_spawn():.1f} s after start; timing stages")
     m.stages_ms, stage_info = measure_stages(runner, args, one, five)
     m.info.update(stage_info)
+    if isinstance(runner, OnnxRunner) and args.batch_images > 1:
+        log(f"{args.config}: {args.batch_images} photos as single captions, then as one batch")
+        m.stages_ms.update(measure_batch(runner, args))
+        m.info["batch_images"] = args.batch_images
     m.peak_rss_mb["whole_run"] = peak_rss_mb()
     return m
 
@@ -340,6 +344,38 @@ def measure_stages(runner: Runner, args: argparse.Namespace, one: Image.Image,
     info = {"tiles_1": runner.tiles(one_tile), "tiles_5": runner.tiles(five_tiles),
             "prompt_tokens": runner.prompt_tokens(one_tile)}
     return samples, info
+
+
+def measure_batch(runner: "OnnxRunner", args: argparse.Namespace) -> dict[str, list[float]]:
+    """Per-image milliseconds for N one-tile JPEGs on disk: captioned one at a time (load +
+    generate, what `caption` does per image) and as one batch (BatchRunner: the next image
+    decoded ahead, groups decoded together, caption files written)."""
+    import tempfile
+
+    from smolvlm_desktop.batch import BatchRunner, BatchSettings
+    from smolvlm_desktop.engine.images import load_image
+    from smolvlm_desktop.engine.types import GenerationSettings
+
+    generation = GenerationSettings(max_new_tokens=args.new_tokens, detail=args.tile)
+    model, n = runner.model, args.batch_images
+    with tempfile.TemporaryDirectory(prefix="smolvlm-bench-") as folder:
+        paths = []
+        for i in range(n):
+            paths.append(Path(folder) / f"photo{i:02d}.jpg")
+            bench_image(args.tile, seed=100 + i).save(paths[-1], quality=90)
+
+        def singles() -> None:
+            for path in paths:
+                model.generate(runner._messages(load_image(path).image), generation)
+
+        def batch() -> None:
+            settings = BatchSettings(QUESTION, generation, outputs=("txt",), existing="overwrite")
+            summary = BatchRunner(model, settings).run(paths)
+            assert summary.done == n, summary
+
+        repeats = max(1, min(args.repeats, 2))
+        return {"single_captions_per_image": [t / n for t in timed(singles, repeats, warmup=0)],
+                "batch_per_image": [t / n for t in timed(batch, repeats, warmup=0)]}
 
 
 def timed_decode(runner: Runner, prepared: Any, features: Any, steps: int, repeats: int) -> list[float]:
@@ -368,6 +404,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--spawned-at", type=float, default=None)
+    p.add_argument("--batch-images", type=int, default=8,
+                   help="photos for the batch-vs-single-captions stage (ONNX only; 0 skips it)")
     p.add_argument("--ort-cache", type=Path, default=None,
                    help="folder for ONNX Runtime's optimised graphs (as the app passes); none if absent")
     return p.parse_args(argv)

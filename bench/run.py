@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py [--threads 2] [--repeats 5 | --quick] [--only int8,fp32,torch]
                                   [--json out.json] [--arch 256m|tiny] [--no-ort-cache]
+                                  [--batch-images 8]
     smolvlm-desktop bench [the same options]
 
 Builds (once, cached outside the repo: see bench/arch.py) a random-weight model with the real
@@ -13,6 +14,8 @@ configuration in its own process (bench/child.py) with the same number of thread
 * prefill: embedding + image splice + one decoder pass over the ~80-token prompt;
 * decode: ms per token over 32 greedy steps with the KV cache;
 * end to end: a 512-px PIL image to 32 new tokens, preprocessing included;
+* batch: N one-tile JPEG photos (--batch-images, default 8) captioned one at a time (load +
+  generate) and then as one batch (BatchRunner), per image; and the ratio of the two rates;
 * cold start: process start -> imports -> sessions/model loaded -> first token (a fresh
   process; the model files are in the OS file cache after the first run, as on a user's
   second launch). The ONNX configurations load through the optimised-graph cache the app
@@ -76,7 +79,7 @@ def _median_of(stage: str) -> Callable[[dict[str, Any]], float | None]:
     return lambda r: float(statistics.median(r["stages_ms"][stage])) if r["stages_ms"].get(stage) else None
 
 
-def stages(arch: Arch, prompt_tokens: int | str, new_tokens: int) -> list[Stage]:
+def stages(arch: Arch, prompt_tokens: int | str, new_tokens: int, batch_images: int | str = "N") -> list[Stage]:
     tile = arch.tile
     return [
         Stage("vision_1", f"vision, 1 tile ({tile}-px image)", "ms", _median_of("vision_1")),
@@ -86,6 +89,10 @@ def stages(arch: Arch, prompt_tokens: int | str, new_tokens: int) -> list[Stage]
               _median_of("decode_per_token")),
         Stage("end_to_end", f"end to end, {tile}-px image + {new_tokens} tokens", "ms",
               _median_of("end_to_end")),
+        Stage("single_captions_per_image", f"{batch_images} one-tile photos, captioned singly, per image", "ms",
+              _median_of("single_captions_per_image")),
+        Stage("batch_per_image", f"the same {batch_images} photos as one batch, per image", "ms",
+              _median_of("batch_per_image")),
         Stage("cold_first_token", "cold start to first token (new process)", "s",
               lambda r: r["cold"].get("first_token_s")),
         Stage("peak_rss_caption", "peak RSS, load + one caption", "MB",
@@ -102,7 +109,7 @@ def run_child(config: str, arch: Arch, built: BuiltModel, args: argparse.Namespa
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, "-m", "bench.child", "--config", config, "--model-dir", str(built.model_dir),
            "--tile", str(arch.tile), "--threads", str(args.threads), "--repeats", str(args.repeats),
-           "--new-tokens", str(args.new_tokens)]
+           "--new-tokens", str(args.new_tokens), "--batch-images", str(args.batch_images)]
     if config == "torch" and built.checkpoint is not None:
         cmd += ["--checkpoint", str(built.checkpoint)]
     if config != "torch" and args.ort_cache:
@@ -122,8 +129,9 @@ def run_child(config: str, arch: Arch, built: BuiltModel, args: argparse.Namespa
 def summarise(arch: Arch, results: dict[str, dict[str, Any]], new_tokens: int) -> list[dict[str, Any]]:
     """Per stage: the value of each configuration and its ratio to transformers fp32."""
     prompt_tokens = next((r["info"].get("prompt_tokens") for r in results.values()), "?")
+    batch_images = next((r["info"]["batch_images"] for r in results.values() if "batch_images" in r["info"]), "N")
     rows = []
-    for stage in stages(arch, prompt_tokens, new_tokens):
+    for stage in stages(arch, prompt_tokens, new_tokens, batch_images):
         values = {c: stage.value(r) for c, r in results.items()}
         ref = values.get(REFERENCE)
         ratios = {c: (v / ref if v is not None and ref else None) for c, v in values.items() if c != REFERENCE}
@@ -181,10 +189,21 @@ def print_report(report: dict[str, Any]) -> None:
         made = result["info"].get("new_tokens")
         if made != report["new_tokens"]:
             print(f"warning: {LABELS[config]} stopped after {made} of {report['new_tokens']} tokens")
+    for row in batch_rates(report["table"]):
+        print(f"batch rate, {row['config']}: {row['ratio']:.2f}x the images per second of single captions "
+              "(same run, same photos)")
     ref = LLAMA_CPP
     print(f"reference, {ref['note']}: {ref['setup']}: ≈{ref['vision_ms_per_tile']} ms per tile, "
           f"{ref['decode_ms_per_token']} ms/token decode, ≈{ref['one_vision_pass_plus_32_tokens_s']} s "
           f"for one vision pass + 32 tokens, {ref['peak_rss_mb']} MB peak RSS")
+
+
+def batch_rates(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per ONNX configuration: single-caption time per image / batch time per image."""
+    rows = {r["key"]: r["values"] for r in table}
+    single, batch = rows.get("single_captions_per_image", {}), rows.get("batch_per_image", {})
+    return [{"config": LABELS[c], "ratio": single[c] / batch[c]} for c in single
+            if single.get(c) and batch.get(c)]
 
 
 # --- main -------------------------------------------------------------------------------
@@ -221,6 +240,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run (default 32)")
     p.add_argument("--cache", type=Path, help="where built models are kept "
                    "(default $SMOLVLM_BENCH_CACHE or ~/.cache/smolvlm-desktop-bench)")
+    p.add_argument("--batch-images", type=int, default=8,
+                   help="photos for the batch-vs-single-captions rows (default 8; 0 skips them)")
     p.add_argument("--no-ort-cache", dest="ort_cache", action="store_false",
                    help="load the ONNX graphs without the optimised-graph cache the app uses")
     args = p.parse_args(argv)
