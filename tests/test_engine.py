@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -281,3 +282,20 @@ def test_batch_decoder_rows_match_each_conversation_alone(tiny_model: VisionLang
         together = batch.forward(step)
         for k, row in enumerate(rows):
             np.testing.assert_allclose(together[k], states[row].forward(step[k:k + 1]), rtol=1e-5, atol=1e-5)
+
+
+def test_a_cancel_from_another_thread_during_a_batched_step_cancels_cleanly(tiny_model: VisionLanguageModel) -> None:
+    """The cancel token terminates ONNX Runtime mid-call (RunOptions.terminate): every answer
+    ends as cancelled, no exception escapes."""
+    cancel = CancelToken()
+    steps = []
+
+    def on_token(index: int, event: object) -> None:
+        steps.append(index)
+        if len(steps) == 6:  # a few steps in, from another thread, as the Stop button does
+            threading.Thread(target=cancel.cancel).start()
+            time.sleep(0.05)
+
+    results = tiny_model.generate_many(conversations(), GenerationSettings(max_new_tokens=200), cancel=cancel,
+                                       on_token=on_token)
+    assert all(isinstance(r, GenerationResult) and r.stop_reason == "cancelled" for r in results)

@@ -180,6 +180,12 @@ class VisionLanguageModel:
                 answer.cancel()
         except EngineError as exc:  # a batched decoder call failed: every unfinished answer with it
             failure = exc
+        except Exception as exc:  # noqa: BLE001 - ORT's own error types, from a decoder call
+            if not run_options.terminate:
+                failure = EngineError(f"generation failed: {str(exc).splitlines()[0][:300]}")
+            for _, answer, _, _ in rows:
+                if failure is None:
+                    answer.cancel()  # the cancel token stopped ONNX Runtime mid-call
         for index, answer, _, _ in rows:
             if failure is not None and not answer.done:
                 results[index] = failure
