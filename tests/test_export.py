@@ -281,6 +281,30 @@ def test_int8_decoder_stays_close_to_fp32() -> None:
     assert cosine.min() > 0.95
 
 
+def test_vision_attention_without_padding_takes_the_unmasked_branch_with_the_same_result() -> None:
+    """The vision graph runs attention without the mask when no patch is padding (an If on
+    "all real"): a full tile alone gives the features it gets beside a padded image. In fp32:
+    the int8 graph's per-tensor activation scales differ with the batch anyway, which is one
+    reason the engine sends the vision graph one tile per call."""
+    import onnx
+
+    graph = "vision_encoder"
+
+    model = onnx.load(str(TINY / "onnx" / f"{graph}.onnx"))
+    assert sum(n.op_type == "If" for n in model.graph.node) == sum(
+        1 for n in model.graph.node if n.op_type == "If" and n.name.endswith("if_all_real")) > 0
+    rng = np.random.default_rng(8)
+    tile = 64
+    pixels = rng.uniform(-1, 1, (1, 2, 3, tile, tile)).astype(np.float32)
+    mask = np.ones((1, 2, tile, tile), dtype=bool)
+    mask[0, 1, tile // 2:, :] = False
+    pixels[0, 1][:, tile // 2:, :] = 0
+    vision = session(graph)
+    beside = vision.run(None, {"pixel_values": pixels, "pixel_attention_mask": mask})[0]
+    alone = vision.run(None, {"pixel_values": pixels[:, :1], "pixel_attention_mask": mask[:, :1]})[0]
+    np.testing.assert_allclose(alone[0], beside[0], rtol=1e-5, atol=1e-5)
+
+
 def test_a_row_of_the_int8_decoder_does_not_depend_on_its_batch() -> None:
     """The int8 decoder quantises each row on its own (MatMulNBits), so one conversation's
     logits are the same decoded alone or beside others; with per-tensor dynamic quantisation
