@@ -268,9 +268,12 @@ class BatchRunner:
 
     def _loop(self, run: _Run) -> None:
         pending = [item for item in run.items if item.staged is None]  # staged: finished by _Recovery
+        # Where the decoder cannot decode a group together (the official int8 files), images
+        # go one by one, so each streams and is written as soon as it is done.
+        size = self.group_size if self.model.decodes_in_batches else 1
         with _Prefetch([item.path for item in pending]) as images:
-            for start in range(0, len(pending), self.group_size):
-                group = list(enumerate(pending[start:start + self.group_size], start))
+            for start in range(0, len(pending), size):
+                group = list(enumerate(pending[start:start + size], start))
                 if self._wait_while_paused(run.pause, run.cancel) or not self._group(run, group, images):
                     run.summary.cancelled = True
                     return

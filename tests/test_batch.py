@@ -283,3 +283,26 @@ def test_the_next_image_is_decoded_while_this_one_is_captioned(tmp_path: Path) -
         assert images.take(1).image.size == (41, 30)
         with pytest.raises(ImageError, match="c.png"):
             images.take(2)
+
+
+def test_a_model_that_cannot_decode_together_captions_one_image_at_a_time(tiny_model_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    """With per-tensor dynamic int8 (the official files) there is no decoding together, so a
+    group would only delay each caption: images go one by one, each streamed then written."""
+    import shutil
+
+    pytest.importorskip("onnx")
+    from smolvlm_desktop.engine.model import VisionLanguageModel
+    from smolvlm_desktop.export import quantize_graph
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    quantize_graph(folder / "onnx" / "decoder_model_merged.onnx", folder / "onnx" / "decoder_model_merged_int8.onnx",
+                   "int8")
+    model = VisionLanguageModel.load(folder, variant="int8", provider="cpu", threads=1)
+    images = make_images(tmp_path / "photos", 3)
+    events = Events()
+    summary = runner(model, None, events).run(images)
+    assert summary.done == 3
+    order = [(type(e).__name__, e.path) for e in events if isinstance(e, (ImageStarted, ImageDone))]
+    assert order == [(kind, path) for path in images for kind in ("ImageStarted", "ImageDone")]
