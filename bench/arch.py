@@ -102,6 +102,16 @@ def smolvlm_256m() -> Arch:
                 image_seq_len=(tile // patch) ** 2 // scale**2)
 
 
+def smolvlm_500m() -> Arch:
+    """SmolVLM-500M-Instruct: the same vision tower and connector as 256M, with the
+    SmolLM2-360M text model (960 wide, 32 layers, 15 heads over 5 key/value heads)."""
+    base = smolvlm_256m()
+    text = dict(base.config["text_config"], hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+                num_attention_heads=15, num_key_value_heads=5, head_dim=64)
+    return Arch("500m", dict(base.config, text_config=text), tile=base.tile, longest_edge=base.longest_edge,
+                image_seq_len=base.image_seq_len)
+
+
 def tiny() -> Arch:
     """The bundled demo model's architecture (read from tiny_model, which built it)."""
     from smolvlm_desktop import tiny_model as tm
@@ -110,7 +120,7 @@ def tiny() -> Arch:
                 image_seq_len=tm.IMAGE_SEQ_LEN)
 
 
-ARCHS = {"256m": smolvlm_256m, "tiny": tiny}
+ARCHS = {"256m": smolvlm_256m, "500m": smolvlm_500m, "tiny": tiny}
 
 
 def cache_root() -> Path:

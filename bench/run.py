@@ -1,7 +1,7 @@
 """Benchmark: int8 ONNX and fp32 ONNX (this app's engine) against transformers fp32, same weights.
 
     .venv/bin/python bench/run.py [--threads 2] [--repeats 5 | --quick] [--only int8,fp32,torch]
-                                  [--json out.json] [--arch 256m|tiny] [--no-ort-cache]
+                                  [--json out.json] [--arch 256m|500m|tiny] [--no-ort-cache]
                                   [--batch-images 8]
     smolvlm-desktop bench [the same options]
 
@@ -236,7 +236,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="comma-separated subset of int8,fp32,torch (ratios need torch)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
     p.add_argument("--arch", choices=sorted(ARCHS), default="256m",
-                   help="256m: the real SmolVLM-256M architecture (default); tiny: the bundled demo model")
+                   help="256m: the real SmolVLM-256M architecture (default); 500m: SmolVLM-500M's; "
+                        "tiny: the bundled demo model")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run (default 32)")
     p.add_argument("--cache", type=Path, help="where built models are kept "
                    "(default $SMOLVLM_BENCH_CACHE or ~/.cache/smolvlm-desktop-bench)")
