@@ -204,23 +204,27 @@ class TorchRunner:
 
     def prefill(self, prepared: Any, features: Any) -> TorchState:
         """One forward over the prompt with the image features given, as generate's first step."""
+        from smolvlm_desktop.export import returned_cache
+
         ids = prepared["input_ids"]
         with self.torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=prepared["attention_mask"],
                              mm_encoder_outputs={"image": features}, use_cache=True, logits_to_keep=1)
         token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
-        return TorchState(out.past_key_values, token, int(ids.shape[1]))
+        return TorchState(returned_cache(out), token, int(ids.shape[1]))
 
     def decode(self, state: TorchState, steps: int) -> None:
         """Greedy steps with the KV cache: one token in, its logits out."""
+        from smolvlm_desktop.export import cache_argument, returned_cache
+
         torch = self.torch
         with torch.inference_mode():
             for _ in range(steps):
                 state.length += 1
                 mask = torch.ones(1, state.length, dtype=torch.int64)
-                out = self.model(input_ids=state.token, attention_mask=mask, past_key_values=state.cache,
-                                 use_cache=True, logits_to_keep=1)
-                state.cache = out.past_key_values
+                out = self.model(input_ids=state.token, attention_mask=mask, use_cache=True, logits_to_keep=1,
+                                 **cache_argument(self.model, state.cache))
+                state.cache = returned_cache(out)
                 state.token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
 
     def caption(self, image: Image.Image, detail: int, new_tokens: int,

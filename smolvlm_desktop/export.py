@@ -225,7 +225,8 @@ def _make_decoder_module(lm: Any) -> Any:
                 layer.keys, layer.values = past[2 * i], past[2 * i + 1]
             mask = causal_mask(attention_mask, inputs_embeds.shape[1], inputs_embeds.dtype)
             out = self.text_model(inputs_embeds=inputs_embeds, attention_mask=mask,
-                                  position_ids=position_ids, past_key_values=cache, use_cache=True)
+                                  position_ids=position_ids, use_cache=True,
+                                  **cache_argument(self.text_model, cache))
             logits = self.lm_head(out.last_hidden_state)
             presents = []
             for layer in cache.layers:
@@ -233,6 +234,21 @@ def _make_decoder_module(lm: Any) -> Any:
             return (logits, *presents)
 
     return Decoder().eval()
+
+
+def cache_argument(model: Any, cache: Any) -> dict[str, Any]:
+    """The KV-cache keyword for `model`'s forward: transformers 5.24 renamed
+    ``past_key_values`` to ``cache`` (the old name goes in 5.40); older ones know only it."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a forward returned, under either name (see cache_argument)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def causal_mask(attention_mask: Any, query_length: Any, dtype: Any) -> Any:
@@ -560,8 +576,8 @@ def verify_decoder(lm: Any, session: Any, seed: int = 3) -> float:
         mask = torch.ones(1, total, dtype=torch.int64)
         positions = torch.arange(start, total)[None, :]
         with torch.no_grad():
-            ref = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                     past_key_values=cache, use_cache=True)
+            ref = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                     **cache_argument(lm, cache))
         outs = session.run(None, {"inputs_embeds": embeds.numpy(), "attention_mask": mask.numpy(),
                                   "position_ids": positions.numpy(), **past})
         worst = max(worst, _check(f"decoder logits (past {start})", outs[0], ref.logits))

@@ -237,8 +237,8 @@ def test_decoder_prefill_then_cached_steps_match_pytorch(torch_model) -> None:
         mask = torch.ones(1, start + length, dtype=torch.int64)
         positions = torch.arange(start, start + length)[None]
         with torch.no_grad():
-            ref = torch_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
-                              past_key_values=cache, use_cache=True)
+            ref = torch_model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                              **export.cache_argument(torch_model, cache))
         outs = decoder.run(None, {"inputs_embeds": embeds.numpy(), "attention_mask": mask.numpy(),
                                   "position_ids": positions.numpy(), **past})
         np.testing.assert_allclose(outs[0], ref.logits.numpy(), rtol=0, atol=TOLERANCE)
