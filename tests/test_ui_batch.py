@@ -193,3 +193,27 @@ def test_expected_time_per_detail_level_appears_once_measured(qtbot, window, tmp
     qtbot.waitUntil(lambda: all(c.height() >= c.sizeHint().height() for c in checks),
                     timeout=TIMEOUT_MS)  # the form laid out again with the new row
     shoot(window, "15-batch-time-estimates")
+
+
+def test_a_group_decoded_together_is_named_as_a_group(qtbot, window, folder: Path) -> None:
+    """The four images of a group start together: the line names the one whose words stream
+    and says how many more are under way, then counts down as they finish."""
+    set_up(window, folder, recursive=True)
+    gate = Gate()
+    started: list[str] = []
+
+    def hold_at_the_fourth(job_id: int, index: int, total: int, path: str) -> None:  # worker thread
+        started.append(path)
+        if len(started) == 4:
+            gate()
+
+    window.worker.image_started.connect(hold_at_the_fourth)
+    window.batch_panel.setup.start_btn.click()
+    qtbot.waitUntil(gate.reached.is_set, timeout=TIMEOUT_MS)
+    current = window.batch_panel.run.current
+    qtbot.waitUntil(lambda: "and 3 more" in current.text(), timeout=TIMEOUT_MS)
+    assert current.text() == f"Now: {Path(started[-1]).name} and 3 more  (1–4 of 4)"
+    shoot(window, "05d-batch-group")
+    gate.open()
+    wait_for_summary(qtbot, window)
+    assert window.batch.in_flight == {}

@@ -110,6 +110,8 @@ class BatchController(QObject):
         self.speed = SpeedEstimate()
         self.model_edge: int | None = None  # the loaded model's own detail (longest edge)
         self.counts = {"done": 0, "skipped": 0, "failed": 0}
+        self.in_flight: dict[str, int] = {}  # started, not yet done: a group decodes together
+        self._total = 0
         self.failures: list[tuple[str, str]] = []
         self._connect()
         self._load_settings()
@@ -274,6 +276,7 @@ class BatchController(QObject):
                                  outputs=self.outputs(), existing=self.existing(),
                                  aggregate_dir=folder)
         self.counts = {"done": 0, "skipped": 0, "failed": len(problems)}
+        self.in_flight = {}
         self.failures = [(str(p), r) for p, r in problems]
         self.started_at = time.monotonic()
         self._show_run_page(len(images))
@@ -341,6 +344,7 @@ class BatchController(QObject):
         c = job.counts
         self.offer_resume(None)
         self.counts = {k: c.get(k, 0) for k in ("done", "skipped", "failed")}
+        self.in_flight = {}
         self.failures = []
         self.started_at = time.monotonic()
         self._show_run_page(c.get("total", 0))
@@ -398,8 +402,27 @@ class BatchController(QObject):
     @Slot(int, int, int, str)
     def _on_image_started(self, job_id: int, index: int, total: int, path: str) -> None:
         if self._mine(job_id):
-            self.panel.run.current.setText(f"Now: {Path(path).name}  ({index + 1} of {total})")
+            self.in_flight[path] = index
+            self._total = total
+            self._show_current()
             self.panel.run.caption.clear()
+
+    def _show_current(self) -> None:
+        """"Now: a.jpg (3 of 40)", or for a group decoded together "Now: d.jpg and 3 more
+        (1–4 of 40)": the named one is the last started, whose words stream below."""
+        if not self.in_flight:
+            return
+        name = Path(next(reversed(self.in_flight))).name
+        first, last = min(self.in_flight.values()) + 1, max(self.in_flight.values()) + 1
+        if len(self.in_flight) == 1:
+            text = f"Now: {name}  ({first} of {self._total})"
+        else:
+            text = f"Now: {name} and {len(self.in_flight) - 1} more  ({first}–{last} of {self._total})"
+        self.panel.run.current.setText(text)
+
+    def _finished_one(self, path: str) -> None:
+        if self.in_flight.pop(path, None) is not None:
+            self._show_current()
 
     @Slot(int, str)
     def _on_token(self, job_id: int, text: str) -> None:
@@ -417,6 +440,7 @@ class BatchController(QObject):
     def _on_image_done(self, job_id: int, event: Any) -> None:
         if self._mine(job_id):
             self.counts["done"] += 1
+            self._finished_one(str(event.path))
             self.panel.run.caption.setPlainText(event.text)
 
     @Slot(int, str, str)
@@ -443,6 +467,7 @@ class BatchController(QObject):
         if self._mine(job_id):
             if path:
                 self.counts["failed"] += 1
+                self._finished_one(path)
             self.failures.append((path, reason))
         elif self._is_trial(job_id):
             where = f"{Path(path).name}: " if path else ""
