@@ -9,8 +9,9 @@ the fc1 bias in the same pass.
 
 Each op is a torch.autograd.Function whose forward is the reference arithmetic (so the
 exporter's comparison with transformers checks the same thing the graph computes) and whose
-`symbolic` names the ONNX Runtime op. On an execution provider without them, ONNX Runtime
-runs these nodes on the CPU.
+`symbolic` names the ONNX Runtime op. After export, `skip_mask_when_all_real` lets attention
+run without the padding mask when no patch is padding. On an execution provider without
+these ops, ONNX Runtime runs those nodes on the CPU.
 """
 
 from __future__ import annotations
@@ -123,13 +124,9 @@ def skip_mask_when_all_real(path: Path) -> int:
     one = helper.make_tensor("all_real/one", TensorProto.INT32, [], [1])
     graph.initializer.append(one)
     condition = helper.make_node("Equal", ["all_real/min", "all_real/one"], ["all_real"], name="all_real")
-    nodes = []
-    for node in graph.node:
-        if node in attention:
-            nodes.append(_branching(node, "all_real"))
-        else:
-            nodes.append(node)
-    first = next(i for i, n in enumerate(nodes) if n.op_type == "If")
+    rewrite = {id(node) for node in attention}
+    nodes = [_branching(n, "all_real") if id(n) in rewrite else n for n in graph.node]
+    first = next(i for i, n in enumerate(nodes) if n.op_type == "If")  # `keep` exists by then
     nodes[first:first] = [lowest, condition]
     del graph.node[:]
     graph.node.extend(nodes)
