@@ -32,6 +32,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Callable
 
+from .oslock import try_lock
+
 CRASH_LOG = "crash.log"
 ERRORS_LOG = "errors.log"
 MARKER_PREFIX = "running-"
@@ -142,29 +144,20 @@ def _create_marker(log_dir: Path) -> tuple[str, Path, BinaryIO]:
                f"platform {platform.platform()}\napp {_app_version()}\n")
     handle.write(details.encode("utf-8"))
     handle.flush()
-    if not _try_lock(handle):
+    if not _locked(handle):
         handle.close()
         _remove(marker)
         raise OSError(f"could not lock {marker}")
     return session_id, marker, handle
 
 
-def _try_lock(handle: BinaryIO) -> bool:
-    """An exclusive, non-blocking lock on the file's first byte; the OS drops it when the
-    process ends however it ends. Per open file, so the owner's own check sees it as taken."""
+def _locked(handle: BinaryIO) -> bool:
+    """Take the marker's lock (oslock); False if another session holds it. Per open file, so
+    the owner's own check sees it as taken too."""
     try:
-        if os.name == "nt":
-            import msvcrt
-
-            handle.seek(0)
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return try_lock(handle.fileno())
     except OSError:
         return False
-    return True
 
 
 # --- uncaught exceptions -----------------------------------------------------------------------
@@ -280,7 +273,7 @@ def _ended_sessions(log_dir: Path) -> list[tuple[Path, str]]:
     for marker in sorted(log_dir.glob(f"{MARKER_PREFIX}*")):
         try:
             with open(marker, "rb+") as handle:
-                if _try_lock(handle):
+                if _locked(handle):
                     handle.seek(0)
                     ended.append((marker, handle.read().decode("utf-8", "replace").strip()))
         except OSError:

@@ -6,7 +6,7 @@ run claims its job first: a non-blocking exclusive lock on
 
     <library dir>/locks/<library file stem>-job-<id>.lock      (locks/library-job-3.lock)
 
-taken with flock on POSIX and msvcrt.locking on Windows, and held for the whole run. The OS
+taken with flock on POSIX and msvcrt.locking on Windows (oslock.py), held for the whole run. The OS
 drops the lock when the process ends in any way (kill -9 and crashes included), so a dead
 run never leaves its job claimed: there is no stale lock to clean and no pid to check. The
 library file's stem is in the name so that two libraries in one folder never share claims.
@@ -21,48 +21,16 @@ empty, and is reused by the next claim.
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 from pathlib import Path
+
+from ..oslock import try_lock, unlock
 
 # is_claimed holds a lock for an instant to test it; a claim made in that instant waits this
 # long before believing the job is taken (and so does a check racing another check).
 PATIENCE_S = 0.2
 RETRY_S = 0.01
-
-if os.name == "nt":
-    import msvcrt
-
-    def _try_lock(fd: int) -> bool:
-        os.lseek(fd, 0, os.SEEK_SET)
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # the first byte stands for the file
-        except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EDEADLK):
-                return False
-            raise
-        return True
-
-    def _unlock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-
-else:
-    import fcntl
-
-    def _try_lock(fd: int) -> bool:
-        # flock, not lockf: a POSIX record lock belongs to the process, so a second claim in
-        # the same process would succeed, and closing any descriptor of the file drops it.
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
 
 class JobBusy(Exception):
     """The job is being run by another process (or by another run in this one)."""
@@ -81,7 +49,7 @@ def lock_path(library_path: str | os.PathLike[str], job_id: int) -> Path:
 def _lock(fd: int, patience_s: float) -> bool:
     """Take the lock, retrying for patience_s; False if it stays taken."""
     deadline = time.monotonic() + patience_s
-    while not _try_lock(fd):
+    while not try_lock(fd):
         if time.monotonic() >= deadline:
             return False
         time.sleep(RETRY_S)
@@ -134,7 +102,7 @@ class JobClaim:
         if fd is None:
             return
         if os.name == "nt":
-            _unlock(fd)
+            unlock(fd)
             os.close(fd)
             _remove(self.path)  # fails harmlessly if another claim has it open already
         else:
@@ -173,7 +141,7 @@ def is_claimed(library_path: str | os.PathLike[str], job_id: int) -> bool:
     try:
         if not _lock(fd, PATIENCE_S):
             return True
-        _unlock(fd)
+        unlock(fd)
         return False
     finally:
         os.close(fd)
