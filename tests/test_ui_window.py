@@ -15,7 +15,7 @@ from PySide6.QtGui import QGuiApplication, QImage, QColor  # noqa: E402
 
 from smolvlm_desktop import settings as settings_mod  # noqa: E402
 from smolvlm_desktop.settings import Settings  # noqa: E402
-from ui_helpers import TIMEOUT_MS, Gate, add_images, drag_and_drop, make_image, open_window, shoot  # noqa: E402
+from ui_helpers import TIMEOUT_MS, Gate, add_images, make_image, open_window, shoot  # noqa: E402
 
 pytestmark = pytest.mark.gui
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QIcon, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import (QAbstractItemView, QFrame, QHBoxLayout, QLabel, QListWidget,
-                               QListWidgetItem, QPushButton, QStackedWidget, QVBoxLayout, QWidget)
+                               QListWidgetItem, QPushButton, QStackedWidget, QVBoxLayout)
 
 from . import theme
 from .tasks import TaskRunner
