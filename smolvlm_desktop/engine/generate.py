@@ -4,6 +4,10 @@ The decoder graph returns `present.*` tensors that already contain the whole cac
 passed straight back as the next `past_key_values.*` without copying in Python. The attention
 mask grows by one column per token (a [1, 1] mask while decoding garbles the output) and
 positions are the running count of attended tokens, as transformers computes them.
+
+Several conversations can decode together (BatchDecoder) after each was prefilled alone, on
+decoders that give a row the same logits in a batch as alone (decodes_batch_invariantly);
+`Answer` holds one conversation's stop rules and streamed text for either loop.
 """
 
 from __future__ import annotations

@@ -5,8 +5,10 @@
         print(event.text, end="")
     print(gen.result.timings)
 
-The path of one answer: processor (tiles) -> vision graph (all tiles in one call) -> prompt ids
--> embed graph -> image features spliced in at the <image> positions -> decoder with KV cache.
+The path of one answer: processor (tiles) -> prompt ids (refused if longer than the model
+reads) -> vision graph (one tile per call) -> embed graph -> image features spliced in at the
+<image> positions -> decoder with KV cache. `generate_many` answers several conversations,
+decoding them together where that changes no answer.
 """
 
 from __future__ import annotations
