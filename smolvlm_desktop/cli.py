@@ -131,7 +131,7 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
         "export", help="PyTorch SmolVLM checkpoint -> ONNX folder (needs the export extra)",
         description="Export a SmolVLM checkpoint (a save_pretrained folder) into the official ONNX layout, "
                     "checked against transformers before it is written. The graphs use ONNX Runtime's fused "
-                    "ops for speed (onnxruntime 1.22 or newer runs them); int8 keeps the decoder's weights "
+                    "ops for speed (onnxruntime 1.23 or newer runs them); int8 keeps the decoder's weights "
                     "in 8-bit blocks, so batches of images decode together with the same answers as alone.")
     exp.add_argument("src", type=Path, help="the checkpoint folder (config.json, weights, tokenizer)")
     exp.add_argument("dst", type=Path, help="the model folder to write")

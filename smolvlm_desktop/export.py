@@ -464,7 +464,7 @@ def quantize_decoder_weights(fp32_path: Path, out_path: Path, block: int) -> Non
     moved by up to 17 when decoded beside three others; here by 6e-5). Speed is the same
     within noise (7.9 vs 8.1 ms per step, interleaved A/B; block 128, padded, 8.4 ms). The
     vision graph stays dynamic int8, which was faster there (512 vs 745 ms per tile). Needs
-    ONNX Runtime 1.22+ (its 8-bit x64 kernels)."""
+    ONNX Runtime 1.23+ (8-bit kernels on x64 came in 1.22, on ARM64 in 1.23)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
                                                                  MatMulNBitsQuantizer)
