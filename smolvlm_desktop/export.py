@@ -93,6 +93,19 @@ def quiet_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _errors_only() -> Iterator[None]:
+    """Only errors from the root logger while ONNX Runtime's quantisers run (they advise
+    "pre-processing" on every call and log every node they touch), then the caller's level."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 # --- export-friendly modules ---------------------------------------------------------------
 def _torch_modules() -> tuple[Any, Any]:
     import torch
@@ -394,8 +407,9 @@ def export_checkpoint(src: Path, dst: Path, quantize: Sequence[str] = ("int8",),
     lm = load_checkpoint(src)
     onnx_dir = dst / "onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
+    text = lm.config.get_text_config(decoder=True)
     for name, spec in _graph_specs(lm).items():
-        if name == DECODER_GRAPH and export_decoder.unsupported_reason(lm.config.get_text_config(decoder=True)) is None:
+        if name == DECODER_GRAPH and export_decoder.unsupported_reason(text) is None:
             export_decoder.build_decoder(lm, onnx_dir / f"{name}.onnx", opset)
             _normalise(onnx_dir / f"{name}.onnx")
         else:
@@ -407,7 +421,7 @@ def export_checkpoint(src: Path, dst: Path, quantize: Sequence[str] = ("int8",),
         for name in GRAPHS:
             source, target = onnx_dir / f"{name}.onnx", onnx_dir / f"{name}_{kind}.onnx"
             if name == DECODER_GRAPH and kind == "int8":
-                quantize_decoder_weights(source, target, decoder_weight_block(lm.config.get_text_config(decoder=True)))
+                quantize_decoder_weights(source, target, decoder_weight_block(text))
             else:
                 quantize_graph(source, target, kind)
     copy_side_files(src, dst)
@@ -425,16 +439,11 @@ def quantize_graph(fp32_path: Path, out_path: Path, kind: str) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     weight_type = QuantType.QInt8 if kind == "int8" else QuantType.QUInt8
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # it advises "pre-processing" on every call: noise here
-    try:
+    with _errors_only():
         # DefaultTensorType: ONNX's shape inference does not know ONNX Runtime's fused ops (the
         # hand-written decoder's), so it cannot tell their outputs are float; they are.
         quantize_dynamic(fp32_path, out_path, weight_type=weight_type, op_types_to_quantize=["MatMul", "Gather"],
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    finally:
-        root.setLevel(level)
     _normalise(out_path)
 
 
@@ -469,17 +478,12 @@ def quantize_decoder_weights(fp32_path: Path, out_path: Path, block: int) -> Non
     from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
                                                                  MatMulNBitsQuantizer)
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # it logs every node it quantises
-    try:
+    with _errors_only():
         config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=8)
         quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), block_size=block, is_symmetric=True,
                                          accuracy_level=4, algo_config=config)
         quantizer.process()
         quantizer.model.save_model_to_file(str(out_path), use_external_data_format=False)
-    finally:
-        root.setLevel(level)
     _normalise(out_path)
 
 
@@ -528,19 +532,20 @@ def verify_vision(lm: Any, session: Any, seed: int = 1) -> float:
     pixels[0, 1] *= mask[0, 1]
     pixels[0, 2] = 0
     mask[0, 2] = False
-    with torch.no_grad():
-        ref = lm.model.get_image_features(pixels, mask)
-    features = torch.cat(list(ref.pooler_output)) if isinstance(ref.pooler_output, (list, tuple)) else ref.pooler_output
-    (got,) = session.run(None, {"pixel_values": pixels.numpy(), "pixel_attention_mask": mask.numpy()})
-    padded = _check("vision_encoder.image_features", got.reshape(-1, got.shape[-1]), features.reshape(-1, got.shape[-1]))
-    with torch.no_grad():
-        alone = lm.model.get_image_features(pixels[:, :1], mask[:, :1])
-    want = alone.pooler_output
-    want = torch.cat(list(want)) if isinstance(want, (list, tuple)) else want
-    (got,) = session.run(None, {"pixel_values": pixels[:, :1].numpy(), "pixel_attention_mask": mask[:, :1].numpy()})
-    full = _check("vision_encoder.image_features (no padding)", got.reshape(-1, got.shape[-1]),
-                  want.reshape(-1, got.shape[-1]))
+    padded = _check_vision(lm, session, pixels, mask, "vision_encoder.image_features")
+    full = _check_vision(lm, session, pixels[:, :1], mask[:, :1], "vision_encoder.image_features (no padding)")
     return max(padded, full)
+
+
+def _check_vision(lm: Any, session: Any, pixels: Any, mask: Any, name: str) -> float:
+    """The vision graph against get_image_features on the same images; the max abs diff."""
+    import torch
+
+    with torch.no_grad():
+        ref = lm.model.get_image_features(pixels, mask).pooler_output
+    features = torch.cat(list(ref)) if isinstance(ref, (list, tuple)) else ref
+    (got,) = session.run(None, {"pixel_values": pixels.numpy(), "pixel_attention_mask": mask.numpy()})
+    return _check(name, got.reshape(-1, got.shape[-1]), features.reshape(-1, got.shape[-1]))
 
 
 def verify_embed(lm: Any, session: Any, seed: int = 2) -> float:

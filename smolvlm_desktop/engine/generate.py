@@ -75,10 +75,14 @@ class DecoderState:
             **self.past,
         }
         logits, *present = self.decoder.run(feeds, run_options, self._outputs)
-        for name, value in zip(self._present_names, present):
-            self.past["past_key_values." + name[len("present."):]] = value
+        self.past.update(pasts_from_presents(self._present_names, present))
         self.length = total
         return logits[0, -1].astype(np.float32, copy=False)
+
+
+def pasts_from_presents(names: Sequence[str], presents: Sequence[Any]) -> dict[str, Any]:
+    """The decoder's `present.*` outputs, named as the next call's `past_key_values.*` inputs."""
+    return {"past_key_values." + name[len("present."):]: value for name, value in zip(names, presents)}
 
 
 class BatchDecoder:
@@ -109,8 +113,7 @@ class BatchDecoder:
         feeds = {"inputs_embeds": embeds, "attention_mask": self.mask,
                  "position_ids": self.positions[:, None], **self.past}
         logits, *present = self.decoder.run(feeds, run_options, self._outputs)
-        for name, value in zip(self._present_names, present):
-            self.past["past_key_values." + name[len("present."):]] = value
+        self.past.update(pasts_from_presents(self._present_names, present))
         self.positions = self.positions + 1
         return logits[:, -1].astype(np.float32, copy=False)
 
