@@ -23,10 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from smolvlm_desktop.export import GRAPHS, export_checkpoint, quantize_graph  # noqa: E402
-from smolvlm_desktop.tiny_model import build_tiny_checkpoint  # noqa: E402
+from smolvlm_desktop.tiny_model import SIZE_BUDGET, build_tiny_checkpoint  # noqa: E402
 
 DEFAULT_OUT = REPO / "smolvlm_desktop" / "data" / "tiny-smolvlm"
-SIZE_BUDGET = 6_000_000  # bytes, the whole folder: it is committed and shipped in the wheel
 
 README = """\
 # tiny-smolvlm: a random-weight test model

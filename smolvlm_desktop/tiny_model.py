@@ -44,9 +44,14 @@ TEXT_HIDDEN = 8
 TEXT_LAYERS = 2
 TEXT_HEADS = 2
 TEXT_KV_HEADS = 1  # grouped-query attention, like SmolLM2
-TEXT_HEAD_DIM = TEXT_HIDDEN // TEXT_HEADS
+# Wider than hidden / heads (transformers' head_dim allows it): ONNX Runtime's
+# GroupQueryAttention, which the exported decoder uses, takes head sizes that are multiples of 8.
+TEXT_HEAD_DIM = 8
 TEXT_MLP = 32
 MAX_POSITIONS = 8192
+# Bytes, the whole folder: it is committed and shipped in the wheel. Mostly the 49280-token
+# embedding (four copies) and the decoder's RoPE tables, which run to MAX_POSITIONS (two copies).
+SIZE_BUDGET = 6_500_000
 
 # --- the vocabulary (official SmolVLM-256M/500M ids) -------------------------------------
 VOCAB_SIZE = 49280
