@@ -12,7 +12,7 @@ times each stage separately, warm, several times. The last line of stdout is
 ``BENCH-RESULT {json}``; progress goes to stderr.
 
 The ONNX side uses the engine itself (``VisionLanguageModel``, its graph sessions, its
-``DecoderState``); the transformers side uses ``Idefics3ForConditionalGeneration`` the way its
+``new_decoder_state``); the transformers side uses ``Idefics3ForConditionalGeneration`` the way its
 ``generate`` does (KV cache, logits of the last position only).
 """
 
@@ -120,12 +120,11 @@ class OnnxRunner:
 
     def prefill(self, prepared: OnnxPrepared, features: np.ndarray) -> tuple[Any, int]:
         """Embed the prompt, splice the image in, run the decoder over it: (state, next token)."""
-        from smolvlm_desktop.engine.generate import DecoderState
         from smolvlm_desktop.engine.model import splice_image_features
 
         embeds = self._embed(prepared.ids[None, :])
         embeds = splice_image_features(embeds, prepared.ids, features, self.model.files.image_token_id)
-        state = DecoderState(self.model.graphs["decoder_model_merged"], self.model.cache_layout)
+        state = self.model.new_decoder_state()
         logits = state.forward(embeds, self.run_options)
         return state, int(np.argmax(logits))
 

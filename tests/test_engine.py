@@ -261,17 +261,20 @@ def test_a_prompt_longer_than_the_model_reads_is_that_conversation_s_error_only(
         tiny_model.generate(bad, GenerationSettings(max_new_tokens=4, detail=2048))
 
 
-def test_batch_decoder_rows_match_each_conversation_alone(tiny_model: VisionLanguageModel) -> None:
+@pytest.mark.parametrize("state_class", ["DecoderState", "InPlaceDecoderState"])
+def test_batch_decoder_rows_match_each_conversation_alone(tiny_model: VisionLanguageModel, state_class: str) -> None:
     """The left padding and masks of BatchDecoder, at the logits: three caches of different
-    lengths decoded together, then two of them after the third has finished."""
-    from smolvlm_desktop.engine.generate import BatchDecoder, DecoderState
+    lengths decoded together, then two of them after the third has finished. Built from
+    either kind of cache (the in-place one lends views of its buffers)."""
+    from smolvlm_desktop.engine import generate
+    from smolvlm_desktop.engine.generate import BatchDecoder
 
     decoder, layout = tiny_model.graphs["decoder_model_merged"], tiny_model.cache_layout
     rng = np.random.default_rng(4)
     hidden = decoder.session.get_inputs()[0].shape[-1]
     states = []
     for length in (3, 9, 5):
-        state = DecoderState(decoder, layout)
+        state = getattr(generate, state_class)(decoder, layout)
         state.forward(rng.standard_normal((1, length, hidden)).astype(np.float32))
         states.append(state)
     batch = BatchDecoder(states)
@@ -299,3 +302,57 @@ def test_a_cancel_from_another_thread_during_a_batched_step_cancels_cleanly(tiny
     results = tiny_model.generate_many(conversations(), GenerationSettings(max_new_tokens=200), cancel=cancel,
                                        on_token=on_token)
     assert all(isinstance(r, GenerationResult) and r.stop_reason == "cancelled" for r in results)
+
+
+def test_the_exported_decoder_writes_its_cache_in_place_with_the_same_logits(tiny_model_dir: Path) -> None:
+    """InPlaceDecoderState against the copying DecoderState, bit for bit: a prompt, enough
+    steps to outgrow the buffers twice, a follow-up of three tokens, more steps."""
+    from smolvlm_desktop.engine.generate import DecoderState, InPlaceDecoderState
+
+    for variant in ("int8", "fp32"):
+        model = VisionLanguageModel.load(tiny_model_dir, variant=variant, provider="cpu", threads=1)
+        assert isinstance(model.new_decoder_state(), InPlaceDecoderState)
+        decoder, layout = model.graphs["decoder_model_merged"], model.cache_layout
+        copying, in_place = DecoderState(decoder, layout), InPlaceDecoderState(decoder, layout, capacity=4)
+        rng = np.random.default_rng(9)
+        for length in [5] + [1] * 140 + [3] + [1] * 3:
+            embeds = rng.standard_normal((1, length, 8)).astype(np.float32)
+            assert np.array_equal(copying.forward(embeds), in_place.forward(embeds))
+        assert in_place.length == copying.length == 151 and in_place.capacity > 132
+        for name, value in copying.past.items():
+            assert np.array_equal(in_place.past[name], value), name
+
+
+def test_a_decoder_that_concatenates_its_cache_keeps_copying_it(tmp_path: Path,
+                                                               capfd: pytest.CaptureFixture[str]) -> None:
+    """A decoder that appends to its cache with Concat (as traced and official graphs do)
+    cannot write into bound buffers: the probe says no, quietly, and the copying cache is used."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    import onnxruntime as ort
+    from smolvlm_desktop.engine.generate import CacheLayout, updates_cache_in_place
+
+    def tensor(name: str, shape: list) -> object:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+    past = [f"past_key_values.0.{k}" for k in ("key", "value")]
+    nodes = [helper.make_node("Unsqueeze", ["inputs_embeds", "axis1"], ["new"]),
+             *[helper.make_node("Concat", [p, "new"], ["present.0." + p.rsplit(".", 1)[1]], axis=2) for p in past],
+             helper.make_node("MatMul", ["inputs_embeds", "head"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "concat_cache",
+        [tensor("inputs_embeds", ["b", "s", 8]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "t"]),
+         helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["b", "s"]),
+         *[tensor(p, ["b", 1, "p", 8]) for p in past]],
+        [tensor("logits", ["b", "s", 16]), *[tensor("present.0." + k, ["b", 1, "t", 8]) for k in ("key", "value")]],
+        initializer=[helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
+                     helper.make_tensor("head", TensorProto.FLOAT, [8, 16], np.ones(128).tolist())])
+    path = tmp_path / "decoder.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    decoder = runtime.GraphSession("decoder_model_merged", path, session, "cpu",
+                                   output_names=tuple(o.name for o in session.get_outputs()))
+    assert not updates_cache_in_place(decoder, CacheLayout(1, 1, 8, "float32"), hidden=8)
+    assert "INVALID_ARGUMENT" not in capfd.readouterr().err

@@ -1,7 +1,9 @@
 """The decode loop: prefill once, then one token at a time with the KV cache.
 
 The decoder graph returns `present.*` tensors that already contain the whole cache; they are
-passed straight back as the next `past_key_values.*` without copying in Python. The attention
+passed straight back as the next `past_key_values.*` without copying in Python. Where the
+decoder can (the exporter's), the cache is instead written in place in buffers bound as both
+(InPlaceDecoderState), so ONNX Runtime does not copy it either. The attention
 mask grows by one column per token (a [1, 1] mask while decoding garbles the output) and
 positions are the running count of attended tokens, as transformers computes them.
 
@@ -78,6 +80,87 @@ class DecoderState:
         self.past.update(pasts_from_presents(self._present_names, present))
         self.length = total
         return logits[0, -1].astype(np.float32, copy=False)
+
+
+class InPlaceDecoderState(DecoderState):
+    """A DecoderState whose KV cache the decoder writes in place, with nothing copied per step.
+
+    The cache lives in preallocated buffers [1, kv_heads, capacity, head_dim], bound (IOBinding)
+    as both the `past_key_values.*` inputs and the `present.*` outputs, so each step writes
+    only its new position. The copying DecoderState hands ONNX Runtime the whole cache and gets
+    a grown copy back at every step (a few MB per token). Only for decoders that
+    `updates_cache_in_place` says handle it (the exporter's GroupQueryAttention decoder):
+    256M int8, 0.7-1.2 ms less per token (of ~7.5). Buffers grow, with one copy, when full."""
+
+    GROWTH = 128  # positions added at least when the buffers are full
+
+    def __init__(self, decoder: GraphSession, layout: CacheLayout, capacity: int = GROWTH) -> None:
+        super().__init__(decoder, layout)
+        self._buffers: dict[str, np.ndarray] = {}
+        self._binding: Any = None
+        self._allocate(capacity)
+
+    def forward(self, embeds: np.ndarray, run_options: ort.RunOptions | None = None) -> np.ndarray:
+        seq = embeds.shape[1]
+        total = self.length + seq
+        if total > self.capacity:
+            self._allocate(max(total, self.capacity + max(self.GROWTH, self.capacity // 2)))
+        # Kept referenced until the run is over: the binding points at their memory.
+        feeds = {"inputs_embeds": np.ascontiguousarray(embeds),
+                 "attention_mask": np.ones((1, total), dtype=np.int64),
+                 "position_ids": np.arange(self.length, total, dtype=np.int64)[None, :]}
+        for name, value in feeds.items():
+            self._binding.bind_cpu_input(name, value)
+        self._binding.bind_output("logits")  # unbound again: its shape changes from prefill to steps
+        self.decoder.run_bound(self._binding, run_options)
+        logits = self._binding.get_outputs()[0].numpy()
+        self.length = total
+        self.past = {name: buffer[:, :, :total] for name, buffer in self._buffers.items()}
+        return logits[0, -1].astype(np.float32, copy=False)
+
+    @property
+    def capacity(self) -> int:
+        return next(iter(self._buffers.values())).shape[2]
+
+    def _allocate(self, capacity: int) -> None:
+        """(Re)make the buffers with room for `capacity` positions, keeping what they hold."""
+        layout = self.layout
+        shape = (1, layout.kv_heads, capacity, layout.head_dim)
+        binding = self.decoder.session.io_binding()
+        binding.bind_output("logits")  # first, so that it is get_outputs()[0]
+        for name in self.past:
+            buffer = np.zeros(shape, dtype=layout.dtype)
+            buffer[:, :, :self.length] = self.past[name]
+            self._buffers[name] = buffer  # the OrtValue does not keep the array alive
+            value = ort.OrtValue.ortvalue_from_numpy(buffer)
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_output("present." + name[len("past_key_values."):], value)
+        self._binding = binding
+
+
+def updates_cache_in_place(decoder: GraphSession, layout: CacheLayout, hidden: int) -> bool:
+    """Whether InPlaceDecoderState gives exactly the logits and cache of DecoderState.
+
+    Measured, not guessed from op names: a 3-token prompt and one step both ways. A decoder
+    that concatenates its cache (the traced and official graphs) cannot write into the bound
+    buffers and fails the probe; so does any provider but the CPU, whose buffers these are."""
+    if decoder.provider != "cpu":
+        return False
+    rng = np.random.default_rng(1)
+    prompt = rng.standard_normal((1, 3, hidden)).astype(layout.dtype)
+    step = rng.standard_normal((1, 1, hidden)).astype(layout.dtype)
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a refusal is an answer here, not an error for the log
+    copying = DecoderState(decoder, layout)
+    try:
+        in_place = InPlaceDecoderState(decoder, layout, capacity=8)
+        for embeds in (prompt, step):
+            want, got = copying.forward(embeds, quiet), in_place.forward(embeds, quiet)
+            if not np.array_equal(want, got):
+                return False
+    except Exception:  # noqa: BLE001 - ORT refuses the bound buffers: a graph that copies its cache
+        return False
+    return all(np.array_equal(copying.past[name], in_place.past[name]) for name in copying.past)
 
 
 def pasts_from_presents(names: Sequence[str], presents: Sequence[Any]) -> dict[str, Any]:

@@ -21,7 +21,8 @@ import numpy as np
 import onnxruntime as ort
 
 from .files import ModelFiles, load_model_files
-from .generate import (Answer, BatchDecoder, CacheLayout, DecoderState, decodes_batch_invariantly,
+from .generate import (Answer, BatchDecoder, CacheLayout, DecoderState, InPlaceDecoderState,
+                       decodes_batch_invariantly, updates_cache_in_place,
                        new_run_options)
 from .processor import preprocess
 from .prompt import PromptBuilder
@@ -72,6 +73,7 @@ class VisionLanguageModel:
         self.cache_layout = CacheLayout.from_graph(
             graphs["decoder_model_merged"], files.config.get("text_config", {}))
         self._batch_invariant: bool | None = None
+        self._in_place: bool | None = None
         self.info = ModelInfo(
             name=files.name,
             folder=str(files.folder),
@@ -141,7 +143,7 @@ class VisionLanguageModel:
         settings = settings or GenerationSettings()
         run_options = new_run_options(None)
         embeds, _ = self._prefill_inputs(list(messages), settings, run_options, Timings())
-        state = DecoderState(self.graphs["decoder_model_merged"], self.cache_layout)
+        state = self.new_decoder_state()
         rows = [state.forward(embeds, run_options)]
         for token in continuation:
             step = self._embed(np.array([[token]], dtype=np.int64), run_options)
@@ -216,11 +218,23 @@ class VisionLanguageModel:
         """Whether this decoder gives each conversation the same logits in a batch as alone
         (measured once, on first use: a few small decoder calls)."""
         if self._batch_invariant is None:
-            hidden = int(self.files.config.get("text_config", {}).get("hidden_size") or 0) or int(
-                self.graphs["embed_tokens"].session.get_outputs()[0].shape[-1])
             self._batch_invariant = decodes_batch_invariantly(
-                self.graphs["decoder_model_merged"], self.cache_layout, hidden)
+                self.graphs["decoder_model_merged"], self.cache_layout, self._hidden_size())
         return self._batch_invariant
+
+    def new_decoder_state(self) -> DecoderState:
+        """An empty KV cache for one conversation: written in place where the decoder allows
+        it (`updates_cache_in_place`, measured once on first use), else copied at each step."""
+        decoder = self.graphs["decoder_model_merged"]
+        if self._in_place is None:
+            self._in_place = updates_cache_in_place(decoder, self.cache_layout, self._hidden_size())
+        if self._in_place:
+            return InPlaceDecoderState(decoder, self.cache_layout)
+        return DecoderState(decoder, self.cache_layout)
+
+    def _hidden_size(self) -> int:
+        return int(self.files.config.get("text_config", {}).get("hidden_size") or 0) or int(
+            self.graphs["embed_tokens"].session.get_outputs()[0].shape[-1])
 
     def _decode_together(self, rows: list[tuple[int, Answer, DecoderState, np.ndarray]],
                          run_options: ort.RunOptions, cancel: CancelToken | None,
@@ -258,7 +272,7 @@ class VisionLanguageModel:
         timings = Timings()
         embeds, prompt_ids = self._prefill_inputs(messages, settings, run_options, timings)
         timings.prompt_tokens = len(prompt_ids)
-        state = DecoderState(self.graphs["decoder_model_merged"], self.cache_layout)
+        state = self.new_decoder_state()
         t0 = time.perf_counter()
         logits = state.forward(embeds, run_options)
         timings.prefill_ms += (time.perf_counter() - t0) * 1000

@@ -69,6 +69,10 @@ class GraphSession:
             outputs: Sequence[str] | None = None) -> list[Any]:
         return self.session.run(list(outputs) if outputs else None, feeds, run_options)
 
+    def run_bound(self, binding: Any, run_options: ort.RunOptions | None = None) -> None:
+        """Run with inputs and outputs bound in place (an ort.IOBinding of this session)."""
+        self.session.run_with_iobinding(binding, run_options)
+
     def input_type(self, name: str) -> str:
         for i in self.session.get_inputs():
             if i.name == name:
