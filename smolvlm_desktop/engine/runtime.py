@@ -109,7 +109,7 @@ def default_threads() -> int:
 SPIN_DURATION_US = 50
 
 
-def session_options(threads: int | None, short_spin: bool = True) -> ort.SessionOptions:
+def session_options(threads: int | None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or default_threads()
     opts.inter_op_num_threads = 1
@@ -121,10 +121,10 @@ def session_options(threads: int | None, short_spin: bool = True) -> ort.Session
     # all makes every small op of a decode step pay a thread wake-up. A short spin keeps both:
     # measured A/B on the 256M int8 decoder, 2 threads, per step: idle machine 15.3 ms
     # (default) / 21.8 ms (no spin) / 15.2 ms (50 us); two other busy processes 38.2 / 33.6 /
-    # 31.1 ms. The vision graph runs few, long ops; there the short spin looked a few percent
-    # slower on an idle machine (within the noise), so open_graph leaves it ORT's default.
-    if short_spin:
-        opts.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_DURATION_US))
+    # 31.1 ms. The vision graph too: with ORT's default its threads were still spinning when
+    # the prefill began, which took 117-121 ms right after a vision pass instead of 82-88
+    # (256M int8, the engine's caption loop), while the vision pass itself did not change.
+    opts.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_DURATION_US))
     return opts
 
 
@@ -139,7 +139,6 @@ def open_graph(name: str, path: Path, requested_provider: str = "auto",
     if not path.is_file():
         raise ModelFolderError(f"missing graph file {path}")
     reasons: list[str] = []
-    short_spin = name != "vision_encoder"
     for short in provider_order(requested_provider):
         try:
             with warnings.catch_warnings():
@@ -148,10 +147,10 @@ def open_graph(name: str, path: Path, requested_provider: str = "auto",
                 warnings.simplefilter("error")
                 session = None
                 if short == "cpu" and cache_dir is not None:
-                    session = _cached_cpu_session(path, threads, Path(cache_dir), short_spin)
+                    session = _cached_cpu_session(path, threads, Path(cache_dir))
                 if session is None:
                     session = ort.InferenceSession(
-                        str(path), sess_options=session_options(threads, short_spin),
+                        str(path), sess_options=session_options(threads),
                         providers=[PROVIDER_NAMES[short]],
                     )
         except Exception as exc:  # noqa: BLE001 - ORT raises many types; each is reported
@@ -198,8 +197,7 @@ def _cache_entry(path: Path, cache_dir: Path) -> Path:
     return cache_dir / f"{path.stem}-{digest}"
 
 
-def _cached_cpu_session(path: Path, threads: int | None, cache_dir: Path,
-                        short_spin: bool = True) -> ort.InferenceSession | None:
+def _cached_cpu_session(path: Path, threads: int | None, cache_dir: Path) -> ort.InferenceSession | None:
     """A CPU session from the cached optimised graph, making that copy first if needed.
 
     Returns None when the cache cannot be used (unwritable folder, disk full, damaged copy):
@@ -211,7 +209,7 @@ def _cached_cpu_session(path: Path, threads: int | None, cache_dir: Path,
     try:
         if json.loads((entry / "stamp.json").read_text(encoding="utf-8")) == stamp:
             return ort.InferenceSession(str(graph_file),
-                                        sess_options=session_options(threads, short_spin),
+                                        sess_options=session_options(threads),
                                         providers=["CPUExecutionProvider"])
     except Exception:  # noqa: BLE001 - missing, stale or damaged: make it again below
         pass
@@ -235,7 +233,7 @@ def _cached_cpu_session(path: Path, threads: int | None, cache_dir: Path,
         shutil.rmtree(entry, ignore_errors=True)
         os.replace(work, entry)
         return ort.InferenceSession(str(graph_file),
-                                    sess_options=session_options(threads, short_spin),
+                                    sess_options=session_options(threads),
                                     providers=["CPUExecutionProvider"])
     except Exception:  # noqa: BLE001 - the cache is only a shortcut; never fail a load over it
         return None
