@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 import time
@@ -356,3 +357,21 @@ def test_a_decoder_that_concatenates_its_cache_keeps_copying_it(tmp_path: Path,
                                    output_names=tuple(o.name for o in session.get_outputs()))
     assert not updates_cache_in_place(decoder, CacheLayout(1, 1, 8, "float32"), hidden=8)
     assert "INVALID_ARGUMENT" not in capfd.readouterr().err
+
+
+def test_a_prompt_asks_the_decoder_for_its_last_logits_only(tiny_model: VisionLanguageModel) -> None:
+    """The exporter's decoder takes logits_to_keep (its LM head then skips the other prompt
+    positions); the engine sets it for prompts, not for single tokens, where IOBinding
+    refuses it. A graph without the input is never sent it."""
+    from smolvlm_desktop.engine.generate import DecoderState
+
+    decoder, layout = tiny_model.graphs["decoder_model_merged"], tiny_model.cache_layout
+    state = DecoderState(decoder, layout)
+    prompt, token = np.zeros((1, 5, 8), np.float32), np.zeros((1, 1, 8), np.float32)
+    assert state._feeds(prompt)["logits_to_keep"] == 1
+    assert "logits_to_keep" not in state._feeds(token)
+    full = decoder.run({**{k: v for k, v in state._feeds(prompt).items() if k != "logits_to_keep"},
+                        **state.past}, None, ["logits"])[0]
+    assert np.allclose(state.forward(prompt), full[0, -1], atol=1e-5)
+    older = dataclasses.replace(decoder, optional_inputs=())
+    assert "logits_to_keep" not in DecoderState(older, layout)._feeds(prompt)

@@ -271,6 +271,22 @@ def test_decoder_left_padded_batch_matches_pytorch(torch_model) -> None:
     np.testing.assert_allclose(got[real], ref.numpy()[real], rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.parametrize("variant", ["decoder_model_merged", "decoder_model_merged_int8"])
+def test_logits_to_keep_gives_the_last_rows_and_defaults_to_all(variant: str) -> None:
+    """The optional input the engine sets for a prefill: the LM head runs on the last rows
+    only. Left out, every position gets logits, as in the official graphs."""
+    decoder = session(variant)
+    assert [i.name for i in decoder.get_overridable_initializers()] == ["logits_to_keep"]
+    rng = np.random.default_rng(3)
+    feeds = {"inputs_embeds": rng.standard_normal((1, 6, HIDDEN)).astype(np.float32),
+             "attention_mask": np.ones((1, 6), np.int64), "position_ids": np.arange(6)[None], **empty_past()}
+    every = decoder.run(["logits"], feeds)[0]
+    assert every.shape == (1, 6, VOCAB)
+    for keep in (1, 2):
+        last = decoder.run(["logits"], {**feeds, "logits_to_keep": np.array(keep, np.int64)})[0]
+        np.testing.assert_allclose(last, every[:, -keep:], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.reference
 def test_int8_decoder_stays_close_to_fp32() -> None:
     embeds, = session("embed_tokens").run(None, {"input_ids": np.array([[1, 4, 5, 6, 7, 8]], dtype=np.int64)})

@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from .prompt import TextStreamer
 
 
+# An optional decoder input (the exporter's graphs have it, with a default of 0: every
+# position): how many of the last positions get logits. A prefill needs only the last.
+LOGITS_TO_KEEP = "logits_to_keep"
+
+
 @dataclass
 class CacheLayout:
     """What the decoder's past tensors look like, read from the graph (config as back-up)."""
@@ -65,18 +70,23 @@ class DecoderState:
         self.length = 0
         self._present_names = [n for n in decoder.output_names if n.startswith("present.")]
         self._outputs = ["logits", *self._present_names]
+        self._last_only = ({LOGITS_TO_KEEP: np.array(1, dtype=np.int64)}
+                           if LOGITS_TO_KEEP in decoder.optional_inputs else {})
+
+    def _feeds(self, embeds: np.ndarray) -> dict[str, np.ndarray]:
+        """Embeds, mask and positions for the next `embeds` [1, seq, hidden] (not the cache)."""
+        total = self.length + embeds.shape[1]
+        feeds = {"inputs_embeds": np.ascontiguousarray(embeds),
+                 "attention_mask": np.ones((1, total), dtype=np.int64),
+                 "position_ids": np.arange(self.length, total, dtype=np.int64)[None, :]}
+        if embeds.shape[1] > 1:  # a single position has nothing to cut (and IOBinding refuses the input)
+            feeds.update(self._last_only)
+        return feeds
 
     def forward(self, embeds: np.ndarray, run_options: ort.RunOptions | None = None) -> np.ndarray:
         """Feed `embeds` [1, seq, hidden]; return the logits of the last position [vocab] (float32)."""
-        seq = embeds.shape[1]
-        total = self.length + seq
-        feeds = {
-            "inputs_embeds": embeds,
-            "attention_mask": np.ones((1, total), dtype=np.int64),
-            "position_ids": np.arange(self.length, total, dtype=np.int64)[None, :],
-            **self.past,
-        }
-        logits, *present = self.decoder.run(feeds, run_options, self._outputs)
+        total = self.length + embeds.shape[1]
+        logits, *present = self.decoder.run({**self._feeds(embeds), **self.past}, run_options, self._outputs)
         self.past.update(pasts_from_presents(self._present_names, present))
         self.length = total
         return logits[0, -1].astype(np.float32, copy=False)
@@ -115,6 +125,15 @@ class BoundCache:
         self.decoder.run_bound(self._binding, run_options)
         return self._binding.get_outputs()[0].numpy()
 
+    def store(self, past: dict[str, np.ndarray]) -> None:
+        """Hold `past` (a cache computed the copying way), growing the buffers if needed."""
+        length = next(iter(past.values())).shape[2]
+        if length + 1 > self.capacity:
+            self._place(past, length + self.GROWTH)
+            return
+        for name, value in past.items():
+            self.buffers[name][:, :, :length] = value
+
     def views(self, length: int) -> dict[str, np.ndarray]:
         """The first `length` positions of each buffer, named as past inputs (no copy)."""
         return {name: buffer[:, :, :length] for name, buffer in self.buffers.items()}
@@ -140,8 +159,8 @@ class BoundCache:
 
 
 class InPlaceDecoderState(DecoderState):
-    """A DecoderState whose cache is a BoundCache: nothing copied per step (256M int8:
-    0.3-0.6 ms less per token of ~6.5-7.5, in A/B runs of the engine's loop)."""
+    """A DecoderState whose cache is a BoundCache while it decodes: nothing copied per token
+    (256M int8: 0.3-0.6 ms less per token of ~6.5-7.5, in A/B runs of the engine's loop)."""
 
     def __init__(self, decoder: GraphSession, layout: CacheLayout, capacity: int = BoundCache.GROWTH) -> None:
         super().__init__(decoder, layout)
@@ -152,14 +171,16 @@ class InPlaceDecoderState(DecoderState):
         return self.cache.capacity
 
     def forward(self, embeds: np.ndarray, run_options: ort.RunOptions | None = None) -> np.ndarray:
-        total = self.length + embeds.shape[1]
-        feeds = {"inputs_embeds": np.ascontiguousarray(embeds),
-                 "attention_mask": np.ones((1, total), dtype=np.int64),
-                 "position_ids": np.arange(self.length, total, dtype=np.int64)[None, :]}
-        logits = self.cache.run(feeds, run_options)
-        self.length = total
-        self.past = self.cache.views(total)
-        return logits[0, -1].astype(np.float32, copy=False)
+        if embeds.shape[1] > 1:
+            # A prompt goes the copying way, once: an IOBinding cannot set an input that has a
+            # default (logits_to_keep), and the LM head over every prompt position would cost more.
+            logits = super().forward(embeds, run_options)
+            self.cache.store(self.past)
+        else:
+            logits = self.cache.run(self._feeds(embeds), run_options)[0, -1].astype(np.float32, copy=False)
+            self.length += 1
+        self.past = self.cache.views(self.length)
+        return logits
 
 
 def updates_cache_in_place(decoder: GraphSession, layout: CacheLayout, hidden: int) -> bool:

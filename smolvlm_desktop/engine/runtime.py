@@ -64,6 +64,7 @@ class GraphSession:
     fallback_reason: str | None = None
     input_names: tuple[str, ...] = field(default_factory=tuple)
     output_names: tuple[str, ...] = field(default_factory=tuple)
+    optional_inputs: tuple[str, ...] = field(default_factory=tuple)  # inputs with a default value
 
     def run(self, feeds: dict[str, Any], run_options: ort.RunOptions | None = None,
             outputs: Sequence[str] | None = None) -> list[Any]:
@@ -169,6 +170,7 @@ def open_graph(name: str, path: Path, requested_provider: str = "auto",
             fallback_reason="; ".join(reasons) or None,
             input_names=tuple(i.name for i in session.get_inputs()),
             output_names=tuple(o.name for o in session.get_outputs()),
+            optional_inputs=tuple(i.name for i in session.get_overridable_initializers()),
         )
         check_graph_names(graph)
         return graph
