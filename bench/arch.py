@@ -30,7 +30,8 @@ BUNDLED_TINY = REPO / "smolvlm_desktop" / "data" / "tiny-smolvlm"
 # Bump when the build recipe changes in a way the config hash cannot see. The exporter's own
 # source is hashed in as well (EXPORTER_SOURCES), so a new graph recipe rebuilds the model.
 BUILD_RECIPE = 1
-EXPORTER_SOURCES = ("smolvlm_desktop/export.py", "smolvlm_desktop/export_decoder.py", "smolvlm_desktop/tiny_model.py")
+EXPORTER_SOURCES = ("smolvlm_desktop/export.py", "smolvlm_desktop/export_decoder.py",
+                    "smolvlm_desktop/export_vision.py", "smolvlm_desktop/tiny_model.py")
 SEED = 256_000_001
 # Tokens a greedy run would stop at (<|endoftext|>, <|im_end|>, <end_of_utterance>). Their
 # embedding rows are zeroed: with tied embeddings their logit is then exactly 0 while the best

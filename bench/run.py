@@ -115,7 +115,8 @@ def run_child(config: str, arch: Arch, built: BuiltModel, args: argparse.Namespa
     if config != "torch" and args.ort_cache:
         # In the benchmark's own cache, as the app keeps it in the user's cache folder (never
         # beside the model: the tiny one lives inside the package).
-        ort_cache = (args.cache or cache_root()) / "ort-cache" / built.model_dir.name
+        # One folder per built model (their model folders are all called "model").
+        ort_cache = (args.cache or cache_root()) / "ort-cache" / f"{built.model_dir.parent.name}-{built.model_dir.name}"
         cmd += ["--ort-cache", str(ort_cache)]
     log(f"measuring {LABELS[config]} ({args.repeats} repeats, {args.threads} threads)")
     proc = subprocess.run([*cmd, "--spawned-at", repr(time.time())], env=env, cwd=REPO,
