@@ -11,8 +11,9 @@ reshapes, transposes, Concat and MatMul per layer: 2% faster to decode and to pr
 256M, measured in A/B runs, and half the nodes.)
 
 Same inputs, outputs, names and shapes as the traced graph and the official release (see
-SMOLVLM_FORMAT.md); `export.verify_decoder` checks it against the unmodified transformers
-model, left padding and the KV cache included. The com.microsoft ops it uses are in every
+SMOLVLM_FORMAT.md), plus one optional input, `logits_to_keep` (see `_keep_last`);
+`export.verify_decoder` checks it against the unmodified transformers model, left padding
+and the KV cache included. The com.microsoft ops it uses are in every
 ONNX Runtime the app supports; on an execution provider without them, ONNX Runtime runs
 those nodes on the CPU.
 
@@ -131,12 +132,14 @@ def build_decoder(lm: Any, path: Path, opset: int = 17) -> None:
                  domain=MS_DOMAIN, num_heads=heads, interleaved=0)
         k = g.op("RotaryEmbedding", [k, "position_ids", cos_name, sin_name], f"{hint}/rope_k",
                  domain=MS_DOMAIN, num_heads=kv_heads, interleaved=0)
-        context, _, _ = g.op("GroupQueryAttention",
-                       [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value",
-                        mask.seqlens_k, mask.total, "", "", "", mask.bias],
-                       f"{hint}/attention", outputs=[g.name(f"{hint}/context"), f"present.{i}.key",
-                                                     f"present.{i}.value"],
-                       domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads, scale=head_dim**-0.5)
+        # Inputs left empty: cos/sin caches and position_ids (rotary is done above, so that
+        # any position_ids work, also a left-padded prompt's).
+        context, _, _ = g.op(
+            "GroupQueryAttention",
+            [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value",
+             mask.seqlens_k, mask.total, "", "", "", mask.bias],
+            f"{hint}/attention", outputs=[g.name(f"{hint}/context"), f"present.{i}.key", f"present.{i}.value"],
+            domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads, scale=head_dim**-0.5)
         attn_out = g.op("MatMul", [context, g.const(f"{hint}.o_proj", _weight(attn.o_proj))], f"{hint}/o_proj")
         normed, residual = _norm(g, attn_out, residual, layer.post_attention_layernorm, eps, f"{hint}/post_norm")
         pending = _mlp(g, normed, layer.mlp, split_mlp, hint)
