@@ -306,14 +306,16 @@ class BatchRunner:
         A resumed job is claimed before it is touched. A new job is claimed inside the
         transaction that creates it, so that no other process sees it unclaimed and resumes
         it first; and it is refused if another process is running an unfinished job with the
-        same settings, model and images (the same command typed twice), since both would
-        write the same files at once."""
+        same settings, model and images (the same command typed twice), or one that writes
+        the same kind of caption files for some of the same images, since both would write
+        the same files at once."""
         library = self.library
         assert library is not None
         if job_id is not None:
             library.job(job_id)  # an unknown job: LibraryError, before any lock file is made
             claim = library.claim_job(job_id)
             try:
+                self._refuse_clashes([item.path for item in library.job_items(job_id)], job_id)
                 library.finish_job(job_id, "running")
             except BaseException:
                 claim.release()
@@ -326,6 +328,7 @@ class BatchRunner:
             for twin in library.unfinished_jobs_like(settings, paths):
                 if twin.id != new_id and library.job_claimed(twin.id):
                     raise JobBusy(twin.id)
+            self._refuse_clashes(paths, new_id)
             claims.append(library.claim_job(new_id))
 
         try:
@@ -334,6 +337,14 @@ class BatchRunner:
             for claim in claims:  # claimed, then the commit failed: the job does not exist
                 claim.release()
             raise
+
+    def _refuse_clashes(self, paths: Sequence[Path], own_id: int) -> None:
+        """JobBusy if another process runs a job writing the same kind of caption files for
+        some of these images."""
+        assert self.library is not None
+        for other, shared in self.library.unfinished_jobs_writing(paths, self.settings.outputs):
+            if other.id != own_id and self.library.job_claimed(other.id):
+                raise JobBusy(other.id, shared)
 
     def _job_state(self, job_id: int) -> tuple[list[_Item], _Tally, Path]:
         """A claimed job's pending images, its counts so far and where its jsonl/csv go."""

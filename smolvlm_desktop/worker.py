@@ -383,7 +383,8 @@ class EngineWorker(QObject):
 
     def _run_batch(self, job: BatchJob) -> None:
         """Run a batch; `batch_refused` instead, with nothing written, if another process is
-        running that library job (or the very same batch): see BatchRunner.run."""
+        running that library job (or the very same batch, or one writing the same caption
+        files for some of its images): see BatchRunner.run."""
         from .batch import BatchRunner, JobBusy
 
         library = self._open_library()
@@ -406,7 +407,7 @@ class EngineWorker(QObject):
         try:
             summary = runner.run(job.paths, job_id=job.resume_job_id, cancel=job.cancel,
                                  pause=job.pause)
-        except JobBusy as exc:  # claimed since the look above, or a new batch's twin
+        except JobBusy as exc:  # claimed since the look above, a twin, or a job writing the same files
             self.batch_refused.emit(job.job_id, str(exc))
             return
         self.batch_finished.emit(job.job_id, summary)

@@ -295,6 +295,34 @@ def test_the_very_same_new_batch_is_refused_while_another_process_runs_it(
     assert BatchRunner(tiny_model, settings, library=lib).run(images).done == 2
 
 
+def test_a_batch_writing_the_same_caption_files_as_a_running_one_waits_for_it(
+        tiny_model, lib: Library, tmp_path: Path) -> None:
+    """Another process runs a job that writes .txt captions for some of these images: a new
+    batch that would write .txt files for them too is refused before anything is written
+    (its skip check would race the other run's writes), and so is resuming one. A batch that
+    writes other files for the same images goes ahead."""
+    images = make_images(tmp_path / "photos", 3)
+    running = lib.create_job(BatchSettings("Describe.", GEN, outputs=("txt",)).to_dict(), images[:2])
+    mine = BatchSettings("List the colours.", GEN, outputs=("txt", "json"))
+    earlier = lib.create_job(mine.to_dict(), images[1:])
+    lib.finish_job(earlier, "cancelled")
+    holder = hold_in_another_process(lib.path, running)
+    try:
+        clash = f"job {running}, running in another SmolVLM Desktop process, is writing captions for 1 of"
+        with pytest.raises(JobBusy, match=clash):
+            BatchRunner(tiny_model, mine, library=lib).run(images[1:])
+        with pytest.raises(JobBusy, match=clash):
+            BatchRunner(tiny_model, mine, library=lib).run([], job_id=earlier)
+        assert written(tmp_path / "photos") == []
+        assert [j.id for j in lib.list_jobs()] == [earlier, running], "no job was created"
+        assert not lib.job_claimed(earlier), "the refused resume gave its claim back"
+        other_files = BatchSettings("List the colours.", GEN, outputs=("json",))
+        assert BatchRunner(tiny_model, other_files, library=lib).run(images).done == 3
+    finally:
+        kill(holder)
+    assert BatchRunner(tiny_model, mine, library=lib).run([], job_id=earlier).done == 2
+
+
 def test_a_run_holds_its_job_from_creation_to_the_end(tiny_model, lib: Library,
                                                       tmp_path: Path) -> None:
     images = make_images(tmp_path / "photos", 2)

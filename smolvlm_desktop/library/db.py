@@ -578,6 +578,22 @@ class Library:
         return [self._job_info(row) for row in self._unfinished_rows()
                 if json.loads(row[2]) == wanted and self._job_paths(row[0]) == keys]
 
+    def unfinished_jobs_writing(self, paths: Sequence[str | os.PathLike[str]],
+                                outputs: Sequence[str]) -> list[tuple[JobInfo, int]]:
+        """Unfinished jobs that write one of these output formats for some of these images,
+        with how many images they share, newest first: two such runs at once would write the
+        same caption files (a skip, read then written, races the other run's write)."""
+        keys = {normalize_path(p) for p in paths}
+        formats = set(outputs)
+        clashes = []
+        for row in self._unfinished_rows():
+            if not formats & set(json.loads(row[2]).get("outputs") or ()):
+                continue
+            shared = len(self._job_paths(row[0]) & keys)
+            if shared:
+                clashes.append((self._job_info(row), shared))
+        return clashes
+
     def _unfinished_rows(self) -> list[sqlite3.Row | tuple]:
         return self._read("SELECT id, created_at, settings, state, finished_at FROM jobs "
                           "WHERE state != 'finished' ORDER BY id DESC")

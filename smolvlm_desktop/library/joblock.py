@@ -35,9 +35,11 @@ RETRY_S = 0.01
 class JobBusy(Exception):
     """The job is being run by another process (or by another run in this one)."""
 
-    def __init__(self, job_id: int) -> None:
-        super().__init__(f"job {job_id} is being run by another SmolVLM Desktop process; "
-                         "wait for it to end (or stop it there), then try again")
+    def __init__(self, job_id: int, shared_images: int = 0) -> None:
+        what = (f"job {job_id} is being run by another SmolVLM Desktop process" if not shared_images else
+                f"job {job_id}, running in another SmolVLM Desktop process, is writing captions for "
+                f"{shared_images} of these images to the same kind of files")
+        super().__init__(f"{what}; wait for it to end (or stop it there), then try again")
         self.job_id = job_id
 
 
