@@ -137,6 +137,16 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("dst", type=Path, help="the model folder to write")
     exp.add_argument("--quantize", action="append", choices=["int8", "uint8"], default=None,
                      help="also write quantised variants (repeatable; default int8; uint8 is per-tensor dynamic)")
+    bld = msub.add_parser(
+        "build", help="download a catalog model's PyTorch weights and export them here (needs the export extra)",
+        description="Download the PyTorch weights of a catalog model (checked like a pull) and export them "
+                    "on this machine with the app's own exporter, then install the result as NAME-built. "
+                    "Those graphs are faster than the official ONNX files (fused ops; the decoder writes its "
+                    "cache in place and decodes batches of images together) and give the same answers as "
+                    "transformers. Needs the export extra (torch, transformers, onnx) and a few minutes.")
+    bld.add_argument("name", metavar="NAME", help="a model from `models list`")
+    bld.add_argument("--as", dest="as_name", metavar="NEW_NAME", help="install under this name (default NAME-built)")
+    bld.add_argument("--revision", help="a branch, tag or commit of the Hub repo (default: the catalog's pin)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -358,6 +358,65 @@ def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback |
     return _install_download(staging, dest, manifest, variant)
 
 
+def pull_weights(name: str, progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+                 *, revision: str | None = None) -> tuple[Path, str]:
+    """Download a catalog model's PyTorch checkpoint (configs, tokenizer, safetensors) for
+    `models build`; return the folder and the commit it came from.
+
+    Checked file by file and resumable exactly as `pull` is. The folder is a staging one
+    (models/.partial/NAME.weights): the caller removes it once the build is installed, and
+    an interrupted download or a failed build keeps it for the next try."""
+    from huggingface_hub import HfApi
+
+    from . import __version__
+
+    entry = catalog_entry(name)
+    endpoint = hub_endpoint()
+    wanted_revision = revision or entry.revision or "main"
+    with _hub_online():
+        api = HfApi(endpoint=endpoint, token=False, library_name="smolvlm-desktop",
+                    library_version=__version__)
+        with _reaching_hub(endpoint, f"cannot look up {entry.repo}@{wanted_revision}"):
+            info = api.model_info(entry.repo, revision=wanted_revision, files_metadata=True, timeout=30)
+        files = _weights_plan(entry, info)
+        staging = _staging_dir(entry.name + WEIGHTS_SUFFIX, entry.repo, info.sha)
+        tracker = _Tracker(progress, total=sum(f.size for f in files), files_total=len(files))
+        for remote in files:
+            _fetch(_file_url(entry.repo, info.sha, remote.path, endpoint), remote, staging, tracker, cancel, endpoint)
+    return staging, info.sha
+
+
+WEIGHTS_SUFFIX = ".weights"
+_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
+
+
+def _weights_plan(entry: CatalogEntry, info: Any) -> list[RemoteFile]:
+    """The files a build needs: configs, tokenizer and the safetensors weights (one file, or
+    shards and their index)."""
+    by_name = {s.rfilename: s for s in info.siblings or []}
+    weights = (["model.safetensors"] if "model.safetensors" in by_name else
+               sorted(n for n in by_name if _SHARD.fullmatch(n)))
+    if weights and weights[0] != "model.safetensors":
+        weights.append("model.safetensors.index.json")
+    missing = [f for f in [*entry.common_files, *weights] if f not in by_name]
+    if not weights or missing:
+        raise HubError(f"{entry.repo} at {info.sha} has no {', '.join(missing) or 'model.safetensors'}: "
+                       "no PyTorch weights to build from")
+    wanted = [*entry.common_files, *(f for f in entry.optional_files if f in by_name), *weights]
+    return [_remote_file(entry, by_name[name]) for name in wanted]
+
+
+def install_built(folder: Path, name: str, repo: str, commit: str) -> Path:
+    """Install a folder that `models build` exported (moved, not copied), with a manifest
+    that says where its weights came from."""
+    dest = import_folder(folder, name=name, copy=False)
+    manifest = read_manifest(dest) or {}
+    manifest.update({"source": "built", "repo": repo, "revision": commit,
+                     "origin": f"exported on this machine from the PyTorch weights of {repo}@{commit}"})
+    write_manifest(dest, manifest)
+    return dest
+
+
 def _file_url(repo: str, commit: str, path: str, endpoint: str) -> str:
     from huggingface_hub import hf_hub_url
 

@@ -256,6 +256,50 @@ def test_pull_refuses_unknown_names_and_models_without_onnx() -> None:
         hub.pull(MODEL, variant="fp64")
 
 
+# ------------------------------------------------------------------------------ build
+
+
+@pytest.mark.loopback
+@pytest.mark.reference
+def test_build_downloads_the_weights_exports_them_here_and_installs_the_faster_model(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`models build`: the repo's PyTorch checkpoint (the tiny one, served by the fake Hub)
+    is downloaded, exported with the app's exporter and installed as NAME-built, whose
+    decoder the engine runs in batches and with its cache in place."""
+    pytest.importorskip("torch")
+    from smolvlm_desktop.cli import main
+    from smolvlm_desktop.engine.generate import InPlaceDecoderState
+    from smolvlm_desktop.engine.model import VisionLanguageModel
+    from smolvlm_desktop.engine.types import GenerationSettings, Message
+    from smolvlm_desktop.tiny_model import build_tiny_checkpoint
+
+    entry = next(e for e in hub.load_catalog() if e.name == MODEL)
+    repo = FakeRepo.from_folder(entry.repo, catalog_revision(MODEL), build_tiny_checkpoint(tmp_path / "ckpt"))
+    repo.lfs_suffixes = (*repo.lfs_suffixes, ".safetensors")
+    with FakeHub([repo]) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        assert main(["models", "build", MODEL]) == 0
+        assert any(r.path.endswith("/model.safetensors") for r in server.requests)
+        assert main(["models", "build", MODEL]) == 1  # refused before downloading again
+    assert "already installed" in capsys.readouterr().err
+    folder = paths.models_dir() / f"{MODEL}-built"
+    manifest = hub.read_manifest(folder)
+    assert manifest["source"] == "built" and manifest["revision"] == catalog_revision(MODEL)
+    assert "int8" in manifest["variants"] and not (folder / "model.safetensors").exists()
+    assert not partial_dir(MODEL + hub.WEIGHTS_SUFFIX).exists(), "the downloaded weights were cleared"
+    model = VisionLanguageModel.load(folder, provider="cpu", threads=1)
+    assert model.decodes_in_batches and isinstance(model.new_decoder_state(), InPlaceDecoderState)
+    answer = model.generate([Message("user", "Say something.")], GenerationSettings(max_new_tokens=3))
+    assert len(answer.token_ids) == 3
+
+
+@pytest.mark.loopback
+def test_build_refuses_a_repo_without_pytorch_weights_before_downloading(fake_hub: FakeHub) -> None:
+    with pytest.raises(hub.HubError, match="no PyTorch weights to build from"):
+        hub.pull_weights(MODEL)
+    assert not any("/resolve/" in r.path for r in fake_hub.requests)
+
+
 # ------------------------------------------------------------------------------ import, verify
 
 

