@@ -819,13 +819,17 @@ def _hash_in_place(path: Path, rel: str, tracker: _Tracker) -> dict[str, Any]:
 
 
 def remove(name: str) -> None:
-    """Delete an installed model (and any download in progress of that name)."""
+    """Delete an installed model (and any download in progress of that name, weights for a
+    build included)."""
     if name == paths.DEMO_MODEL_NAME:
         raise HubError("the demo model is part of the app and cannot be removed")
-    partial = paths.models_dir() / PARTIAL_DIR_NAME / name
-    had_partial = NAME_RE.match(name) is not None and partial.is_dir()
-    if had_partial:
-        shutil.rmtree(partial)
+    had_partial = False
+    if NAME_RE.match(name) is not None:
+        for partial in (name, name + WEIGHTS_SUFFIX):
+            folder = paths.models_dir() / PARTIAL_DIR_NAME / partial
+            if folder.is_dir():
+                shutil.rmtree(folder)
+                had_partial = True
     try:
         folder = _installed_folder(name)
     except NotInstalledError:

@@ -300,6 +300,25 @@ def test_build_refuses_a_repo_without_pytorch_weights_before_downloading(fake_hu
     assert not any("/resolve/" in r.path for r in fake_hub.requests)
 
 
+@pytest.mark.loopback
+def test_the_weights_of_an_unfinished_build_are_kept_for_a_retry_and_removed_with_the_name(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Downloaded weights stay until a build installs (a failed export retries without a
+    second download); `models remove NAME` clears them."""
+    repo = tiny_repo(MODEL, tiny_model_dir, extra={"model.safetensors": b"weights" * 1000})
+    with FakeHub([repo]) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        folder, commit = hub.pull_weights(MODEL)
+        assert commit == catalog_revision(MODEL)
+        assert (folder / "model.safetensors").read_bytes() == b"weights" * 1000
+        assert (folder / "config.json").is_file() and not (folder / "onnx").exists()
+        fetched = len(server.requests)
+        hub.pull_weights(MODEL)  # checked again from the kept bytes, not downloaded again
+        assert not any("/resolve/" in r.path for r in server.requests[fetched:])
+    hub.remove(MODEL)
+    assert not folder.exists()
+
+
 # ------------------------------------------------------------------------------ import, verify
 
 
