@@ -325,35 +325,22 @@ def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback |
     model. Raises HubError subclasses with a message for the user. Safe to run in a worker
     thread: `progress` is called from that thread, and setting `cancel` stops within one chunk.
     """
-    from huggingface_hub import HfApi
-
-    from . import __version__
-
     entry = catalog_entry(name)
     if not entry.onnx:
         raise HubError(f"{entry.name} has no ONNX release on the Hub. {entry.summary}")
     if entry.variants is not None and variant not in entry.variants:
         raise HubError(f"{entry.name} has no {variant} release; available: {', '.join(entry.variants)}")
     entry.graph_files(variant)  # rejects an unknown variant name before any network access
-    endpoint = hub_endpoint()
     wanted_revision = revision or entry.revision or "main"
     with _hub_online():
-        api = HfApi(endpoint=endpoint, token=False, library_name="smolvlm-desktop",
-                    library_version=__version__)
-        with _reaching_hub(endpoint, f"cannot look up {entry.repo}@{wanted_revision}"):
-            info = api.model_info(entry.repo, revision=wanted_revision, files_metadata=True, timeout=30)
+        info, endpoint = _model_info(entry, wanted_revision)
         files = _plan(entry, variant, info)
         dest = paths.models_dir() / entry.name
         if _already_installed(dest, info.sha, variant, files):
             _report_complete(progress, files)
             return dest
         staging = _staging_dir(entry.name, entry.repo, info.sha)
-        tracker = _Tracker(progress, total=sum(f.size for f in files), files_total=len(files))
-        recorded = {}
-        for remote in files:
-            url = _file_url(entry.repo, info.sha, remote.path, endpoint)
-            recorded[remote.path] = {"size": remote.size,
-                                     "sha256": _fetch(url, remote, staging, tracker, cancel, endpoint)}
+        recorded = _fetch_all(entry.repo, info.sha, files, staging, endpoint, progress, cancel)
     manifest = _hub_manifest(entry, wanted_revision, info.sha, variant, recorded, endpoint)
     return _install_download(staging, dest, manifest, variant)
 
@@ -366,24 +353,35 @@ def pull_weights(name: str, progress: ProgressCallback | None = None, cancel: th
     Checked file by file and resumable exactly as `pull` is. The folder is a staging one
     (models/.partial/NAME.weights): the caller removes it once the build is installed, and
     an interrupted download or a failed build keeps it for the next try."""
+    entry = catalog_entry(name)
+    with _hub_online():
+        info, endpoint = _model_info(entry, revision or entry.revision or "main")
+        staging = _staging_dir(entry.name + WEIGHTS_SUFFIX, entry.repo, info.sha)
+        _fetch_all(entry.repo, info.sha, _weights_plan(entry, info), staging, endpoint, progress, cancel)
+    return staging, info.sha
+
+
+def _model_info(entry: CatalogEntry, revision: str) -> tuple[Any, str]:
+    """The Hub's record of the entry's repo at `revision` (every file with its size and
+    checksum), and the endpoint asked. Inside `_hub_online()`."""
     from huggingface_hub import HfApi
 
     from . import __version__
 
-    entry = catalog_entry(name)
     endpoint = hub_endpoint()
-    wanted_revision = revision or entry.revision or "main"
-    with _hub_online():
-        api = HfApi(endpoint=endpoint, token=False, library_name="smolvlm-desktop",
-                    library_version=__version__)
-        with _reaching_hub(endpoint, f"cannot look up {entry.repo}@{wanted_revision}"):
-            info = api.model_info(entry.repo, revision=wanted_revision, files_metadata=True, timeout=30)
-        files = _weights_plan(entry, info)
-        staging = _staging_dir(entry.name + WEIGHTS_SUFFIX, entry.repo, info.sha)
-        tracker = _Tracker(progress, total=sum(f.size for f in files), files_total=len(files))
-        for remote in files:
-            _fetch(_file_url(entry.repo, info.sha, remote.path, endpoint), remote, staging, tracker, cancel, endpoint)
-    return staging, info.sha
+    api = HfApi(endpoint=endpoint, token=False, library_name="smolvlm-desktop", library_version=__version__)
+    with _reaching_hub(endpoint, f"cannot look up {entry.repo}@{revision}"):
+        return api.model_info(entry.repo, revision=revision, files_metadata=True, timeout=30), endpoint
+
+
+def _fetch_all(repo: str, commit: str, files: list[RemoteFile], staging: Path, endpoint: str,
+               progress: ProgressCallback | None, cancel: threading.Event | None) -> dict[str, dict[str, Any]]:
+    """Bring every file into `staging` (see _fetch); their sizes and sha256, for a manifest."""
+    tracker = _Tracker(progress, total=sum(f.size for f in files), files_total=len(files))
+    return {remote.path: {"size": remote.size,
+                          "sha256": _fetch(_file_url(repo, commit, remote.path, endpoint), remote, staging,
+                                           tracker, cancel, endpoint)}
+            for remote in files}
 
 
 WEIGHTS_SUFFIX = ".weights"

@@ -11,12 +11,14 @@ import argparse
 import shutil
 import sys
 import time
-from typing import TextIO
+from typing import Callable, TextIO, TypeVar
 
 from .. import hub, paths
 from ..cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from ..hub import PullProgress
 from ..paths import installed_models
+
+T = TypeVar("T")
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -49,16 +51,24 @@ def list_models() -> int:
     return EXIT_OK
 
 
-def pull(args: argparse.Namespace) -> int:
+def download(fetch: Callable[[Callable[[PullProgress], None]], T]) -> T | None:
+    """Run `fetch(progress)` under a progress bar; None if Ctrl+C stopped it (said on stderr)."""
     bar = ProgressBar(sys.stderr)
     try:
-        folder = hub.pull(args.name, variant=args.variant, progress=bar.update, revision=args.revision)
+        return fetch(bar.update)
     except KeyboardInterrupt:
         bar.close()
         print("interrupted: what was downloaded is kept; run the same command to resume", file=sys.stderr)
-        return 130
+        return None
     finally:
         bar.close()
+
+
+def pull(args: argparse.Namespace) -> int:
+    folder = download(lambda progress: hub.pull(args.name, variant=args.variant, progress=progress,
+                                                revision=args.revision))
+    if folder is None:
+        return 130
     print(f"installed {args.name} ({args.variant}) in {folder}")
     return EXIT_OK
 
@@ -110,8 +120,8 @@ def export(args: argparse.Namespace) -> int:
 
 def build(args: argparse.Namespace) -> int:
     """Download a catalog model's PyTorch weights and export them here with this app's
-    exporter: the fused, in-place-cache graphs that the official ONNX files are not (256M int8
-    on a 2-core test machine: 6.2 ms a token against 13.8, and batches decoded together)."""
+    exporter: graphs with fused ops whose decoder writes its cache in place and decodes
+    batches of images together, which the official ONNX files do not (README: speed)."""
     from ..export import export_checkpoint, require_export_extra
 
     require_export_extra()  # said before a download of hundreds of MB, not after
@@ -120,15 +130,10 @@ def build(args: argparse.Namespace) -> int:
     if (paths.models_dir() / name).exists():
         raise hub.HubError(f"a model named {name!r} is already installed; remove it first or choose "
                            "another name with --as")
-    bar = ProgressBar(sys.stderr)
-    try:
-        weights, commit = hub.pull_weights(entry.name, progress=bar.update, revision=args.revision)
-    except KeyboardInterrupt:
-        bar.close()
-        print("interrupted: what was downloaded is kept; run the same command to resume", file=sys.stderr)
+    fetched = download(lambda progress: hub.pull_weights(entry.name, progress=progress, revision=args.revision))
+    if fetched is None:
         return 130
-    finally:
-        bar.close()
+    weights, commit = fetched
     print(f"exporting {entry.name} (checked against transformers; a few minutes)", file=sys.stderr)
     out = weights.with_name(f"{weights.name}.onnx")
     shutil.rmtree(out, ignore_errors=True)
