@@ -50,6 +50,7 @@ from . import paths
 CATALOG_PATH = Path(__file__).resolve().parent / "data" / "catalog.json"
 MANIFEST_NAME = "manifest.json"
 PARTIAL_DIR_NAME = ".partial"
+WEIGHTS_SUFFIX = ".weights"  # .partial/NAME.weights: PyTorch weights downloaded for `models build`
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_VARIANT = "int8"
 CHUNK_RETRIES = 3  # reconnects per file after the connection drops mid-body
@@ -384,7 +385,6 @@ def _fetch_all(repo: str, commit: str, files: list[RemoteFile], staging: Path, e
             for remote in files}
 
 
-WEIGHTS_SUFFIX = ".weights"
 _SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 
 
