@@ -23,6 +23,10 @@ import onnxruntime as ort
 
 from .types import EngineError, ModelFolderError
 
+# The package's __init__ has set ORT_DISABLE_TELEMETRY=1 before this import (the switch that
+# works on Linux); this is the library's other switch, which governs its events on Windows.
+ort.disable_telemetry_events()
+
 PROVIDER_NAMES: dict[str, str] = {
     "cpu": "CPUExecutionProvider",
     "dml": "DmlExecutionProvider",
