@@ -4,7 +4,8 @@
 #   1. `smolvlm-desktop --self-test` offscreen (a chat turn and a two-image batch in the window)
 #   2. `smolvlm-desktop caption IMG --model demo --json`, inside a network namespace with no
 #      interfaces when the machine allows it (the bundle must not need the network)
-#   3. the time from launch to a visible window on a real X server (Xvfb), when available.
+#   3. the time from launch to a visible window on a real X server (Xvfb), when available,
+#   4. scripts/privacy_check.py on the installed app: no internet socket, no stray file.
 # Prints the bundle and .deb sizes and how long each step took. Takes ~2-3 minutes on 2 cores.
 #
 # Windows and macOS installers cannot be built on Linux: see installers/README.md.
@@ -79,6 +80,9 @@ start=$SECONDS
 # (pipefail: the self-test's exit status fails the script; grep only hides a Qt offscreen notice.)
 QT_QPA_PLATFORM=offscreen "$app" --self-test 2>&1 | grep -v "propagateSizeHints"
 echo "self-test took $((SECONDS - start)) s"
+
+step "installed app under the privacy check (strace, >= 25 s)"
+$venv/bin/python scripts/privacy_check.py window --app "$app"
 
 step "installed caption --json on the demo model"
 offline=""

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="open the window on the bundled tiny model (its answers are noise)")
     parser.add_argument("--self-test", action="store_true",
                         help="open the window offscreen, run a chat and a batch, exit 0 if all is well")
+    parser.add_argument("--self-test-seconds", type=float, default=0.0, metavar="N",
+                        help="with --self-test: repeat it until the app has run N seconds "
+                             "(CI's privacy check)")
     parser.add_argument("--model", help="model name, folder, or 'demo' for the window")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_caption_parser(sub)

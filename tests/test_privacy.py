@@ -77,3 +77,42 @@ def test_importing_onnxruntime_first_is_reported():
     assert done.returncode == 0, done.stderr
     assert "ORT_DISABLE_TELEMETRY=1" in done.stderr
     assert "before onnxruntime" in done.stderr
+
+
+NETWORK_MODULES = {"socket", "ssl", "http", "urllib", "httpx", "httpx2", "requests", "aiohttp",
+                   "huggingface_hub", "websocket", "websockets", "ray"}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+# app.py wakes Qt's event loop on a signal through socket.socketpair(): a pair of connected
+# local sockets (AF_UNIX; loopback on Windows), never an address outside the machine.
+LOCAL_SOCKETS = {"smolvlm_desktop/app.py": {"socket"}}
+
+
+def test_only_hub_py_imports_a_network_module():
+    """The house rule: hub.py is the only code that may open a connection (models pull/build).
+    urllib.parse only splits strings, so it is allowed; everything else in the list is not."""
+    package = REPO / "smolvlm_desktop"
+    offenders = {}
+    for path in package.rglob("*.py"):
+        if path.name == "hub.py" and path.parent == package:
+            continue
+        text = path.read_text(encoding="utf-8")
+        name = str(path.relative_to(REPO))
+        bad = _imported_modules(path) & NETWORK_MODULES - LOCAL_SOCKETS.get(name, set())
+        if bad == {"urllib"} and "urllib.parse" in text and "urllib.request" not in text:
+            bad = set()
+        if bad:
+            offenders[name] = sorted(bad)
+    assert offenders == {}
