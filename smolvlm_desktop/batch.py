@@ -41,7 +41,7 @@ from .engine.images import LoadedImage, load_image
 from .engine.types import CancelToken, EngineError, GenerationSettings, Message, Timings
 from .library import writers
 from .library.atomic import OutputError
-from .library.db import Library
+from .library.db import ItemGone, Library, LibraryError
 from .library.joblock import JobBusy, JobClaim  # JobBusy: what run() raises for a taken job
 
 Existing = Literal["skip", "overwrite", "append"]
@@ -262,8 +262,11 @@ class BatchRunner:
             finally:
                 run.summary.elapsed_s = time.monotonic() - started
             if self.library is not None and run.job_id is not None and run.complete:
-                self.library.finish_job(run.job_id,
-                                        "cancelled" if run.summary.cancelled else "finished")
+                try:
+                    self.library.finish_job(run.job_id,
+                                            "cancelled" if run.summary.cancelled else "finished")
+                except LibraryError:
+                    pass  # every image of the job was forgotten meanwhile, the job with them
         return run.summary
 
     def _loop(self, run: _Run) -> None:
@@ -414,7 +417,7 @@ class BatchRunner:
         """Stage, write and record one caption."""
         text, timings, token_ids = result
         if self.library is not None and run.job_id is not None:
-            self.library.stage_caption(run.job_id, item.path, text, timings)
+            self._mark(self.library.stage_caption, run.job_id, item.path, text, timings)
         try:
             files = run.writer.write(item.path, text, self._meta(timings))
         except OutputError as exc:
@@ -450,8 +453,8 @@ class BatchRunner:
     def _done(self, run: _Run, item: _Item, text: str, timings: Timings, files: list[Path],
               notes: list[str], token_ids: list[int] | None = None) -> None:
         if self.library is not None and run.job_id is not None:
-            self.library.mark_done(run.job_id, item.path, text, timings,
-                                   model=self.model_name, prompt=self.settings.prompt)
+            self._mark(self.library.mark_done, run.job_id, item.path, text, timings,
+                       model=self.model_name, prompt=self.settings.prompt)
         run.tally.done += 1
         run.summary.done += 1
         self.on_event(ImageDone(item.index, run.tally.total, item.path, text, timings, files, notes,
@@ -459,17 +462,27 @@ class BatchRunner:
 
     def _skipped(self, run: _Run, path: Path, reason: str) -> None:
         if self.library is not None and run.job_id is not None:
-            self.library.mark_skipped(run.job_id, path, reason)
+            self._mark(self.library.mark_skipped, run.job_id, path, reason)
         run.tally.skipped += 1
         run.summary.skipped += 1
         self.on_event(ImageSkipped(path, reason))
 
     def _failed(self, run: _Run, path: Path, reason: str) -> None:
         if self.library is not None and run.job_id is not None:
-            self.library.mark_failed(run.job_id, path, reason)
+            self._mark(self.library.mark_failed, run.job_id, path, reason)
         run.tally.failed += 1
         run.summary.failed.append((path, reason))
         self.on_event(ImageFailed(path, reason))
+
+    @staticmethod
+    def _mark(mark: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        """One library mark of an image. If the image was forgotten from the job meanwhile
+        (`library forget` in a race it cannot see), the batch goes on without recording it:
+        the files are still written, nothing else is lost."""
+        try:
+            mark(*args, **kwargs)
+        except ItemGone:
+            pass
 
     @staticmethod
     def _wait_while_paused(pause: threading.Event | None, cancel: CancelToken) -> bool:

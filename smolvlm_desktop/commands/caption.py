@@ -19,7 +19,7 @@ from ..engine.images import load_image
 from ..engine.model import VisionLanguageModel
 from ..engine.types import EngineError, GenerationResult, GenerationSettings, Message
 from ..library.joblock import JobBusy
-from ..paths import ort_cache_dir, resolve_model
+from ..paths import ort_cache_dir, printable, resolve_model
 from ..presets import DEFAULT_PRESET, preset_prompt
 
 
@@ -99,30 +99,30 @@ class Reporter:
                timings: dict | None = None, **extra: object) -> dict:
         """The --json line: the same keys for successes and failures."""
         info = self.model.info
-        return {"path": str(path), "ok": ok, "text": text, "token_ids": token_ids, "error": error,
+        return {"path": printable(path), "ok": ok, "text": text, "token_ids": token_ids, "error": error,
                 "model": info.name, "variant": info.variant, "providers": info.providers,
                 "timings": timings, **extra}
 
     def done(self, path: Path, text: str, token_ids: list[int] | None, timings: dict,
              notes: list[str], many: bool, streamed: bool = False) -> None:
         for note in notes:
-            print(f"note: {path}: {note}", file=sys.stderr)
+            print(f"note: {printable(path)}: {note}", file=sys.stderr)
         if self.json:
             print_json(self.record(path, ok=True, text=text, token_ids=token_ids, timings=timings))
         elif not streamed:
-            print(f"{path}: {text}" if many else text, flush=True)
+            print(f"{printable(path)}: {text}" if many else text, flush=True)
 
     def failed(self, path: Path, reason: str) -> None:
         if self.json:
             print_json(self.record(path, ok=False, error=reason))
         else:
-            print(f"error: {path}: {reason}", file=sys.stderr)
+            print(f"error: {printable(path)}: {printable(reason)}", file=sys.stderr)
 
     def skipped(self, path: Path, reason: str) -> None:
         if self.json:
             print_json(self.record(path, ok=True, skipped=reason))
         else:
-            print(f"skipped: {path}: {reason}", file=sys.stderr)
+            print(f"skipped: {printable(path)}: {printable(reason)}", file=sys.stderr)
 
 
 # --- without files: print the answers ------------------------------------------------------
@@ -156,7 +156,7 @@ def caption_one(args: argparse.Namespace, model: VisionLanguageModel, path: Path
             result = model.generate(messages, settings)
         else:
             if many:
-                print(f"{path}: ", end="", flush=True)
+                print(f"{printable(path)}: ", end="", flush=True)
             generation = model.stream(messages, settings)
             started = False
             for event in generation:

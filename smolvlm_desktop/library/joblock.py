@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from ..oslock import try_lock, unlock
+from ..paths import private_dir
 
 # is_claimed holds a lock for an instant to test it; a claim made in that instant waits this
 # long before believing the job is taken (and so does a check racing another check).
@@ -76,7 +77,7 @@ class JobClaim:
 
     def __init__(self, path: Path, job_id: int) -> None:
         self.path, self.job_id = path, job_id
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         self._fd: int | None = self._open()
 
     def _open(self) -> int:
@@ -128,6 +129,18 @@ def _remove(path: Path) -> None:
 def claim_job(library_path: str | os.PathLike[str], job_id: int) -> JobClaim:
     """Claim a job of the library at library_path for this run; JobBusy if it is taken."""
     return JobClaim(lock_path(library_path, job_id), job_id)
+
+
+def claimed_jobs(library_path: str | os.PathLike[str]) -> list[int]:
+    """The ids of the library's jobs that some process runs right now (a snapshot), found
+    from the lock files alone: it works when the library file itself cannot be read."""
+    prefix = f"{Path(library_path).stem}-job-"
+    ids = []
+    for lock in lock_path(library_path, 0).parent.glob(f"{prefix}*.lock"):
+        number = lock.name[len(prefix):-len(".lock")]
+        if number.isdigit() and is_claimed(library_path, int(number)):
+            ids.append(int(number))
+    return sorted(ids)
 
 
 def is_claimed(library_path: str | os.PathLike[str], job_id: int) -> bool:
