@@ -14,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, UsageError, print_json
+from ..cli import (EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, Stopped, UsageError,
+                   interrupted_status, print_json)
 from ..engine.images import load_image
 from ..engine.model import VisionLanguageModel
 from ..engine.types import EngineError, GenerationResult, GenerationSettings, Message
@@ -39,6 +40,8 @@ def prompt_text(args: argparse.Namespace) -> str:
 
 
 def load_model(args: argparse.Namespace) -> VisionLanguageModel:
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, not {args.threads}")
     folder = resolve_model(args.model)
     model = VisionLanguageModel.load(folder, variant=args.variant, provider=args.provider,
                                      threads=args.threads, cache_dir=ort_cache_dir())
@@ -159,11 +162,13 @@ def caption_one(args: argparse.Namespace, model: VisionLanguageModel, path: Path
                 print(f"{printable(path)}: ", end="", flush=True)
             generation = model.stream(messages, settings)
             started = False
-            for event in generation:
-                text = event.text if started else event.text.lstrip()  # "Assistant:" + " "
-                started = started or bool(text)
-                print(text, end="", flush=True)
-            print(flush=True)
+            try:
+                for event in generation:
+                    text = event.text if started else event.text.lstrip()  # "Assistant:" + " "
+                    started = started or bool(text)
+                    print(text, end="", flush=True)
+            finally:
+                print(flush=True)  # Ctrl+C too: a half caption still ends its line
             assert generation.result is not None
             result = generation.result
     except EngineError as exc:
@@ -227,7 +232,7 @@ def resumable_job(library, settings, images: list[Path], model_name: str) -> int
 
 
 def drive(model: VisionLanguageModel, settings, library, images: list[Path], job_id: int | None,  # type: ignore[no-untyped-def]
-          reporter: Reporter) -> int:
+          reporter: Reporter, resume_hint: str = "run the same command again to resume") -> int:
     from ..batch import BatchRunner, ImageDone, ImageFailed, ImageSkipped, Progress
 
     many = True
@@ -248,7 +253,13 @@ def drive(model: VisionLanguageModel, settings, library, images: list[Path], job
 
     runner = BatchRunner(model, settings, library=library, on_event=on_event,
                          model_name=model.info.name)
-    summary = runner.run(images, job_id=job_id)
+    try:
+        summary = runner.run(images, job_id=job_id)
+    except KeyboardInterrupt as exc:  # Ctrl+C or SIGTERM: what is done is saved, the rest resumes
+        if show_progress:
+            print(file=sys.stderr)
+        print(f"interrupted: {resume_hint}", file=sys.stderr)
+        raise Stopped(interrupted_status(exc)) from None
     if show_progress:
         print(file=sys.stderr)
     if summary.cancelled:
@@ -257,29 +268,33 @@ def drive(model: VisionLanguageModel, settings, library, images: list[Path], job
 
 
 def resume_job(args: argparse.Namespace) -> int:
-    """`jobs resume N`: the job's own settings, the model given now (or the default)."""
+    """`jobs resume N`: the job's own settings, the model given now (or the default).
+
+    Exit status 4 while any image of the job is failed (this run's or an earlier one's): the
+    job is not all done, whatever this run did. A library that cannot be opened is a
+    LibraryError, said by the `jobs` command."""
     from ..batch import BatchSettings
     from ..library.db import Library, LibraryError
 
-    try:
-        library = Library()
-    except LibraryError as exc:
-        raise UsageError(str(exc)) from None
-    with library:
+    with Library() as library:
         try:
             job = library.job(args.job_id)
         except LibraryError as exc:
             raise UsageError(str(exc)) from None
         if not job.unfinished:
-            print(f"job #{job.id} is already finished")
-            return EXIT_OK
+            failed = job.counts.get("failed", 0)
+            print(f"job #{job.id} is already finished"
+                  + (f"; {failed} image{'s' if failed != 1 else ''} failed" if failed else ""))
+            return EXIT_SOME_FAILED if failed else EXIT_OK
         if library.job_claimed(job.id):  # said before loading a model for nothing
             return refuse(JobBusy(job.id))
         settings = BatchSettings.from_dict(job.settings)
         model = load_model(args)
         args.json = False
         try:
-            failed = drive(model, settings, library, [], job.id, Reporter(args, model))
+            failed = drive(model, settings, library, [], job.id, Reporter(args, model),
+                           resume_hint=f"run `smolvlm-desktop jobs resume {job.id}` again to go on")
         except JobBusy as exc:  # claimed since the look above
             return refuse(exc)
+        failed += library.job(job.id).counts.get("failed", 0)
     return EXIT_SOME_FAILED if failed else EXIT_OK
