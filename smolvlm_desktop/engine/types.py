@@ -96,7 +96,8 @@ class Timings:
         }
 
 
-StopReason = Literal["stop_token", "max_tokens", "cancelled"]
+# "length": the model's context (max_position_embeddings) was full before max_new_tokens
+StopReason = Literal["stop_token", "max_tokens", "length", "cancelled"]
 
 
 @dataclass(frozen=True)
