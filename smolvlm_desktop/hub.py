@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from . import paths
-from .oslock import try_lock
+from .oslock import is_current, try_lock
 
 CATALOG_PATH = Path(__file__).resolve().parent / "data" / "catalog.json"
 MANIFEST_NAME = "manifest.json"
@@ -806,7 +806,7 @@ def _import_staging(name: str) -> Iterator[Path]:
         staging = partial / f"{IMPORT_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
         lock = staging.with_name(staging.name + ".lock")
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        if try_lock(fd) and _same_file(fd, lock):
+        if try_lock(fd) and is_current(fd, lock):
             break
         os.close(fd)  # a cleaner took this brand-new file for a stale one: take another name
     try:
@@ -845,18 +845,6 @@ def clean_stale_partials() -> list[Path]:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    """Is the open file still the one at `path` (not unlinked by a cleaner meanwhile)?"""
-    if os.name == "nt":
-        return True  # an open file cannot be removed there
-    try:
-        on_disk = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -25,7 +25,7 @@ import os
 import time
 from pathlib import Path
 
-from ..oslock import try_lock, unlock
+from ..oslock import is_current, try_lock, unlock
 from ..paths import private_dir
 
 # is_claimed holds a lock for an instant to test it; a claim made in that instant waits this
@@ -59,18 +59,6 @@ def _lock(fd: int, patience_s: float) -> bool:
     return True
 
 
-def _is_current(fd: int, path: Path) -> bool:
-    """Is the open file still the one at `path` (not unlinked by a holder letting go)?"""
-    if os.name == "nt":
-        return True  # an open file cannot be removed there
-    try:
-        on_disk = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
-
-
 class JobClaim:
     """The claim on one job, held from construction until release() (or the `with` block's
     end, or the process's end). Construction raises JobBusy if someone else holds it."""
@@ -91,7 +79,7 @@ class JobClaim:
             if not _lock(fd, PATIENCE_S):
                 os.close(fd)
                 raise JobBusy(self.job_id)
-            if _is_current(fd, self.path):
+            if is_current(fd, self.path):
                 return fd
             os.close(fd)
 
