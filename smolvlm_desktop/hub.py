@@ -454,7 +454,7 @@ def _staging_dir(name: str, repo: str, commit: str) -> Path:
             same = False
         if not same:
             shutil.rmtree(staging)
-    staging.mkdir(parents=True, exist_ok=True)
+    paths.private_dir(staging)  # a new data folder is owner-only from the start
     marker.write_text(json.dumps(state), encoding="utf-8")
     return staging
 
@@ -800,8 +800,7 @@ def _import_staging(name: str) -> Iterator[Path]:
     """A new .partial/.import-NAME-xxxxxxxx folder for an import's copy, held under an OS
     lock (its .lock file) until the import ends, then removed. The OS drops the lock of a
     killed import, which is how `clean_stale_partials` tells its copy from a running one."""
-    partial = paths.models_dir() / PARTIAL_DIR_NAME
-    partial.mkdir(parents=True, exist_ok=True)
+    partial = paths.private_dir(paths.models_dir() / PARTIAL_DIR_NAME)
     while True:
         staging = partial / f"{IMPORT_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
         lock = staging.with_name(staging.name + ".lock")
@@ -870,7 +869,7 @@ def _write_import_manifest(folder: Path, name: str, src: Path, files: dict[str, 
 
 
 def _move_folder(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    paths.private_dir(dest.parent)  # a new data folder is owner-only from the start
     try:
         os.rename(src, dest)
     except OSError as exc:
@@ -929,6 +928,7 @@ def set_default(name: str) -> None:
     """Make `name` the model used when none is given (an installed model, or 'demo')."""
     if name != paths.DEMO_MODEL_NAME:
         name = _installed_folder(name).name
+    paths.private_dir(paths.models_dir())  # a new data folder is owner-only from the start
     _atomic_write(paths.default_model_file(), name + "\n")
 
 

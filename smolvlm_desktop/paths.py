@@ -62,9 +62,12 @@ def make_private(path: str | os.PathLike[str]) -> None:
 
 
 def private_dir(path: str | os.PathLike[str]) -> Path:
-    """Create the folder (and its parents) if needed, and make the folder itself private."""
+    """Create the folder (and its missing parents, owner-only) if needed, and make the folder
+    itself private."""
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for parent in reversed(missing):  # a new data folder is private from its creation on
+        parent.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
     make_private(folder)
     return folder
 

@@ -317,3 +317,26 @@ def test_a_read_only_library_as_an_unprivileged_user(tmp_path: Path, read_only: 
         assert digest(data / "library.sqlite3") == before
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=True)
+
+
+@POSIX
+@pytest.mark.parametrize("first", ["crash log", "models default demo"])
+def test_a_data_folder_made_by_another_part_first_is_private_too(
+        tmp_path: Path, first: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever creates the data folder first creates it owner-only, so the library opened
+    next has nothing to fix and nothing to warn about."""
+    from smolvlm_desktop import crashlog
+
+    old_umask = os.umask(0o022)
+    try:
+        if first == "crash log":
+            assert crashlog.enable(paths.data_dir() / "logs")
+            crashlog.disable()
+        else:
+            assert main(["models", "default", "demo"]) == EXIT_OK
+        assert mode(paths.data_dir()) == 0o700
+        with caplog.at_level(logging.WARNING, logger="smolvlm_desktop.paths"):
+            Library().close()
+        assert caplog.records == []
+    finally:
+        os.umask(old_umask)
