@@ -340,3 +340,32 @@ def test_a_data_folder_made_by_another_part_first_is_private_too(
         assert caplog.records == []
     finally:
         os.umask(old_umask)
+
+
+def test_a_library_that_fails_mid_batch_is_left_and_the_captions_still_written(
+        tiny_model, tmp_path: Path) -> None:
+    """SQLite refuses every write from the second image on (query_only: what a library
+    made read-only or on a full disk answers); the batch writes every caption file."""
+    from smolvlm_desktop.batch import BatchRunner, BatchSettings, ImageDone, LibraryStopped
+    from smolvlm_desktop.engine.types import GenerationSettings
+
+    images = [photo(tmp_path / "set" / f"img{i}.png", i) for i in range(3)]
+    events: list[object] = []
+    with Library(tmp_path / "library.sqlite3") as lib:
+        def on_event(event: object) -> None:
+            events.append(event)
+            if isinstance(event, ImageDone) and event.path == images[0]:
+                with lib._lock:
+                    lib._conn.execute("PRAGMA query_only = ON")
+
+        settings = BatchSettings("Describe.", GenerationSettings(max_new_tokens=3))
+        summary = BatchRunner(tiny_model, settings, library=lib, on_event=on_event,
+                              group_size=1).run(images)
+        with lib._lock:
+            lib._conn.execute("PRAGMA query_only = OFF")
+        assert summary.done == 3 and not summary.failed
+        assert all(p.with_suffix(".txt").exists() for p in images)
+        stopped = [e for e in events if isinstance(e, LibraryStopped)]
+        assert len(stopped) == 1 and "readonly" in stopped[0].reason
+        job = lib.job(summary.job_id)
+        assert job.counts["done"] == 1 and lib.job_status(job) == "interrupted"

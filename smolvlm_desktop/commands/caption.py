@@ -233,7 +233,8 @@ def resumable_job(library, settings, images: list[Path], model_name: str) -> int
 
 def drive(model: VisionLanguageModel, settings, library, images: list[Path], job_id: int | None,  # type: ignore[no-untyped-def]
           reporter: Reporter, resume_hint: str = "run the same command again to resume") -> int:
-    from ..batch import BatchRunner, ImageDone, ImageFailed, ImageSkipped, Progress
+    from ..batch import BatchRunner, ImageDone, ImageFailed, ImageSkipped, LibraryStopped, Progress
+    from ..library.db import RESET_HINT
 
     many = True
     show_progress = sys.stderr.isatty() and not reporter.json
@@ -246,6 +247,10 @@ def drive(model: VisionLanguageModel, settings, library, images: list[Path], job
             reporter.failed(event.path, event.reason)
         elif isinstance(event, ImageSkipped):
             reporter.skipped(event.path, event.reason)
+        elif isinstance(event, LibraryStopped):
+            print(f"note: the library stopped working ({event.reason}); captions are still "
+                  f"written but no longer recorded in it. If it stays so, {RESET_HINT}.",
+                  file=sys.stderr)
         elif isinstance(event, Progress) and show_progress:
             eta = f", about {event.eta_seconds:.0f} s left" if event.eta_seconds else ""
             print(f"\r{event.done + event.skipped + event.failed}/{event.total}{eta}   ",
