@@ -229,7 +229,7 @@ def normalize_path(path: str | os.PathLike[str]) -> str | bytes:
 
     A name that is not valid UTF-8 (a byte such as 0xff, which Python holds as a surrogate)
     cannot be SQLite text, so it is stored as its bytes (a BLOB): lossless, and `_path` turns
-    it back into the same str. Compare stored paths with `path_bytes`."""
+    it back into the same str. A prefix match (forget_folder) compares both kinds as bytes."""
     key = str(Path(path).expanduser().resolve())
     try:
         key.encode("utf-8")
