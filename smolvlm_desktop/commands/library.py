@@ -47,17 +47,6 @@ def add_library_parsers(sub: argparse._SubParsersAction) -> None:
     add_model_options(resume)
 
 
-class LibraryUnavailable(Exception):
-    """The library cannot do what was asked; the message says why and what to do."""
-
-
-def open_library() -> Library:
-    try:
-        return Library()
-    except LibraryError as exc:
-        raise LibraryUnavailable(str(exc)) from None
-
-
 def said_on_failure(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """A library that cannot be opened or refuses the change: one line, exit status 1."""
 
@@ -65,7 +54,7 @@ def said_on_failure(run: Callable[[argparse.Namespace], int]) -> Callable[[argpa
     def wrapper(args: argparse.Namespace) -> int:
         try:
             return run(args)
-        except (LibraryUnavailable, LibraryError) as exc:
+        except LibraryError as exc:  # the message says why and what to do
             print(f"smolvlm-desktop: error: {exc}", file=sys.stderr)
             return EXIT_ERROR
 
@@ -92,7 +81,7 @@ def snippet_text(snippet: str, bold: bool) -> str:
 
 @said_on_failure
 def run_search(args: argparse.Namespace) -> int:
-    with open_library() as library:
+    with Library() as library:
         hits = library.search(args.query, limit=args.limit)
     bold = wants_bold(sys.stdout)
     for hit in hits:
@@ -127,7 +116,7 @@ def run_library(args: argparse.Namespace) -> int:
             print("nothing erased")
             return EXIT_ERROR
     totals: Counter[str] = Counter()
-    with open_library() as library:
+    with Library() as library:
         if args.all:
             totals.update(asdict(library.forget_all()))
         for path in args.paths:
@@ -157,7 +146,7 @@ def run_jobs(args: argparse.Namespace) -> int:
         from .caption import resume_job
 
         return resume_job(args)
-    with open_library() as library:
+    with Library() as library:
         jobs = library.list_jobs()
         # the stored "running" is also what a killed run left; the status tells them apart
         status = {job.id: library.job_status(job) for job in jobs}
