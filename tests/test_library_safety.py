@@ -145,6 +145,14 @@ def test_a_batch_with_a_non_utf8_file_name_captions_every_image(tmp_path: Path, 
     assert main(["caption", str(odd), *FAST]) == EXIT_OK  # plain mode prints it too
     assert "Traceback" not in capsys.readouterr().err
 
+    odd.with_suffix(".txt").unlink()
+    odd.with_suffix(".txt").mkdir()  # its caption cannot be written: the error names the file
+    code = main(["caption", str(odd), "--write", "txt", "--overwrite", "--json", *FAST])
+    out, err = capsys.readouterr()
+    assert code == 4 and "Traceback" not in err
+    [row] = [json.loads(line) for line in out.splitlines()]
+    assert not row["ok"] and row["path"] == f"{folder}/odd\\xff.png" and row["error"]
+
 
 # --- item 8: forget while a batch runs on those images ----------------------------------------
 

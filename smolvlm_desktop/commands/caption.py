@@ -102,6 +102,7 @@ class Reporter:
                timings: dict | None = None, **extra: object) -> dict:
         """The --json line: the same keys for successes and failures."""
         info = self.model.info
+        error = printable(error) if error is not None else None  # it may quote an odd file name
         return {"path": printable(path), "ok": ok, "text": text, "token_ids": token_ids, "error": error,
                 "model": info.name, "variant": info.variant, "providers": info.providers,
                 "timings": timings, **extra}
@@ -123,7 +124,7 @@ class Reporter:
 
     def skipped(self, path: Path, reason: str) -> None:
         if self.json:
-            print_json(self.record(path, ok=True, skipped=reason))
+            print_json(self.record(path, ok=True, skipped=printable(reason)))
         else:
             print(f"skipped: {printable(path)}: {printable(reason)}", file=sys.stderr)
 
