@@ -377,3 +377,20 @@ def test_a_library_that_fails_mid_batch_is_left_and_the_captions_still_written(
         assert len(stopped) == 1 and "readonly" in stopped[0].reason
         job = lib.job(summary.job_id)
         assert job.counts["done"] == 1 and lib.job_status(job) == "interrupted"
+
+
+def test_reset_refuses_while_a_batch_runs_on_the_library(tmp_path: Path, capsys) -> None:
+    with Library() as lib:
+        job = lib.create_job({"prompt": "x"}, [tmp_path / "a.png"])
+    before = digest(paths.library_path())
+    holder = hold_in_another_process(paths.library_path(), job)
+    try:
+        assert main(["library", "reset"]) == EXIT_ERROR
+        err = capsys.readouterr().err
+        assert f"batch job #{job} is running on this library" in err and "Traceback" not in err
+        assert digest(paths.library_path()) == before
+        assert sorted(p.name for p in paths.data_dir().glob("library-*")) == []
+    finally:
+        kill(holder)
+    assert main(["library", "reset"]) == EXIT_OK
+    assert not paths.library_path().exists()
