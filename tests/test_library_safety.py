@@ -276,13 +276,20 @@ def test_a_read_only_library_still_writes_captions(tmp_path: Path, capsys,
     assert image.with_suffix(".txt").exists() and (image.parent / "metadata.jsonl").exists()
     assert digest(paths.library_path()) == before
 
+    assert main(["search", "old caption", "--json"]) == EXIT_OK  # reading still works
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["text"] for line in out.splitlines()] == ["an old caption"], err
+    assert main(["jobs"]) == EXIT_OK
+    assert digest(paths.library_path()) == before
+
 
 UNPRIVILEGED = """
 import sys
 from pathlib import Path
 from smolvlm_desktop.cli import main
-sys.exit(main(["caption", sys.argv[1], "--write", "txt", "--model", "demo",
-               "--max-new-tokens", "3", "--threads", "1"]))
+code = main(["caption", sys.argv[1], "--write", "txt", "--model", "demo",
+             "--max-new-tokens", "3", "--threads", "1"])
+sys.exit(code or main(["search", "old caption"]))
 """
 
 
@@ -321,6 +328,7 @@ def test_a_read_only_library_as_an_unprivileged_user(tmp_path: Path, read_only: 
                               env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == EXIT_OK, done.stderr
         assert "cannot be written" in done.stderr and "Traceback" not in done.stderr
+        assert f"{base}/old.png" in done.stdout, "a read-only library can still be searched"
         assert image.with_suffix(".txt").exists()
         assert digest(data / "library.sqlite3") == before
     finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..cli import EXIT_ERROR, EXIT_OK, UsageError, add_model_options
-from ..library.db import SNIPPET_END, SNIPPET_START, Library, LibraryError
+from ..library.db import SNIPPET_END, SNIPPET_START, Library, LibraryError, LibraryUnusable
 from ..paths import printable
 
 BOLD, PLAIN = "\x1b[1m", "\x1b[0m"
@@ -45,6 +45,18 @@ def add_library_parsers(sub: argparse._SubParsersAction) -> None:
     resume = jsub.add_parser("resume", help="finish an interrupted batch job")
     resume.add_argument("job_id", type=int)
     add_model_options(resume)
+
+
+def library_to_read() -> Library:
+    """The library for a search or a listing: a read-only one is opened for reading (with a
+    note that nothing new is recorded), a damaged one is refused (LibraryUnusable)."""
+    try:
+        return Library()
+    except LibraryUnusable as exc:
+        if not exc.read_only:
+            raise
+        print(f"note: {exc}", file=sys.stderr)
+        return Library(read_only=True)
 
 
 def said_on_failure(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -81,7 +93,7 @@ def snippet_text(snippet: str, bold: bool) -> str:
 
 @said_on_failure
 def run_search(args: argparse.Namespace) -> int:
-    with Library() as library:
+    with library_to_read() as library:
         hits = library.search(args.query, limit=args.limit)
     bold = wants_bold(sys.stdout)
     for hit in hits:
@@ -146,7 +158,7 @@ def run_jobs(args: argparse.Namespace) -> int:
         from .caption import resume_job
 
         return resume_job(args)
-    with Library() as library:
+    with library_to_read() as library:
         jobs = library.list_jobs()
         # the stored "running" is also what a killed run left; the status tells them apart
         status = {job.id: library.job_status(job) for job in jobs}

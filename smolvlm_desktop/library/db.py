@@ -148,7 +148,12 @@ class LibraryError(Exception):
 class LibraryUnusable(LibraryError):
     """The file cannot be written (read-only) or is damaged: it is not opened at all, so it is
     never written to; the app goes on without a library for this run (captions are still
-    written) and the message names the way out (RESET_HINT)."""
+    written) and the message names the way out (RESET_HINT). A read-only one can still be
+    opened for reading (`Library(read_only=True)`): `read_only` says which case it is."""
+
+    def __init__(self, message: str, read_only: bool = False) -> None:
+        super().__init__(message)
+        self.read_only = read_only
 
 
 class ItemGone(LibraryError):
@@ -341,19 +346,28 @@ def _turn(turn: Any) -> dict[str, str]:
 class Library:
     """The library file. Open it, use it from any thread, close it (or use `with`)."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
+                 read_only: bool = False) -> None:
+        """read_only: open for searching and listing only (a library the user cannot write);
+        nothing is created, upgraded or written, and any write fails."""
         if path is None:
             from ..paths import library_path
 
             path = library_path()
         self.path = Path(path)
-        private_dir(self.path.parent)
+        self.read_only = read_only
+        if not read_only:
+            private_dir(self.path.parent)
         for file in self.files():  # found open to others: closed before anything is read
             make_private(file)
         self._lock = threading.RLock()
         self._conn = self._connect()
         try:
-            self._migrate()
+            if not read_only:
+                self._migrate()
+            elif self.schema_version != SCHEMA_VERSION:
+                raise LibraryError(f"{self.path} needs an upgrade that a read-only file cannot "
+                                   "take; make it writable and run any command once")
         except BaseException:
             self._conn.close()
             raise
@@ -370,28 +384,36 @@ class Library:
     def _connect(self) -> sqlite3.Connection:
         """Open the file, checking before anything is written that it is whole (quick_check)
         and writable: a damaged or read-only library is refused (LibraryUnusable), untouched."""
-        if not self.path.exists() and SQLITE_OPEN_MODE != "ro":
+        mode = "ro" if self.read_only else SQLITE_OPEN_MODE
+        if not self.path.exists() and mode != "ro":
             # created owner-only before SQLite makes it (its WAL and SHM copy these modes)
             try:
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
             except OSError as exc:
                 raise self._unusable(sqlite3.OperationalError(
                     f"unable to open database file: {exc.strerror or exc}")) from None
-        uri = f"{self.path.absolute().as_uri()}?mode={SQLITE_OPEN_MODE}"
-        conn: sqlite3.Connection | None = None
+        uri = f"{self.path.absolute().as_uri()}?mode={mode}"
         try:
-            # isolation_level=None: we write BEGIN/COMMIT ourselves, so every transaction is
-            # exactly as long as the code says (Python's implicit transactions are not).
-            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
-                                   isolation_level=None, check_same_thread=False)
-            self._open(conn)
+            return self._connect_uri(uri)
         except sqlite3.DatabaseError as exc:
-            if conn is not None:
-                conn.close()
+            if not (self.read_only and "readonly" in str(exc)):
+                raise self._unusable(exc) from None
+        # Read-only in a folder the user cannot write: SQLite cannot make the WAL's shared-
+        # memory file there, and reads such a file only as "immutable" (nobody can change it).
+        try:
+            return self._connect_uri(uri + "&immutable=1")
+        except sqlite3.DatabaseError as exc:
             raise self._unusable(exc) from None
+
+    def _connect_uri(self, uri: str) -> sqlite3.Connection:
+        # isolation_level=None: we write BEGIN/COMMIT ourselves, so every transaction is
+        # exactly as long as the code says (Python's implicit transactions are not).
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                               isolation_level=None, check_same_thread=False)
+        try:
+            self._open(conn)
         except BaseException:
-            if conn is not None:
-                conn.close()
+            conn.close()
             raise
         return conn
 
@@ -401,7 +423,7 @@ class Library:
             return LibraryUnusable(
                 f"{self.path} cannot be written ({message}), so the library is off for this run "
                 f"and the file was left untouched. Make it and its folder writable again, or "
-                f"{RESET_HINT}.")
+                f"{RESET_HINT}.", read_only=not self.read_only)
         return LibraryUnusable(
             f"{self.path} is damaged or not a library this app can read ({message}), so the "
             f"library is off for this run and the file was left untouched; {RESET_HINT}.")
@@ -419,6 +441,8 @@ class Library:
         check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
         if check != "ok":
             raise sqlite3.DatabaseError(f"database disk image is malformed: {check.splitlines()[-1]}")
+        if self.read_only:
+            return
         conn.execute("PRAGMA journal_mode = WAL")
         # A read-only file (or folder) only fails at the first write: try one, then roll it back.
         conn.execute("BEGIN IMMEDIATE")
