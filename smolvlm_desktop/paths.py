@@ -75,9 +75,11 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
 def printable(text: str | os.PathLike[str]) -> str:
     """A path (or a message naming one) fit to print or store as text: the bytes of a file
     name that are not UTF-8 (held by Python as surrogates) shown escaped, b'\\xff' -> "\\xff"."""
-    return os.fsencode(os.fspath(text)).decode("utf-8", "backslashreplace") \
-        if isinstance(text, os.PathLike) else \
-        text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    text = os.fspath(text)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no byte stands for (Windows names)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def private_opener(path: str, flags: int) -> int:
