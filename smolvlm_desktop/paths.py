@@ -55,10 +55,16 @@ def make_private(path: str | os.PathLike[str]) -> None:
         current = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         return
-    if current & 0o077:
+    if not current & 0o077:
+        return
+    try:
         os.chmod(path, current & ~0o077)
-        _log.warning("%s was open to other users (mode %o); made it private (%o)",
-                     path, current, current & ~0o077)
+    except OSError as exc:  # not the owner: say so, but never fail over it
+        _log.warning("%s is open to other users (mode %o) and could not be made private: %s",
+                     path, current, exc.strerror or exc)
+        return
+    _log.warning("%s was open to other users (mode %o); made it private (%o)",
+                 path, current, current & ~0o077)
 
 
 def private_dir(path: str | os.PathLike[str]) -> Path:
