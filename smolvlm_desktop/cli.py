@@ -1,7 +1,8 @@
 """`smolvlm-desktop`: with no subcommand it opens the window; subcommands do the same work headless.
 
 Exit status: 0 when everything succeeded, 4 when some inputs failed (each reported, the rest
-still done), 2 for bad usage, 1 otherwise. Users never see a traceback for an expected failure.
+still done), 2 for bad usage, 1 otherwise, 130 after Ctrl+C and 143 after SIGTERM. Users never
+see a traceback for an expected failure.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 4
 
@@ -28,6 +31,42 @@ COMMANDS = {
 
 class UsageError(Exception):
     """Bad arguments that argparse could not catch; exit status 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a logout), raised in the main thread like Ctrl+C's KeyboardInterrupt,
+    so that the same clean-up runs: a batch saves metadata.jsonl / captions.csv."""
+
+
+class Stopped(Exception):
+    """The command was interrupted and has said so (with how to go on); exit with `status`."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def interrupted_status(exc: KeyboardInterrupt) -> int:
+    """128 + the signal's number, as a shell reports a process that a signal ended."""
+    return 128 + int(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM raises Terminated (the default would end the process
+    on the spot, before a batch saves its aggregate files)."""
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except (ValueError, AttributeError):  # not the main thread, or no SIGTERM (Windows)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,13 +210,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in COMMANDS:
             module_name, function = COMMANDS[args.command]
             module = importlib.import_module(f".commands.{module_name}", __package__)
-            return getattr(module, function)(args)
+            with sigterm_as_interrupt():
+                return getattr(module, function)(args)
     except UsageError as exc:
         print(f"smolvlm-desktop: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except Stopped as exc:
+        return exc.status
+    except KeyboardInterrupt as exc:
         print("interrupted", file=sys.stderr)
-        return 130
+        return interrupted_status(exc)
     except Exception as exc:  # noqa: BLE001 - last line of defence: a message, not a traceback
         from .engine.types import EngineError
         from .paths import ModelNotFoundError

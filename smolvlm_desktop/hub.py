@@ -25,6 +25,9 @@ Files on disk:
     models/NAME/                 an installed model, with manifest.json (what was installed from
                                  where: repo, resolved commit, every file's size and sha256)
     models/.partial/NAME/        a download in progress; `pull` resumes it, `remove` deletes it
+    models/.partial/.import-NAME-xxxxxxxx/(.lock)
+                                 an import's copy in progress, held under an OS lock: a killed
+                                 import's copy is removed by the next `models` command
     models/default.txt           the default model's name (`set_default`)
 """
 
@@ -46,10 +49,13 @@ from pathlib import Path
 from typing import Any
 
 from . import paths
+from .oslock import is_current, try_lock
 
 CATALOG_PATH = Path(__file__).resolve().parent / "data" / "catalog.json"
 MANIFEST_NAME = "manifest.json"
 PARTIAL_DIR_NAME = ".partial"
+IMPORT_PREFIX = ".import-"  # .partial/.import-NAME-xxxxxxxx: an import's copy, with a .lock beside it
+TRASH_PREFIX = ".old-"  # .partial/.old-NAME-xxxxxxxx: a replaced model on its way out
 WEIGHTS_SUFFIX = ".weights"  # .partial/NAME.weights: PyTorch weights downloaded for `models build`
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_VARIANT = "int8"
@@ -448,7 +454,7 @@ def _staging_dir(name: str, repo: str, commit: str) -> Path:
             same = False
         if not same:
             shutil.rmtree(staging)
-    staging.mkdir(parents=True, exist_ok=True)
+    paths.private_dir(staging)  # a new data folder is owner-only from the start
     marker.write_text(json.dumps(state), encoding="utf-8")
     return staging
 
@@ -652,7 +658,7 @@ def _move_into_place(src: Path, dest: Path) -> None:
     """Swap `src` in as `dest` with renames, so a reader never sees half a model."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
-        trash = paths.models_dir() / PARTIAL_DIR_NAME / f".old-{dest.name}-{uuid.uuid4().hex[:8]}"
+        trash = paths.models_dir() / PARTIAL_DIR_NAME / f"{TRASH_PREFIX}{dest.name}-{uuid.uuid4().hex[:8]}"
         trash.parent.mkdir(parents=True, exist_ok=True)
         os.replace(dest, trash)
         os.replace(src, dest)
@@ -746,7 +752,9 @@ def import_folder(src: str | Path, name: str | None = None, copy: bool = True,
     only possible on the same disk.
     """
     src = Path(src).expanduser().resolve()
+    clean_stale_partials()
     _validate_folder(src, None, cleanup=None)
+    _smoke_test(src)
     name = _check_name(name or src.name)
     dest = paths.models_dir() / name
     if dest.exists():
@@ -759,14 +767,90 @@ def import_folder(src: str | Path, name: str | None = None, copy: bool = True,
         recorded = {rel: _hash_in_place(dest / rel, rel, tracker) for rel in wanted}
         _write_import_manifest(dest, name, src, recorded)
         return dest
-    staging = paths.models_dir() / PARTIAL_DIR_NAME / f".import-{name}-{uuid.uuid4().hex[:8]}"
-    try:
+    with _import_staging(name) as staging:
         recorded = {rel: _copy_and_hash(src / rel, staging / rel, rel, tracker) for rel in wanted}
         _write_import_manifest(staging, name, src, recorded)
         _move_into_place(staging, dest)
+    return dest
+
+
+def _smoke_test(folder: Path) -> None:
+    """Load the folder as `caption` would by default (its default variant, on the CPU) and
+    generate one token about a small image: a folder whose graphs are swapped or broken is
+    refused here, not made the default that every later caption fails on. Other variants
+    are checked as `caption --variant` loads them."""
+    from PIL import Image
+
+    from .engine.model import VisionLanguageModel
+    from .engine.types import EngineError, GenerationSettings, Message
+
+    try:
+        model = VisionLanguageModel.load(folder, provider="cpu", threads=1)
+        try:
+            model.generate([Message("user", "Describe.", images=(Image.new("RGB", (32, 32)),))],
+                           GenerationSettings(max_new_tokens=1))
+        finally:
+            model.close()
+    except EngineError as exc:  # ModelFolderError included
+        raise HubError(f"the files do not form a usable SmolVLM model: {exc}") from exc
+
+
+@contextmanager
+def _import_staging(name: str) -> Iterator[Path]:
+    """A new .partial/.import-NAME-xxxxxxxx folder for an import's copy, held under an OS
+    lock (its .lock file) until the import ends, then removed. The OS drops the lock of a
+    killed import, which is how `clean_stale_partials` tells its copy from a running one."""
+    partial = paths.private_dir(paths.models_dir() / PARTIAL_DIR_NAME)
+    while True:
+        staging = partial / f"{IMPORT_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+        lock = staging.with_name(staging.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        if try_lock(fd) and is_current(fd, lock):
+            break
+        os.close(fd)  # a cleaner took this brand-new file for a stale one: take another name
+    try:
+        yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return dest
+        _unlink_quietly(lock)  # before the lock goes, so nobody sees it free and stale
+        os.close(fd)
+
+
+def clean_stale_partials() -> list[Path]:
+    """Remove what killed imports left in models/.partial (their copies: a lock file that no
+    process holds, or a copy with no lock file) and replaced models that a kill left on their
+    way out. Downloads to resume (.partial/NAME) are kept. Returns what was removed."""
+    partial = paths.models_dir() / PARTIAL_DIR_NAME
+    if not partial.is_dir():
+        return []
+    removed = []
+    for lock in sorted(partial.glob(f"{IMPORT_PREFIX}*.lock")):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue  # gone meanwhile
+        try:
+            if try_lock(fd):  # its import has ended: the OS let go of the lock
+                copy = lock.with_suffix("")
+                shutil.rmtree(copy, ignore_errors=True)
+                _unlink_quietly(lock)
+                removed.append(copy)
+        finally:
+            os.close(fd)
+    for folder in sorted(partial.iterdir()):
+        unlocked_copy = folder.name.startswith(IMPORT_PREFIX) and folder.is_dir() and \
+            not folder.with_name(folder.name + ".lock").exists()
+        if unlocked_copy or (folder.name.startswith(TRASH_PREFIX) and folder.is_dir()):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass  # already gone, or (Windows) still open elsewhere
 
 
 def _import_files(src: Path) -> list[str]:
@@ -785,7 +869,7 @@ def _write_import_manifest(folder: Path, name: str, src: Path, files: dict[str, 
 
 
 def _move_folder(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    paths.private_dir(dest.parent)  # a new data folder is owner-only from the start
     try:
         os.rename(src, dest)
     except OSError as exc:
@@ -844,6 +928,7 @@ def set_default(name: str) -> None:
     """Make `name` the model used when none is given (an installed model, or 'demo')."""
     if name != paths.DEMO_MODEL_NAME:
         name = _installed_folder(name).name
+    paths.private_dir(paths.models_dir())  # a new data folder is owner-only from the start
     _atomic_write(paths.default_model_file(), name + "\n")
 
 
@@ -864,7 +949,9 @@ class ModelStatus:
 
 
 def list_models() -> list[ModelStatus]:
-    """Catalog models (installed or not), then other installed folders, then the bundled demo."""
+    """Catalog models (installed or not), then other installed folders, then the bundled demo.
+    What killed imports left behind is removed first (clean_stale_partials)."""
+    clean_stale_partials()
     installed = {p.name: p for p in paths.installed_models()}
     default = paths.default_model_name()
     rows = []

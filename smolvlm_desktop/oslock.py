@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 if os.name == "nt":
     import msvcrt
@@ -43,3 +44,18 @@ else:
 
     def unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def is_current(fd: int, path: str | os.PathLike[str]) -> bool:
+    """Is the open file `fd` still the one at `path`? A lock holder that unlinks its file as it
+    lets go (or a cleaner removing a stale one) can leave a newcomer holding a lock on a file
+    no longer there, which the next newcomer would create afresh and lock too: such a lock
+    must be dropped and taken again. Windows cannot remove an open file: always True there."""
+    if os.name == "nt":
+        return True
+    try:
+        on_disk = os.stat(Path(path))
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)

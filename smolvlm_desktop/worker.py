@@ -431,6 +431,10 @@ class EngineWorker(QObject):
             self.error.emit(job_id, str(event.path), event.reason)
         elif kind == "Progress":
             self.progress.emit(job_id, event)
+        elif kind == "LibraryStopped":
+            self.library_problem.emit(
+                "The library stopped working during the batch, so its captions are written to "
+                f"files but not remembered: {event.reason}")
 
     @Slot(int)
     def _apply_idle(self, ms: int) -> None:

@@ -355,7 +355,7 @@ def test_cli_jobs_resume_refuses_a_job_another_process_runs(tmp_path: Path, caps
         holder = hold_in_another_process(library.path, job)
     try:
         assert main(["jobs"]) == EXIT_OK
-        assert f"#{job}  in use" in capsys.readouterr().out
+        assert f"#{job}  running " in capsys.readouterr().out  # a live process runs it
         assert main(["jobs", "resume", str(job), *MODEL]) == EXIT_ERROR
         out, err = capsys.readouterr()
     finally:

@@ -14,12 +14,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, UsageError, print_json
+from ..cli import (EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, Stopped, UsageError,
+                   interrupted_status, print_json)
 from ..engine.images import load_image
 from ..engine.model import VisionLanguageModel
 from ..engine.types import EngineError, GenerationResult, GenerationSettings, Message
 from ..library.joblock import JobBusy
-from ..paths import ort_cache_dir, resolve_model
+from ..paths import ort_cache_dir, printable, resolve_model
 from ..presets import DEFAULT_PRESET, preset_prompt
 
 
@@ -39,6 +40,8 @@ def prompt_text(args: argparse.Namespace) -> str:
 
 
 def load_model(args: argparse.Namespace) -> VisionLanguageModel:
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, not {args.threads}")
     folder = resolve_model(args.model)
     model = VisionLanguageModel.load(folder, variant=args.variant, provider=args.provider,
                                      threads=args.threads, cache_dir=ort_cache_dir())
@@ -99,30 +102,31 @@ class Reporter:
                timings: dict | None = None, **extra: object) -> dict:
         """The --json line: the same keys for successes and failures."""
         info = self.model.info
-        return {"path": str(path), "ok": ok, "text": text, "token_ids": token_ids, "error": error,
+        error = printable(error) if error is not None else None  # it may quote an odd file name
+        return {"path": printable(path), "ok": ok, "text": text, "token_ids": token_ids, "error": error,
                 "model": info.name, "variant": info.variant, "providers": info.providers,
                 "timings": timings, **extra}
 
     def done(self, path: Path, text: str, token_ids: list[int] | None, timings: dict,
              notes: list[str], many: bool, streamed: bool = False) -> None:
         for note in notes:
-            print(f"note: {path}: {note}", file=sys.stderr)
+            print(f"note: {printable(path)}: {note}", file=sys.stderr)
         if self.json:
             print_json(self.record(path, ok=True, text=text, token_ids=token_ids, timings=timings))
         elif not streamed:
-            print(f"{path}: {text}" if many else text, flush=True)
+            print(f"{printable(path)}: {text}" if many else text, flush=True)
 
     def failed(self, path: Path, reason: str) -> None:
         if self.json:
             print_json(self.record(path, ok=False, error=reason))
         else:
-            print(f"error: {path}: {reason}", file=sys.stderr)
+            print(f"error: {printable(path)}: {printable(reason)}", file=sys.stderr)
 
     def skipped(self, path: Path, reason: str) -> None:
         if self.json:
-            print_json(self.record(path, ok=True, skipped=reason))
+            print_json(self.record(path, ok=True, skipped=printable(reason)))
         else:
-            print(f"skipped: {path}: {reason}", file=sys.stderr)
+            print(f"skipped: {printable(path)}: {printable(reason)}", file=sys.stderr)
 
 
 # --- without files: print the answers ------------------------------------------------------
@@ -156,14 +160,16 @@ def caption_one(args: argparse.Namespace, model: VisionLanguageModel, path: Path
             result = model.generate(messages, settings)
         else:
             if many:
-                print(f"{path}: ", end="", flush=True)
+                print(f"{printable(path)}: ", end="", flush=True)
             generation = model.stream(messages, settings)
             started = False
-            for event in generation:
-                text = event.text if started else event.text.lstrip()  # "Assistant:" + " "
-                started = started or bool(text)
-                print(text, end="", flush=True)
-            print(flush=True)
+            try:
+                for event in generation:
+                    text = event.text if started else event.text.lstrip()  # "Assistant:" + " "
+                    started = started or bool(text)
+                    print(text, end="", flush=True)
+            finally:
+                print(flush=True)  # Ctrl+C too: a half caption still ends its line
             assert generation.result is not None
             result = generation.result
     except EngineError as exc:
@@ -227,8 +233,9 @@ def resumable_job(library, settings, images: list[Path], model_name: str) -> int
 
 
 def drive(model: VisionLanguageModel, settings, library, images: list[Path], job_id: int | None,  # type: ignore[no-untyped-def]
-          reporter: Reporter) -> int:
-    from ..batch import BatchRunner, ImageDone, ImageFailed, ImageSkipped, Progress
+          reporter: Reporter, resume_hint: str = "run the same command again to resume") -> int:
+    from ..batch import BatchRunner, ImageDone, ImageFailed, ImageSkipped, LibraryStopped, Progress
+    from ..library.db import RESET_HINT
 
     many = True
     show_progress = sys.stderr.isatty() and not reporter.json
@@ -241,6 +248,10 @@ def drive(model: VisionLanguageModel, settings, library, images: list[Path], job
             reporter.failed(event.path, event.reason)
         elif isinstance(event, ImageSkipped):
             reporter.skipped(event.path, event.reason)
+        elif isinstance(event, LibraryStopped):
+            print(f"note: the library stopped working ({event.reason}); captions are still "
+                  f"written but no longer recorded in it. If it stays so, {RESET_HINT}.",
+                  file=sys.stderr)
         elif isinstance(event, Progress) and show_progress:
             eta = f", about {event.eta_seconds:.0f} s left" if event.eta_seconds else ""
             print(f"\r{event.done + event.skipped + event.failed}/{event.total}{eta}   ",
@@ -248,7 +259,13 @@ def drive(model: VisionLanguageModel, settings, library, images: list[Path], job
 
     runner = BatchRunner(model, settings, library=library, on_event=on_event,
                          model_name=model.info.name)
-    summary = runner.run(images, job_id=job_id)
+    try:
+        summary = runner.run(images, job_id=job_id)
+    except KeyboardInterrupt as exc:  # Ctrl+C or SIGTERM: what is done is saved, the rest resumes
+        if show_progress:
+            print(file=sys.stderr)
+        print(f"interrupted: {resume_hint}", file=sys.stderr)
+        raise Stopped(interrupted_status(exc)) from None
     if show_progress:
         print(file=sys.stderr)
     if summary.cancelled:
@@ -257,29 +274,33 @@ def drive(model: VisionLanguageModel, settings, library, images: list[Path], job
 
 
 def resume_job(args: argparse.Namespace) -> int:
-    """`jobs resume N`: the job's own settings, the model given now (or the default)."""
+    """`jobs resume N`: the job's own settings, the model given now (or the default).
+
+    Exit status 4 while any image of the job is failed (this run's or an earlier one's): the
+    job is not all done, whatever this run did. A library that cannot be opened is a
+    LibraryError, said by the `jobs` command."""
     from ..batch import BatchSettings
     from ..library.db import Library, LibraryError
 
-    try:
-        library = Library()
-    except LibraryError as exc:
-        raise UsageError(str(exc)) from None
-    with library:
+    with Library() as library:
         try:
             job = library.job(args.job_id)
         except LibraryError as exc:
             raise UsageError(str(exc)) from None
         if not job.unfinished:
-            print(f"job #{job.id} is already finished")
-            return EXIT_OK
+            failed = job.counts.get("failed", 0)
+            print(f"job #{job.id} is already finished"
+                  + (f"; {failed} image{'s' if failed != 1 else ''} failed" if failed else ""))
+            return EXIT_SOME_FAILED if failed else EXIT_OK
         if library.job_claimed(job.id):  # said before loading a model for nothing
             return refuse(JobBusy(job.id))
         settings = BatchSettings.from_dict(job.settings)
         model = load_model(args)
         args.json = False
         try:
-            failed = drive(model, settings, library, [], job.id, Reporter(args, model))
+            failed = drive(model, settings, library, [], job.id, Reporter(args, model),
+                           resume_hint=f"run `smolvlm-desktop jobs resume {job.id}` again to go on")
         except JobBusy as exc:  # claimed since the look above
             return refuse(exc)
+        failed += library.job(job.id).counts.get("failed", 0)
     return EXIT_SOME_FAILED if failed else EXIT_OK

@@ -310,6 +310,7 @@ class Answer:
     parts: list[str] = field(default_factory=list)
     stop_reason: StopReason = "max_tokens"
     done: bool = False
+    room: int | None = None  # new tokens that fit in the model's positions after the prompt
 
     def __post_init__(self) -> None:
         self.chooser = TokenChooser(self.settings)
@@ -328,6 +329,8 @@ class Answer:
         delta = self.streamer.push(token)
         self.parts.append(delta)
         self.done = len(self.token_ids) >= self.settings.max_new_tokens
+        if not self.done and self.room is not None and len(self.token_ids) >= self.room:
+            self.stop_reason, self.done = "length", True  # the next token has no position left
         return TokenEvent(token, delta)
 
     def cancel(self) -> None:

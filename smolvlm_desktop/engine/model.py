@@ -278,6 +278,9 @@ class VisionLanguageModel:
         timings.prefill_ms += (time.perf_counter() - t0) * 1000
         stop_ids = set(self.files.stop_ids) | set(settings.extra_stop_ids)
         answer = Answer(settings, stop_ids, list(prompt_ids), self.prompt.streamer(), timings, started)
+        limit = self._max_positions()
+        if limit is not None:  # the prompt holds positions 0..P-1; each token fed takes one more
+            answer.room = limit - len(prompt_ids)
         return answer, state, logits
 
     def _run(self, generation: Generation, messages: list[Message], settings: GenerationSettings,
@@ -336,11 +339,17 @@ class VisionLanguageModel:
     def _check_length(self, prompt_tokens: int, settings: GenerationSettings) -> None:
         """Refuse, before the vision pass, a prompt the model cannot read (its positions end
         at max_position_embeddings; the RoPE tables of the exported decoder end there too)."""
-        limit = self.files.config.get("text_config", {}).get("max_position_embeddings")
-        if limit and prompt_tokens + 1 > int(limit):
+        limit = self._max_positions()
+        if limit and prompt_tokens + 1 > limit:
             raise EngineError(
                 f"this prompt is {prompt_tokens} tokens with its images; the model reads at most {int(limit)}. "
                 "Choose a lower detail or fewer images")
+
+    def _max_positions(self) -> int | None:
+        """max_position_embeddings of the text model, if the config says (a long answer stops
+        there with stop_reason "length" instead of running into the graph's limit)."""
+        limit = self.files.config.get("text_config", {}).get("max_position_embeddings")
+        return int(limit) if limit else None
 
     def _vision(self, pixel_values: np.ndarray, mask: np.ndarray, run_options: ort.RunOptions) -> np.ndarray:
         """Image features [tiles, image_seq_len, hidden], VISION_TILES_PER_CALL tiles per graph call.
