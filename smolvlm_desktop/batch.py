@@ -433,7 +433,7 @@ class BatchRunner:
         except OutputError as exc:
             self._failed(run, item.path, str(exc))
             return
-        self._done(run, item, text, timings, list(files), notes, token_ids)
+        self._done(run, item, text, timings, list(files), notes + run.writer.last_notes, token_ids)
 
     def _generate(self, run: _Run, paths: list[Path], images: list[Any], clock: "_Clock"
                   ) -> list[tuple[str, Timings, list[int]] | EngineError | None]:
