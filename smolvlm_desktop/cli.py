@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 4
+from .commands.common import (  # noqa: F401 - re-exported: tests and scripts import them from here
+    EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, UsageError, add_model_options, print_json,
+)
 
 # subcommand -> (module in commands/, function taking the parsed args); imported on use so
 # that opening the window never pays for onnxruntime or the library.
@@ -24,10 +25,6 @@ COMMANDS = {
     "library": ("library", "run_library"),
     "jobs": ("library", "run_jobs"),
 }
-
-
-class UsageError(Exception):
-    """Bad arguments that argparse could not catch; exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,13 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure speed on this machine (builds a random-weight model)")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to bench/run.py")
     return parser
-
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="installed model name, model folder, or 'demo'")
-    p.add_argument("--variant", help="ONNX variant: int8 (default on CPU), uint8, fp32, fp16, ...")
-    p.add_argument("--provider", default="auto", help="auto|cpu|dml|coreml|cuda (default auto)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
 
 
 def add_generation_options(p: argparse.ArgumentParser) -> None:
@@ -185,10 +175,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     parser.print_help()
     return EXIT_USAGE
-
-
-def print_json(obj: dict) -> None:
-    print(json.dumps(obj, ensure_ascii=False), flush=True)
 
 
 if __name__ == "__main__":

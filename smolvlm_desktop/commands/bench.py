@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..cli import EXIT_ERROR
+from .common import EXIT_ERROR
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, UsageError, print_json
+from .common import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, UsageError, print_json
 from ..engine.images import load_image
 from ..engine.model import VisionLanguageModel
 from ..engine.types import EngineError, GenerationResult, GenerationSettings, Message

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from ..cli import EXIT_ERROR, EXIT_OK, UsageError, add_model_options
+from .common import EXIT_ERROR, EXIT_OK, UsageError, add_model_options
 from ..library.db import SNIPPET_END, SNIPPET_START, Library, LibraryError
 
 BOLD, PLAIN = "\x1b[1m", "\x1b[0m"

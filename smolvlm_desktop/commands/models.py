@@ -14,7 +14,7 @@ import time
 from typing import Callable, TextIO, TypeVar
 
 from .. import hub, paths
-from ..cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from .common import EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from ..hub import PullProgress
 from ..paths import installed_models
 

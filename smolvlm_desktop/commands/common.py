@@ -1,0 +1,40 @@
+"""What every subcommand and `cli.py` share: exit codes, the usage error, how messages and
+JSON lines are printed, and the model options several commands take.
+
+It lives here, below both `cli.py` and the command modules, so that neither imports the other
+for these (a command importing `cli` while `cli` imports the command is a cycle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+PROG = "smolvlm-desktop"
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl+C
+
+
+class UsageError(Exception):
+    """Bad arguments that argparse could not catch; exit status 2."""
+
+
+def print_error(message: str) -> None:
+    """One line on stderr with the one prefix every error of this command has (argparse's own
+    style), so a script or a person can tell our errors from anything else on stderr."""
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+
+
+def print_json(obj: dict) -> None:
+    """One JSON object per line on stdout, flushed so a pipe sees each result as it comes."""
+    print(json.dumps(obj, ensure_ascii=False), flush=True)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """--model/--variant/--provider/--threads, for every command that loads a model."""
+    p.add_argument("--model", help="installed model name, model folder, or 'demo'")
+    p.add_argument("--variant", help="ONNX variant: int8 (default on CPU), uint8, fp32, fp16, ...")
+    p.add_argument("--provider", default="auto", help="auto|cpu|dml|coreml|cuda (default auto)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
