@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--self-test", action="store_true",
                         help="open the window offscreen, run a chat and a batch, exit 0 if all is well")
     parser.add_argument("--model", help="model name, folder, or 'demo' for the window")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_caption_parser(sub)
     add_models_parser(sub)
@@ -47,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure speed on this machine (builds a random-weight model)")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to bench/run.py")
     return parser
+
+
+def package_version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def add_generation_options(p: argparse.ArgumentParser) -> None:

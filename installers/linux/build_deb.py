@@ -66,8 +66,9 @@ RECOMMENDS = ["xdg-desktop-portal", "hicolor-icon-theme", "desktop-file-utils"]
 
 
 def version() -> str:
-    text = (ROOT / "smolvlm_desktop" / "__init__.py").read_text("utf-8")
-    return re.search(r'__version__ = "([^"]+)"', text).group(1)
+    """The app's version, from pyproject.toml (the one place it is written)."""
+    text = (ROOT / "pyproject.toml").read_text("utf-8")
+    return re.search(r'^version = "([^"]+)"', text, re.M).group(1)
 
 
 def architecture() -> str:
