@@ -269,7 +269,7 @@ def test_windows_build_script_references_existing_files():
 
 def test_macos_recipe_references_existing_files():
     text = (INSTALLERS / "macos" / "build.sh").read_text("utf-8")
-    for rel in ("installers/build_bundle.py", "resources/samples/house.png", "smolvlm_desktop/__init__.py"):
+    for rel in ("installers/build_bundle.py", "resources/samples/house.png", "pyproject.toml"):
         assert rel in text and (ROOT / rel).is_file()
     assert f'dist/{APP_NAME}.app' in text and "hdiutil create" in text
     subprocess.run(["bash", "-n", str(INSTALLERS / "macos" / "build.sh")], check=True)
