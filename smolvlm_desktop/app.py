@@ -23,6 +23,11 @@ from typing import Callable, Sequence
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
+# Qt messages that tell a user nothing: the offscreen platform (--self-test, CI) warns on every
+# window that it cannot pass size hints to a window manager it does not have.
+HARMLESS_QT_MESSAGES = frozenset({"This plugin does not support propagateSizeHints()"})
+_qt_filter_installed = False
+
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="smolvlm-desktop", add_help=False)
@@ -44,6 +49,29 @@ def make_app(argv: Sequence[str]):  # -> QApplication
     app.setApplicationName(APP_NAME)
     app.setDesktopFileName(APP_ID)
     return app
+
+
+def drop_harmless_qt_messages() -> None:
+    """Drop the messages in HARMLESS_QT_MESSAGES; pass every other one on unchanged (to the
+    handler installed before, or to stderr as Qt's default handler prints it). Once per process."""
+    global _qt_filter_installed
+    if _qt_filter_installed:
+        return
+    _qt_filter_installed = True
+    from PySide6.QtCore import qInstallMessageHandler
+
+    previous = None
+
+    def handler(mode, context, message: str) -> None:  # type: ignore[no-untyped-def]
+        if message in HARMLESS_QT_MESSAGES:
+            return
+        if previous is not None:
+            previous(mode, context, message)
+            return
+        category = context.category if context.category not in (None, "", "default") else None
+        print(f"{category}: {message}" if category else message, file=sys.stderr, flush=True)
+
+    previous = qInstallMessageHandler(handler)
 
 
 def quit_on_signals(app) -> Callable[[], None]:  # app: QApplication
@@ -103,6 +131,7 @@ def log_dir() -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    drop_harmless_qt_messages()
     if args.self_test:
         return run_self_test()
     from . import crashlog
