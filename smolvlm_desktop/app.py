@@ -51,6 +51,18 @@ def make_app(argv: Sequence[str]):  # -> QApplication
     return app
 
 
+def missing_display() -> str | None:
+    """What stops the window from opening, said before Qt is asked: on Linux without a display
+    Qt's xcb plugin aborts the whole process (SIGABRT) with a page of advice about plugins."""
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return None
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    return ("no display to open the window on (neither DISPLAY nor WAYLAND_DISPLAY is set); "
+            "without one, use the commands (`smolvlm-desktop caption IMAGE`, see --help) or run "
+            "the window offscreen with QT_QPA_PLATFORM=offscreen")
+
+
 def drop_harmless_qt_messages() -> None:
     """Drop the messages in HARMLESS_QT_MESSAGES; pass every other one on unchanged (to the
     handler installed before, or to stderr as Qt's default handler prints it). Once per process."""
@@ -134,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     drop_harmless_qt_messages()
     if args.self_test:
         return run_self_test()
+    missing = missing_display()
+    if missing:
+        print(f"smolvlm-desktop: error: {missing}", file=sys.stderr)
+        return EXIT_FAILED
     from . import crashlog
 
     app = make_app([])

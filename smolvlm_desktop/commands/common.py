@@ -27,9 +27,14 @@ def print_error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
 
 
+def json_line(obj: dict) -> str:
+    """An --json output line: one object, non-ASCII text kept readable."""
+    return json.dumps(obj, ensure_ascii=False)
+
+
 def print_json(obj: dict) -> None:
     """One JSON object per line on stdout, flushed so a pipe sees each result as it comes."""
-    print(json.dumps(obj, ensure_ascii=False), flush=True)
+    print(json_line(obj), flush=True)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -38,3 +43,14 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", help="ONNX variant: int8 (default on CPU), uint8, fp32, fp16, ...")
     p.add_argument("--provider", default="auto", help="auto|cpu|dml|coreml|cuda (default auto)")
     p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (a count, a limit)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
