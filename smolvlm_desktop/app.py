@@ -148,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_self_test()
     missing = missing_display()
     if missing:
-        print(f"smolvlm-desktop: error: {missing}", file=sys.stderr)
+        from .commands.common import print_error
+
+        print_error(missing)
         return EXIT_FAILED
     from . import crashlog
 

@@ -166,3 +166,39 @@ def test_progress_on_a_terminal_leaves_each_result_on_its_own_line(tmp_path: Pat
     results = [line for line in shown if ".jpg: " in line]
     assert [line.split(": ", 1)[0] for line in results] == [str(p) for p in images], shown
     assert any(re.search(r"3/3", line) for line in shown), shown
+
+
+def test_bench_finds_the_checkout_it_is_run_from_after_a_plain_install(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`pip install .` (the README's set-up) puts the package in site-packages, away from
+    bench/; run from inside the checkout, the command finds bench/ there."""
+    from smolvlm_desktop.commands import bench
+
+    monkeypatch.setattr(bench, "SOURCE_ROOT", tmp_path / "site-packages")  # stands in for the installed copy
+    monkeypatch.chdir(ROOT / "smolvlm_desktop" / "engine")
+    assert bench.source_tree() == ROOT
+    monkeypatch.chdir(tmp_path)
+    assert bench.source_tree() is None
+
+
+def test_bench_outside_a_checkout_says_exactly_what_to_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    from smolvlm_desktop.commands import bench
+
+    monkeypatch.setattr(bench, "SOURCE_ROOT", tmp_path / "site-packages")
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--quick"]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("smolvlm-desktop: error: ") and err.count("\n") == 1
+    assert "git clone" in err and "scripts/setup.sh --dev" in err and ".venv/bin/smolvlm-desktop bench" in err
+
+
+def test_bench_without_the_export_extra_says_exactly_what_to_run_simulated_missing_torch(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The README's plain set-up has no torch; `sys.modules[...] = None` makes its import fail here."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.chdir(ROOT)
+    assert main(["bench", "--quick"]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("smolvlm-desktop: error: ") and "torch" in err
+    assert "./scripts/setup.sh --dev" in err and ".venv/bin/smolvlm-desktop bench" in err
