@@ -234,7 +234,9 @@ def run_self_test() -> int:
         try:
             report = _self_test(Path(tmp))
         except SelfTestFailed as exc:
-            print(f"self-test FAILED: {exc}", file=sys.stderr)
+            from .commands.common import print_error
+
+            print_error(f"self-test failed: {exc}")
             return EXIT_FAILED
     print(report)
     return EXIT_OK
