@@ -33,13 +33,13 @@ TAKES_MODEL = {"caption", "jobs"}
 
 EPILOG = f"""\
 examples:
-  smolvlm-desktop                                   open the window
-  smolvlm-desktop models pull SmolVLM-256M-Instruct download a model (the only network use)
-  smolvlm-desktop caption photo.jpg                 print a caption
-  smolvlm-desktop caption photos/ --write txt       write photos/NAME.txt next to each image
-  smolvlm-desktop caption a.jpg --prompt "What does the sign say?" --json
-  smolvlm-desktop search "red car"                  find images by what was said about them
-  smolvlm-desktop COMMAND --help                    the options of one command
+  smolvlm-desktop                                    open the window
+  smolvlm-desktop models pull SmolVLM-256M-Instruct  download a model (the only network use)
+  smolvlm-desktop caption photo.jpg                  print a caption
+  smolvlm-desktop caption photos/ --write txt        write photos/NAME.txt next to each image
+  smolvlm-desktop caption a.jpg --json --prompt "What does the sign say?"
+  smolvlm-desktop search "red car"                   find images by what was said about them
+  smolvlm-desktop COMMAND --help                     the options of one command
 
 exit status:
   {EXIT_OK}    everything succeeded
