@@ -258,6 +258,9 @@ def drive(model: VisionLanguageModel, settings, library, images: list[Path], job
         elif isinstance(event, ImageSkipped):
             reporter.skipped(event.path, event.reason)
         elif isinstance(event, Progress) and bar is not None:
+            # The runner's own ETA: it leaves skipped images out of the rate, tqdm's would not.
+            bar.set_postfix_str(f"about {event.eta_seconds:.0f} s left" if event.eta_seconds else "",
+                                refresh=False)
             bar.total = event.total
             bar.update(event.done + event.skipped + event.failed - bar.n)
 
@@ -282,7 +285,7 @@ def progress_bar(reporter: Reporter):  # -> tqdm | None
     from tqdm import tqdm
 
     bar = tqdm(total=0, unit="image", file=sys.stderr, dynamic_ncols=True, leave=True,
-               bar_format="{n_fmt}/{total_fmt} {bar} {elapsed}<{remaining}, {rate_fmt}")
+               bar_format="{n_fmt}/{total_fmt} {bar} {elapsed}{postfix}")
     reporter.write = lambda text, stream: tqdm.write(text, file=stream)
     return bar
 
