@@ -247,7 +247,7 @@ def drive(model: VisionLanguageModel, settings, library, images: list[Path], job
     from ..batch import BatchRunner, ImageDone, ImageFailed, ImageSkipped, Progress
 
     many = True
-    bar = progress_bar(reporter)
+    bar = progress_bar(reporter, len(images))
 
     def on_event(event: object) -> None:
         if isinstance(event, ImageDone):
@@ -276,7 +276,7 @@ def drive(model: VisionLanguageModel, settings, library, images: list[Path], job
     return len(summary.failed)
 
 
-def progress_bar(reporter: Reporter):  # -> tqdm | None
+def progress_bar(reporter: Reporter, total: int):  # -> tqdm | None
     """A progress bar on stderr for a person at a terminal (none in a pipe, a log or with
     --json). While it shows, the reporter prints through tqdm.write, which takes the bar off
     the screen, prints the line and puts the bar back: results on stdout stay whole lines."""
@@ -284,7 +284,7 @@ def progress_bar(reporter: Reporter):  # -> tqdm | None
         return None
     from tqdm import tqdm
 
-    bar = tqdm(total=0, unit="image", file=sys.stderr, dynamic_ncols=True, leave=True,
+    bar = tqdm(total=total or None, unit="image", file=sys.stderr, dynamic_ncols=True, leave=True,
                bar_format="{n_fmt}/{total_fmt} {bar} {elapsed}{postfix}")
     reporter.write = lambda text, stream: tqdm.write(text, file=stream)
     return bar
