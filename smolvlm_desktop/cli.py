@@ -1,22 +1,25 @@
 """`smolvlm-desktop`: with no subcommand it opens the window; subcommands do the same work headless.
 
 Exit status: 0 when everything succeeded, 4 when some inputs failed (each reported, the rest
-still done), 2 for bad usage, 1 otherwise, 130 after Ctrl+C and 143 after SIGTERM. Users never
-see a traceback for an expected failure.
+still done), 2 for bad usage, 1 otherwise, 130 after Ctrl+C and 143 after SIGTERM (EPILOG says
+it to users). Users never see a traceback for an expected failure; every error is one line
+starting with "smolvlm-desktop: error: " (commands/common.py, print_error).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 4
+from .commands.common import (  # noqa: F401 - re-exported: tests and scripts import them from here
+    EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, PROG, Stopped, Terminated,
+    UsageError, add_model_options, interrupted_status, positive_int, print_error, print_json,
+)
 
 # subcommand -> (module in commands/, function taking the parsed args); imported on use so
 # that opening the window never pays for onnxruntime or the library.
@@ -27,28 +30,37 @@ COMMANDS = {
     "library": ("library", "run_library"),
     "jobs": ("library", "run_jobs"),
 }
+# Where the global `--model` (before the command) is passed on: the window and these commands.
+TAKES_MODEL = {"caption", "jobs"}
+
+EPILOG = f"""\
+examples:
+  smolvlm-desktop                                    open the window
+  smolvlm-desktop models pull SmolVLM-256M-Instruct  download a model (the only network use)
+  smolvlm-desktop caption photo.jpg                  print a caption
+  smolvlm-desktop caption photos/ --write txt        write photos/NAME.txt next to each image
+  smolvlm-desktop caption a.jpg --json --prompt "What does the sign say?"
+  smolvlm-desktop search "red car"                   find images by what was said about them
+  smolvlm-desktop COMMAND --help                     the options of one command
+
+exit status:
+  {EXIT_OK}    everything succeeded
+  {EXIT_ERROR}    an error stopped the command (said on stderr)
+  {EXIT_USAGE}    bad usage: unknown option or invalid value
+  {EXIT_SOME_FAILED}    some inputs failed (each said on stderr); the others were done
+  {EXIT_INTERRUPTED}  interrupted by Ctrl+C (the same command resumes a batch)
+  143  stopped by SIGTERM (likewise)
+"""
 
 
-class UsageError(Exception):
-    """Bad arguments that argparse could not catch; exit status 2."""
+class Parser(argparse.ArgumentParser):
+    """argparse with this command's one error style: `smolvlm-desktop: error: ...`, also for
+    the subcommands' parsers (argparse would say `smolvlm-desktop caption: error: ...`)."""
 
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, a logout), raised in the main thread like Ctrl+C's KeyboardInterrupt,
-    so that the same clean-up runs: a batch saves metadata.jsonl / captions.csv."""
-
-
-class Stopped(Exception):
-    """The command was interrupted and has said so (with how to go on); exit with `status`."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-def interrupted_status(exc: KeyboardInterrupt) -> int:
-    """128 + the signal's number, as a shell reports a process that a signal ended."""
-    return 128 + int(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print_error(message)
+        self.exit(EXIT_USAGE)
 
 
 @contextmanager
@@ -70,10 +82,11 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="smolvlm-desktop",
+    parser = Parser(
+        prog=PROG,
         description="Understand images entirely offline with SmolVLM. "
                     "Without a command, opens the window.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--demo", action="store_true",
                         help="open the window on the bundled tiny model (its answers are noise)")
@@ -82,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--self-test-seconds", type=float, default=0.0, metavar="N",
                         help="with --self-test: repeat it until the app has run N seconds "
                              "(CI's privacy check)")
-    parser.add_argument("--model", help="model name, folder, or 'demo' for the window")
+    parser.add_argument("--model", dest="global_model", metavar="MODEL",
+                        help="model name, folder, or 'demo': for the window, or for the command "
+                             "that follows (same as its own --model)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_caption_parser(sub)
     add_models_parser(sub)
@@ -94,11 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="installed model name, model folder, or 'demo'")
-    p.add_argument("--variant", help="ONNX variant: int8 (default on CPU), uint8, fp32, fp16, ...")
-    p.add_argument("--provider", default="auto", help="auto|cpu|dml|coreml|cuda (default auto)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+def package_version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def add_generation_options(p: argparse.ArgumentParser) -> None:
@@ -110,12 +125,17 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detail", type=int, metavar="PX",
                    help="longest edge the image is resized to (the model's own by default); "
                         "lower is faster")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
+                   help="stop an answer after N tokens (default 256)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                   help="sample only from the likeliest tokens whose probabilities add up to P "
+                        "(with --temperature > 0; default 1 = all)")
+    p.add_argument("--top-k", type=int, default=0, metavar="K",
+                   help="sample only from the K likeliest tokens (with --temperature > 0; default 0 = all)")
+    p.add_argument("--seed", type=int, help="random seed, so that sampling gives the same answers again")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                   help="above 1 discourages repeating tokens already said (default 1 = off)")
 
 
 def add_caption_parser(sub: argparse._SubParsersAction) -> None:
@@ -160,15 +180,16 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
                       help="ONNX variant: int8 (default, fastest on CPU), uint8, fp32, fp16, q4, ...")
     pull.add_argument("--revision", help="a Hub commit, branch or tag instead of the pinned revision")
     imp = msub.add_parser("import", help="install a SmolVLM ONNX folder copied from elsewhere")
-    imp.add_argument("src", type=Path, metavar="DIR")
+    imp.add_argument("src", type=Path, metavar="DIR",
+                     help="a folder with SmolVLM's ONNX files (onnx/*.onnx, config.json, tokenizer.json, ...)")
     imp.add_argument("--name", help="name to install it under (default: the folder's name)")
     imp.add_argument("--move", action="store_true", help="move the folder instead of copying it")
     ver = msub.add_parser("verify", help="re-check installed files against their recorded sha256")
     ver.add_argument("name", nargs="?", metavar="NAME", help="one model (default: all installed)")
     rem = msub.add_parser("remove", help="delete an installed model (or an unfinished download)")
-    rem.add_argument("name", metavar="NAME")
+    rem.add_argument("name", metavar="NAME", help="an installed model (see `models list`)")
     dflt = msub.add_parser("default", help="use this model when --model is not given")
-    dflt.add_argument("name", metavar="NAME")
+    dflt.add_argument("name", metavar="NAME", help="an installed model, or 'demo'")
     exp = msub.add_parser(
         "export", help="PyTorch SmolVLM checkpoint -> ONNX folder (needs the export extra)",
         description="Export a SmolVLM checkpoint (a save_pretrained folder) into the official ONNX layout, "
@@ -207,13 +228,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .app import main as app_main
 
             return app_main(argv)
+        pass_global_model(args)
         if args.command in COMMANDS:
             module_name, function = COMMANDS[args.command]
             module = importlib.import_module(f".commands.{module_name}", __package__)
             with sigterm_as_interrupt():
                 return getattr(module, function)(args)
     except UsageError as exc:
-        print(f"smolvlm-desktop: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return EXIT_USAGE
     except Stopped as exc:
         return exc.status
@@ -225,15 +247,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .paths import ModelNotFoundError
 
         if isinstance(exc, (EngineError, ModelNotFoundError, OSError)):
-            print(f"smolvlm-desktop: error: {exc}", file=sys.stderr)
+            print_error(str(exc))
             return EXIT_ERROR
         raise
     parser.print_help()
     return EXIT_USAGE
 
 
-def print_json(obj: dict) -> None:
-    print(json.dumps(obj, ensure_ascii=False), flush=True)
+def pass_global_model(args: argparse.Namespace) -> None:
+    """`smolvlm-desktop --model X caption ...` means `caption --model X`; said twice
+    differently, or before a command that loads no model, it is refused rather than ignored."""
+    if args.global_model is None:
+        return
+    if args.command not in TAKES_MODEL or not hasattr(args, "model"):
+        raise UsageError(f"--model goes with the window, `caption` or `jobs resume`, not `{args.command}`")
+    if args.model not in (None, args.global_model):
+        raise UsageError(f"--model given twice ({args.global_model!r} and {args.model!r})")
+    args.model = args.global_model
 
 
 if __name__ == "__main__":

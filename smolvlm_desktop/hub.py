@@ -684,14 +684,15 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename, so a crash never leaves half a file."""
+    """The app's one atomic writer (library/atomic.py: synced to disk, the file's permission
+    bits kept), with its failure said as a HubError like every other model-manager failure."""
+    from .library.atomic import OutputError, atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        atomic_write_text(path, text)
+    except OutputError as exc:
+        raise HubError(str(exc)) from exc
 
 
 def sha256_file(path: Path) -> str:

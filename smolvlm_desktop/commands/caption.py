@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable, TextIO
 
-from ..cli import (EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, Stopped, UsageError,
-                   interrupted_status, print_json)
+from .common import (EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, PROG, Stopped, UsageError,
+                     interrupted_status, json_line, print_error)
 from ..engine.images import load_image
 from ..engine.model import VisionLanguageModel
 from ..engine.types import EngineError, GenerationResult, GenerationSettings, Message
@@ -66,36 +67,49 @@ def run_caption(args: argparse.Namespace) -> int:
     reporter = Reporter(args, model)
     for path, reason in problems:
         reporter.failed(path, reason)
+    # Each answer is printed with its path whenever more than one image was asked about,
+    # even if only one of them could be read: the person must see which one it is.
+    many = len(images) + len(problems) > 1 or any(Path(p).is_dir() for p in args.paths)
     if args.write:
         try:
             failed = run_batch(args, model, images, prompt, settings, reporter)
         except JobBusy as exc:
             return refuse(exc)
     else:
-        failed = run_plain(args, model, images, prompt, settings, reporter)
+        failed = run_plain(args, model, images, prompt, settings, reporter, many)
     if failed or problems:
         return EXIT_SOME_FAILED
     if not images:
-        print("smolvlm-desktop: no images found in the paths given", file=sys.stderr)
+        print_error("no images found in the paths given")
         return EXIT_ERROR
     return EXIT_OK
 
 
 def refuse(exc: JobBusy) -> int:
     """Another process runs the job: one line on stderr, and a failure exit code."""
-    print(f"smolvlm-desktop: {exc}", file=sys.stderr)
+    print_error(str(exc))
     return EXIT_ERROR
 
 
 # --- printing ---------------------------------------------------------------------------
 
 
+def without_file_name(path: Path, reason: str) -> str:
+    """The engine's reasons start with the file's name (the window shows them alone); beside
+    the full path that name would be said twice (`img/a.jpg: a.jpg: not an image`)."""
+    return reason.removeprefix(f"{path.name}: ")
+
+
 class Reporter:
-    """Prints results the same way for the plain loop and the batch runner."""
+    """Prints results the same way for the plain loop and the batch runner.
+
+    Every line goes through `write`, which a progress bar replaces with its own (tqdm.write)
+    so that a result or an error never lands in the middle of the bar's line."""
 
     def __init__(self, args: argparse.Namespace, model: VisionLanguageModel) -> None:
         self.json = args.json
         self.model = model
+        self.write: Callable[[str, TextIO], None] = lambda text, stream: print(text, file=stream, flush=True)
 
     def record(self, path: Path, *, ok: bool, text: str | None = None,
                token_ids: list[int] | None = None, error: str | None = None,
@@ -110,35 +124,37 @@ class Reporter:
     def done(self, path: Path, text: str, token_ids: list[int] | None, timings: dict,
              notes: list[str], many: bool, streamed: bool = False) -> None:
         for note in notes:
-            print(f"note: {printable(path)}: {note}", file=sys.stderr)
+            self.write(f"note: {printable(path)}: {note}", sys.stderr)
         if self.json:
-            print_json(self.record(path, ok=True, text=text, token_ids=token_ids, timings=timings))
+            self.write(json_line(self.record(path, ok=True, text=text, token_ids=token_ids, timings=timings)),
+                       sys.stdout)
         elif not streamed:
-            print(f"{printable(path)}: {text}" if many else text, flush=True)
+            self.write(f"{printable(path)}: {text}" if many else text, sys.stdout)
 
     def failed(self, path: Path, reason: str) -> None:
+        reason = without_file_name(path, reason)
         if self.json:
-            print_json(self.record(path, ok=False, error=reason))
+            self.write(json_line(self.record(path, ok=False, error=reason)), sys.stdout)
         else:
-            print(f"error: {printable(path)}: {printable(reason)}", file=sys.stderr)
+            self.write(f"{PROG}: error: {printable(path)}: {printable(reason)}", sys.stderr)
 
     def skipped(self, path: Path, reason: str) -> None:
         if self.json:
-            print_json(self.record(path, ok=True, skipped=printable(reason)))
+            self.write(json_line(self.record(path, ok=True, skipped=printable(reason))), sys.stdout)
         else:
-            print(f"skipped: {printable(path)}: {printable(reason)}", file=sys.stderr)
+            self.write(f"skipped: {printable(path)}: {printable(reason)}", sys.stderr)
 
 
 # --- without files: print the answers ------------------------------------------------------
 
 
 def run_plain(args: argparse.Namespace, model: VisionLanguageModel, images: list[Path],
-              prompt: str, settings: GenerationSettings, reporter: Reporter) -> int:
+              prompt: str, settings: GenerationSettings, reporter: Reporter, many: bool) -> int:
     library = None if args.no_library else open_library_quietly()
     failed = 0
     try:
         for path in images:
-            result = caption_one(args, model, path, prompt, settings, reporter, many=len(images) > 1)
+            result = caption_one(args, model, path, prompt, settings, reporter, many=many)
             if result is None:
                 failed += 1
             elif library is not None:
@@ -238,7 +254,7 @@ def drive(model: VisionLanguageModel, settings, library, images: list[Path], job
     from ..library.db import RESET_HINT
 
     many = True
-    show_progress = sys.stderr.isatty() and not reporter.json
+    bar = progress_bar(reporter, len(images))
 
     def on_event(event: object) -> None:
         if isinstance(event, ImageDone):
@@ -249,28 +265,46 @@ def drive(model: VisionLanguageModel, settings, library, images: list[Path], job
         elif isinstance(event, ImageSkipped):
             reporter.skipped(event.path, event.reason)
         elif isinstance(event, LibraryStopped):
-            print(f"note: the library stopped working ({event.reason}); captions are still "
-                  f"written but no longer recorded in it. If it stays so, {RESET_HINT}.",
-                  file=sys.stderr)
-        elif isinstance(event, Progress) and show_progress:
-            eta = f", about {event.eta_seconds:.0f} s left" if event.eta_seconds else ""
-            print(f"\r{event.done + event.skipped + event.failed}/{event.total}{eta}   ",
-                  end="", file=sys.stderr, flush=True)
+            reporter.write(f"note: the library stopped working ({event.reason}); captions are "
+                           f"still written but no longer recorded in it. If it stays so, "
+                           f"{RESET_HINT}.", sys.stderr)
+        elif isinstance(event, Progress) and bar is not None:
+            # The runner's own ETA: it leaves skipped images out of the rate, tqdm's would not.
+            bar.set_postfix_str(f"about {event.eta_seconds:.0f} s left" if event.eta_seconds else "",
+                                refresh=False)
+            bar.total = event.total
+            bar.update(event.done + event.skipped + event.failed - bar.n)
 
     runner = BatchRunner(model, settings, library=library, on_event=on_event,
                          model_name=model.info.name)
     try:
         summary = runner.run(images, job_id=job_id)
     except KeyboardInterrupt as exc:  # Ctrl+C or SIGTERM: what is done is saved, the rest resumes
-        if show_progress:
-            print(file=sys.stderr)
+        if bar is not None:
+            bar.close()
+            bar = None
         print(f"interrupted: {resume_hint}", file=sys.stderr)
         raise Stopped(interrupted_status(exc)) from None
-    if show_progress:
-        print(file=sys.stderr)
+    finally:
+        if bar is not None:
+            bar.close()
     if summary.cancelled:
         print("cancelled: run the same command again to finish", file=sys.stderr)
     return len(summary.failed)
+
+
+def progress_bar(reporter: Reporter, total: int):  # -> tqdm | None
+    """A progress bar on stderr for a person at a terminal (none in a pipe, a log or with
+    --json). While it shows, the reporter prints through tqdm.write, which takes the bar off
+    the screen, prints the line and puts the bar back: results on stdout stay whole lines."""
+    if reporter.json or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total or None, unit="image", file=sys.stderr, dynamic_ncols=True, leave=True,
+               bar_format="{n_fmt}/{total_fmt} {bar} {elapsed}{postfix}")
+    reporter.write = lambda text, stream: tqdm.write(text, file=stream)
+    return bar
 
 
 def resume_job(args: argparse.Namespace) -> int:

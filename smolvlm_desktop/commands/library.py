@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from ..cli import EXIT_ERROR, EXIT_OK, UsageError, add_model_options
+from .common import EXIT_ERROR, EXIT_OK, UsageError, add_model_options, positive_int
 from ..library.db import SNIPPET_END, SNIPPET_START, Library, LibraryError, LibraryUnusable
 from ..paths import printable
 
@@ -26,7 +26,8 @@ BOLD, PLAIN = "\x1b[1m", "\x1b[0m"
 def add_library_parsers(sub: argparse._SubParsersAction) -> None:
     search = sub.add_parser("search", help="find images by what was said about them")
     search.add_argument("query", help='words to find, e.g. "red car" (all words must match)')
-    search.add_argument("--limit", type=int, default=50)
+    search.add_argument("--limit", type=positive_int, default=50, metavar="N",
+                        help="show at most N images, best matches first (default 50)")
     search.add_argument("--json", action="store_true", help="one JSON object per hit per line")
 
     library = sub.add_parser("library", help="what the app remembers about your images")
@@ -40,10 +41,10 @@ def add_library_parsers(sub: argparse._SubParsersAction) -> None:
                                   "a new, empty one: for a damaged or read-only library")
 
     jobs = sub.add_parser("jobs", help="batch jobs: list them, or resume one")
-    jobs.add_argument("--json", action="store_true")
+    jobs.add_argument("--json", action="store_true", help="one JSON object per job per line")
     jsub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
     resume = jsub.add_parser("resume", help="finish an interrupted batch job")
-    resume.add_argument("job_id", type=int)
+    resume.add_argument("job_id", type=int, metavar="N", help="the job's number, as `jobs` lists it")
     add_model_options(resume)
 
 

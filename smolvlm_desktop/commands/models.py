@@ -14,7 +14,7 @@ import time
 from typing import Callable, TextIO, TypeVar
 
 from .. import hub, paths
-from ..cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, print_error
 from ..hub import PullProgress
 from ..paths import installed_models
 
@@ -29,10 +29,10 @@ def run_models(args: argparse.Namespace) -> int:
     try:
         return actions[args.models_command]()
     except hub.UnknownModelError as exc:
-        print(f"smolvlm-desktop: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return EXIT_USAGE
     except hub.HubError as exc:
-        print(f"smolvlm-desktop: error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return EXIT_ERROR
 
 
@@ -68,7 +68,7 @@ def pull(args: argparse.Namespace) -> int:
     folder = download(lambda progress: hub.pull(args.name, variant=args.variant, progress=progress,
                                                 revision=args.revision))
     if folder is None:
-        return 130
+        return EXIT_INTERRUPTED
     print(f"installed {args.name} ({args.variant}) in {folder}")
     return EXIT_OK
 
@@ -92,8 +92,7 @@ def verify(name: str | None) -> int:
             print(f"  {problem}")
         failed += bool(problems)
     if failed:
-        print(f"smolvlm-desktop: {failed} model(s) failed verification; `models pull` or "
-              "`models import` them again", file=sys.stderr)
+        print_error(f"{failed} model(s) failed verification; `models pull` or `models import` them again")
         return EXIT_ERROR
     return EXIT_OK
 
@@ -132,7 +131,7 @@ def build(args: argparse.Namespace) -> int:
                            "another name with --as")
     fetched = download(lambda progress: hub.pull_weights(entry.name, progress=progress, revision=args.revision))
     if fetched is None:
-        return 130
+        return EXIT_INTERRUPTED
     weights, commit = fetched
     print(f"exporting {entry.name} (checked against transformers; a few minutes)", file=sys.stderr)
     out = weights.with_name(f"{weights.name}.onnx")
