@@ -21,45 +21,22 @@ functions so the rest of the app never pays for them.
 from __future__ import annotations
 
 import contextlib
-import logging
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import export_decoder, export_vision
-from .engine.types import EngineError
-
-VISION_GRAPH = "vision_encoder"
-EMBED_GRAPH = "embed_tokens"
-DECODER_GRAPH = "decoder_model_merged"
-GRAPHS = (VISION_GRAPH, EMBED_GRAPH, DECODER_GRAPH)
-QUANTIZATIONS = ("int8", "uint8")
-
-# Files copied verbatim from the checkpoint when present (the engine reads them).
-SIDE_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "preprocessor_config.json",
-    "processor_config.json",
-    "chat_template.json",
-    "chat_template.jinja",
-)
+from . import decoder as export_decoder
+from . import vision as export_vision
+from .layout import (DECODER_GRAPH, EMBED_GRAPH, GRAPHS, QUANTIZATIONS, VISION_GRAPH, ExportError,
+                     copy_side_files, normalise)
+from .quantize import decoder_weight_block, quantize_decoder_weights, quantize_graph
 
 # fp32 ONNX vs PyTorch: a graph passes when max|onnx - torch| <= ATOL + RTOL * max|torch|.
 # The scale term lets the same check serve the tiny model and a full-size one.
 ATOL = 1e-4
 RTOL = 1e-4
-
-
-class ExportError(EngineError):
-    """The export could not be done or produced a graph that does not match PyTorch."""
 
 
 def require_export_extra() -> None:
@@ -93,19 +70,6 @@ def quiet_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-@contextlib.contextmanager
-def _errors_only() -> Iterator[None]:
-    """Only errors from the root logger while ONNX Runtime's quantisers run (they advise
-    "pre-processing" on every call and log every node they touch), then the caller's level."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 # --- export-friendly modules ---------------------------------------------------------------
 def _torch_modules() -> tuple[Any, Any]:
     import torch
@@ -121,7 +85,7 @@ def _make_vision_module(vlm: Any) -> Any:
     handle: ``Tensor.unfold`` for the patch mask (a reshape + sum does the same) and
     ``torch.bucketize`` for the position ids (counting boundaries <= x is its definition
     for ``right=True``). The transformer layers are the original modules' weights and
-    arithmetic, exported with ONNX Runtime's fused attention and GELU (export_vision).
+    arithmetic, exported with ONNX Runtime's fused attention and GELU (export.vision).
     """
     torch, nn = _torch_modules()
 
@@ -136,7 +100,7 @@ def _make_vision_module(vlm: Any) -> Any:
             self.patch = int(vision.config.patch_size)
             self.side = int(self.embeddings.num_patches_per_side)
             self.scale = int(vlm.connector.scale_factor)
-            # ONNX Runtime's fused attention and GELU where the layers allow (export_vision).
+            # ONNX Runtime's fused attention and GELU where the layers allow (export.vision).
             self.fused = export_vision.unsupported_reason(vision.config) is None
             # The same float32 boundaries the reference computes on every call.
             self.register_buffer("boundaries", torch.arange(1 / self.side, 1.0, 1 / self.side),
@@ -376,22 +340,7 @@ def _export_graph(spec: dict[str, Any], path: Path, opset: int) -> None:
             do_constant_folding=True,
             dynamo=False,
         )
-    _normalise(path)
-
-
-def _normalise(path: Path) -> None:
-    """Remove doc strings and producer metadata that can differ between runs or machines."""
-    import onnx
-
-    model = onnx.load(str(path))
-    model.doc_string = ""
-    model.graph.doc_string = ""
-    del model.metadata_props[:]
-    for node in model.graph.node:
-        node.doc_string = ""
-    # Intermediate shapes are re-inferred by ONNX Runtime; storing them only adds bytes.
-    del model.graph.value_info[:]
-    onnx.save(model, str(path))
+    normalise(path)
 
 
 def export_checkpoint(src: Path, dst: Path, quantize: Sequence[str] = ("int8",), opset: int = 17) -> None:
@@ -411,7 +360,7 @@ def export_checkpoint(src: Path, dst: Path, quantize: Sequence[str] = ("int8",),
     for name, spec in _graph_specs(lm).items():
         if name == DECODER_GRAPH and export_decoder.unsupported_reason(text) is None:
             export_decoder.build_decoder(lm, onnx_dir / f"{name}.onnx", opset)
-            _normalise(onnx_dir / f"{name}.onnx")
+            normalise(onnx_dir / f"{name}.onnx")
         else:
             _export_graph(spec, onnx_dir / f"{name}.onnx", opset)
         if name == VISION_GRAPH:
@@ -425,66 +374,6 @@ def export_checkpoint(src: Path, dst: Path, quantize: Sequence[str] = ("int8",),
             else:
                 quantize_graph(source, target, kind)
     copy_side_files(src, dst)
-
-
-def copy_side_files(src: Path, dst: Path) -> None:
-    for name in SIDE_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)
-
-
-def quantize_graph(fp32_path: Path, out_path: Path, kind: str) -> None:
-    """Dynamic quantisation of the weights (MatMul and Gather) to int8 or uint8."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    weight_type = QuantType.QInt8 if kind == "int8" else QuantType.QUInt8
-    with _errors_only():
-        # DefaultTensorType: ONNX's shape inference does not know ONNX Runtime's fused ops (the
-        # hand-written decoder's), so it cannot tell their outputs are float; they are.
-        quantize_dynamic(fp32_path, out_path, weight_type=weight_type, op_types_to_quantize=["MatMul", "Gather"],
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    _normalise(out_path)
-
-
-# MatMulNBits block sizes to try for the decoder's int8 file, largest first: the first that
-# divides every matrix's input size is used, so no block is padded (SmolVLM-256M's 576 takes
-# 64). A dimension smaller than every block (the tiny demo model's 8) takes the smallest.
-DECODER_WEIGHT_BLOCKS = (128, 64, 32, 16)
-
-
-def decoder_weight_block(text_config: Any) -> int:
-    """The block size for the decoder's MatMulNBits weights (see DECODER_WEIGHT_BLOCKS)."""
-    heads = int(text_config.num_attention_heads)
-    head_dim = int(getattr(text_config, "head_dim", None) or text_config.hidden_size // heads)
-    inputs = {int(text_config.hidden_size), int(text_config.intermediate_size), heads * head_dim}
-    return next((b for b in DECODER_WEIGHT_BLOCKS if all(k % b == 0 for k in inputs)), DECODER_WEIGHT_BLOCKS[-1])
-
-
-def quantize_decoder_weights(fp32_path: Path, out_path: Path, block: int) -> None:
-    """The decoder's int8 variant: 8-bit block-wise weights (MatMulNBits, accuracy level 4:
-    the activations are quantised per row and block inside the op), not per-tensor dynamic
-    quantisation.
-
-    Why, measured on the random-weight 256M (2 threads, AVX-512 VNNI): the logits stay closer
-    to fp32 (cosine 0.9993 vs 0.9968, top-1 agreement 0.95 vs 0.92 over 60 positions), and each
-    row of a batch is quantised on its own, so a caption does not depend on the images that
-    share its decoding batch (with dynamic quantisation's one scale per tensor, a row's logits
-    moved by up to 17 when decoded beside three others; here by 6e-5). Speed is the same
-    within noise (7.9 vs 8.1 ms per step, interleaved A/B; block 128, padded, 8.4 ms). The
-    vision graph stays dynamic int8, which was faster there (512 vs 745 ms per tile). Needs
-    ONNX Runtime 1.23+ (8-bit kernels on x64 came in 1.22, on ARM64 in 1.23)."""
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
-                                                                 MatMulNBitsQuantizer)
-
-    with _errors_only():
-        config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=8)
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), block_size=block, is_symmetric=True,
-                                         accuracy_level=4, algo_config=config)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(out_path), use_external_data_format=False)
-    _normalise(out_path)
 
 
 # --- verification ----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .engine.generate import LOGITS_TO_KEEP
+from ..engine.generate import LOGITS_TO_KEEP
 
 MS_DOMAIN = "com.microsoft"
 
