@@ -32,6 +32,7 @@ from . import vision as export_vision
 from .layout import (DECODER_GRAPH, EMBED_GRAPH, GRAPHS, QUANTIZATIONS, VISION_GRAPH, ExportError,
                      copy_side_files, normalise)
 from .quantize import decoder_weight_block, quantize_decoder_weights, quantize_graph
+from .weights import torch_weights
 
 # fp32 ONNX vs PyTorch: a graph passes when max|onnx - torch| <= ATOL + RTOL * max|torch|.
 # The scale term lets the same check serve the tiny model and a full-size one.
@@ -359,7 +360,8 @@ def export_checkpoint(src: Path, dst: Path, quantize: Sequence[str] = ("int8",),
     text = lm.config.get_text_config(decoder=True)
     for name, spec in _graph_specs(lm).items():
         if name == DECODER_GRAPH and export_decoder.unsupported_reason(text) is None:
-            export_decoder.build_decoder(lm, onnx_dir / f"{name}.onnx", opset)
+            export_decoder.build_decoder(text, torch_weights(lm), onnx_dir / f"{name}.onnx", opset,
+                                         tied=bool(lm.config.tie_word_embeddings))
             normalise(onnx_dir / f"{name}.onnx")
         else:
             _export_graph(spec, onnx_dir / f"{name}.onnx", opset)

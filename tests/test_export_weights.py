@@ -1,0 +1,143 @@
+"""Reading model.safetensors with numpy, and building the graphs from it.
+
+The reader is checked against the safetensors package and torch (bf16, f16, f32; real files
+written by them); the graphs built from the file are checked against the graphs built from the
+loaded transformers model, byte for byte. Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from smolvlm_desktop.export import ExportError
+from smolvlm_desktop.export.config import read_config
+from smolvlm_desktop.export.weights import read_safetensors, widen
+
+pytestmark = pytest.mark.reference
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    from smolvlm_desktop.export.tiny import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ckpt"))
+
+
+def write_with_torch(path: Path, tensors: dict) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_every_value_widens_exactly_as_torch_does(tmp_path: Path, dtype: str) -> None:
+    """All 65,536 bit patterns of a 16-bit float (infinities and subnormals included), or
+    random float32s, read back bit-identical to torch's own .float(); NaNs stay NaN (their
+    payload bits are the converter's business)."""
+    torch = pytest.importorskip("torch")
+    if dtype == "float32":
+        values = torch.randn(3, 5, 7, generator=torch.Generator().manual_seed(0))
+    else:
+        values = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(getattr(torch, dtype))
+        values = values.reshape(256, 256)
+    write_with_torch(tmp_path / "model.safetensors", {"w": values, "other": torch.ones(2)})
+    weights = read_safetensors(tmp_path)
+    got = weights["w"]
+    want = values.float().numpy()
+    assert got.dtype == np.float32 and got.shape == want.shape
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan) and (dtype == "float32" or nan.any())
+    assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    assert sorted(weights) == ["other", "w"]
+
+
+def test_bf16_widening_is_a_shift_into_the_high_half() -> None:
+    raw = np.array([0x3F80, 0xC000, 0x7F80, 0x0001], np.uint16)  # 1, -2, inf, smallest subnormal
+    assert widen(raw, "BF16").tolist() == [1.0, -2.0, np.inf, np.uint32(0x00010000).view(np.float32)]
+
+
+def test_a_sharded_checkpoint_is_read_through_its_index(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    write_with_torch(tmp_path / "model-00001-of-00002.safetensors", {"a": torch.zeros(2)})
+    write_with_torch(tmp_path / "model-00002-of-00002.safetensors", {"b": torch.ones(3, dtype=torch.bfloat16)})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    weights = read_safetensors(tmp_path)
+    assert weights["a"].tolist() == [0, 0] and weights["b"].tolist() == [1, 1, 1]
+
+
+def test_a_truncated_or_foreign_file_is_a_clear_error(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    write_with_torch(tmp_path / "model.safetensors", {"w": torch.ones(1000)})
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[:-10])
+    with pytest.raises(ExportError, match="outside the file"):
+        read_safetensors(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"<html>not weights</html>")
+    with pytest.raises(ExportError, match="not a safetensors file"):
+        read_safetensors(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(ExportError, match="no model.safetensors"):
+        read_safetensors(tmp_path)
+
+
+def test_config_defaults_are_transformers_defaults(tmp_path: Path) -> None:
+    """A config that leaves numbers out (SmolVLM-500M has no num_hidden_layers) reads as
+    transformers reads it."""
+    transformers = pytest.importorskip("transformers")
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "idefics3", "text_config": {"hidden_size": 64, "num_attention_heads": 4},
+         "vision_config": {"hidden_size": 32}}))
+    ours = read_config(tmp_path)
+    theirs = transformers.AutoConfig.from_pretrained(tmp_path)
+    text = theirs.get_text_config(decoder=True)
+    for name in ("num_hidden_layers", "num_key_value_heads", "rms_norm_eps", "max_position_embeddings",
+                 "intermediate_size", "vocab_size", "hidden_act"):
+        assert getattr(ours.text, name) == getattr(text, name), name
+    for name in ("num_hidden_layers", "num_attention_heads", "image_size", "patch_size", "intermediate_size",
+                 "layer_norm_eps", "hidden_act"):
+        assert getattr(ours.vision, name) == getattr(theirs.vision_config, name), name
+    assert ours.scale_factor == theirs.scale_factor
+    assert ours.tie_word_embeddings == bool(theirs.tie_word_embeddings)
+
+
+def test_config_of_another_model_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    with pytest.raises(ExportError, match="'llava' is not one of idefics3, smolvlm"):
+        read_config(tmp_path)
+
+
+def test_decoder_from_the_file_is_the_decoder_from_transformers(checkpoint: Path, tmp_path: Path) -> None:
+    """The same builder fed from model.safetensors (numpy) and from the loaded transformers
+    model writes the same bytes."""
+    from smolvlm_desktop.export import load_checkpoint
+    from smolvlm_desktop.export.decoder import build_decoder
+    from smolvlm_desktop.export.weights import torch_weights
+
+    config = read_config(checkpoint)
+    build_decoder(config.text, read_safetensors(checkpoint), tmp_path / "numpy.onnx", tied=config.tie_word_embeddings)
+    lm = load_checkpoint(checkpoint)
+    build_decoder(lm.config.get_text_config(decoder=True), torch_weights(lm), tmp_path / "torch.onnx",
+                  tied=bool(lm.config.tie_word_embeddings))
+    assert (tmp_path / "numpy.onnx").read_bytes() == (tmp_path / "torch.onnx").read_bytes()
+
+
+def test_rope_tables_match_transformers_within_an_ulp(checkpoint: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from smolvlm_desktop.export import load_checkpoint
+    from smolvlm_desktop.export.decoder import rope_tables
+
+    lm = load_checkpoint(checkpoint)
+    text = read_config(checkpoint).text
+    rotary = lm.model.text_model.rotary_emb
+    positions = torch.arange(int(text.max_position_embeddings))[None]
+    cos, sin = rotary(torch.zeros(1, dtype=torch.float32), positions)
+    half = int(text.head_dim) // 2
+    ours_cos, ours_sin = rope_tables(text, int(text.head_dim))
+    np.testing.assert_allclose(ours_cos, cos[0, :, :half].numpy(), rtol=0, atol=2e-6)
+    np.testing.assert_allclose(ours_sin, sin[0, :, :half].numpy(), rtol=0, atol=2e-6)
