@@ -17,6 +17,8 @@ from smolvlm_desktop.export import ExportError
 from smolvlm_desktop.export.config import read_config
 from smolvlm_desktop.export.weights import read_safetensors, widen
 
+TINY = Path(__file__).resolve().parent.parent / "smolvlm_desktop" / "data" / "tiny-smolvlm"
+
 pytestmark = pytest.mark.reference
 
 
@@ -112,19 +114,21 @@ def test_config_of_another_model_is_refused(tmp_path: Path) -> None:
         read_config(tmp_path)
 
 
-def test_decoder_from_the_file_is_the_decoder_from_transformers(checkpoint: Path, tmp_path: Path) -> None:
-    """The same builder fed from model.safetensors (numpy) and from the loaded transformers
-    model writes the same bytes."""
-    from smolvlm_desktop.export import load_checkpoint
-    from smolvlm_desktop.export.decoder import build_decoder
-    from smolvlm_desktop.export.weights import torch_weights
+def test_graphs_built_from_the_file_are_the_committed_ones(checkpoint: Path, tmp_path: Path) -> None:
+    """build_from_safetensors (numpy weights, the path a user's machine runs) writes, byte for
+    byte, the fp32 and int8 graphs that export_checkpoint wrote from the loaded transformers
+    model and verified against it (the committed tiny model), plus the same side files."""
+    from smolvlm_desktop.export.build import build_from_safetensors
 
-    config = read_config(checkpoint)
-    build_decoder(config.text, read_safetensors(checkpoint), tmp_path / "numpy.onnx", tied=config.tie_word_embeddings)
-    lm = load_checkpoint(checkpoint)
-    build_decoder(lm.config.get_text_config(decoder=True), torch_weights(lm), tmp_path / "torch.onnx",
-                  tied=bool(lm.config.tie_word_embeddings))
-    assert (tmp_path / "numpy.onnx").read_bytes() == (tmp_path / "torch.onnx").read_bytes()
+    steps: list[tuple[str, int, int]] = []
+    build_from_safetensors(checkpoint, tmp_path / "out", quantize=("int8",),
+                           on_step=lambda what, done, total: steps.append((what, done, total)))
+    built = sorted(p.name for p in (tmp_path / "out" / "onnx").iterdir())
+    assert built == sorted(p.name for p in (TINY / "onnx").iterdir())
+    for name in built:
+        assert (tmp_path / "out" / "onnx" / name).read_bytes() == (TINY / "onnx" / name).read_bytes(), name
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (TINY / "tokenizer.json").read_bytes()
+    assert steps[-1] == ("done", 6, 6) and [d for _, d, _ in steps] == list(range(7))
 
 
 def test_rope_tables_match_transformers_within_an_ulp(checkpoint: Path) -> None:

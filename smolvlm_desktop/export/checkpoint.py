@@ -1,7 +1,6 @@
-"""Export a SmolVLM PyTorch checkpoint into the official ONNX layout.
+"""Export a SmolVLM PyTorch checkpoint into the official ONNX layout, checked against transformers.
 
-Why this exists: the app only runs ONNX graphs, and these machines cannot download the
-official ones. A checkpoint folder (``save_pretrained`` of ``Idefics3ForConditionalGeneration``
+Why this exists: the app only runs ONNX graphs. A checkpoint folder (``save_pretrained`` of ``Idefics3ForConditionalGeneration``
 or ``SmolVLMForConditionalGeneration``) becomes the same three graphs, with the same input and
 output names, that Hugging Face publishes under ``onnx/``:
 
@@ -10,9 +9,12 @@ output names, that Hugging Face publishes under ``onnx/``:
 * ``decoder_model_merged.onnx``: inputs_embeds, attention_mask, position_ids, past_key_values.*
   -> logits, present.*
 
-plus dynamically quantised variants (``*_int8.onnx``, ``*_uint8.onnx``) and the configs and
-tokenizer files the engine reads. Every fp32 graph is checked against the unmodified
-transformers model before this function returns; a mismatch raises ``ExportError``.
+plus quantised variants (``*_int8.onnx``, ``*_uint8.onnx``) and the configs and tokenizer
+files the engine reads. The graphs are written by export.build's hand-written builders (the
+same ones `models pull` runs on a user's machine without torch), fed the loaded model's
+weights; only a model they cannot write is traced with torch.onnx. Every fp32 graph is checked
+against the unmodified transformers model before this function returns; a mismatch raises
+``ExportError``.
 
 It needs the ``export`` extra (torch, transformers, onnx). Those are imported inside the
 functions so the rest of the app never pays for them.
@@ -27,11 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from . import decoder as export_decoder
-from . import vision as export_vision
-from .layout import (DECODER_GRAPH, EMBED_GRAPH, GRAPHS, QUANTIZATIONS, VISION_GRAPH, ExportError,
-                     copy_side_files, normalise)
-from .quantize import decoder_weight_block, quantize_decoder_weights, quantize_graph
+from .build import build_graphs, check_quantizations, unsupported
+from .config import read_config
+from .layout import DECODER_GRAPH, EMBED_GRAPH, VISION_GRAPH, ExportError, copy_side_files, normalise
+from .quantize import quantize_variants
 from .weights import torch_weights
 
 # fp32 ONNX vs PyTorch: a graph passes when max|onnx - torch| <= ATOL + RTOL * max|torch|.
@@ -80,13 +81,13 @@ def _torch_modules() -> tuple[Any, Any]:
 
 
 def _make_vision_module(vlm: Any) -> Any:
-    """Wrap the vision tower + connector of an Idefics3Model / SmolVLMModel as one module.
+    """Wrap the vision tower + connector of an Idefics3Model / SmolVLMModel as one module,
+    to trace a vision tower export.vision cannot write (see its unsupported_reason).
 
     Mirrors ``get_image_features`` but avoids the two constructs the ONNX exporter cannot
     handle: ``Tensor.unfold`` for the patch mask (a reshape + sum does the same) and
     ``torch.bucketize`` for the position ids (counting boundaries <= x is its definition
-    for ``right=True``). The transformer layers are the original modules' weights and
-    arithmetic, exported with ONNX Runtime's fused attention and GELU (export.vision).
+    for ``right=True``). The transformer layers are the original modules.
     """
     torch, nn = _torch_modules()
 
@@ -101,8 +102,6 @@ def _make_vision_module(vlm: Any) -> Any:
             self.patch = int(vision.config.patch_size)
             self.side = int(self.embeddings.num_patches_per_side)
             self.scale = int(vlm.connector.scale_factor)
-            # ONNX Runtime's fused attention and GELU where the layers allow (export.vision).
-            self.fused = export_vision.unsupported_reason(vision.config) is None
             # The same float32 boundaries the reference computes on every call.
             self.register_buffer("boundaries", torch.arange(1 / self.side, 1.0, 1 / self.side),
                                  persistent=False)
@@ -117,11 +116,8 @@ def _make_vision_module(vlm: Any) -> Any:
             embeds = self.embeddings.patch_embedding(pixels).flatten(2).transpose(1, 2)
             embeds = embeds + self.embeddings.position_embedding(self._position_ids(patch_mask))
             flat_mask = patch_mask.reshape(patch_mask.shape[0], -1)
-            if self.fused:
-                hidden = export_vision.run_layers(self.encoder, embeds, flat_mask.to(torch.int32))
-            else:
-                additive = (1.0 - flat_mask.to(embeds.dtype))[:, None, None, :] * torch.finfo(embeds.dtype).min
-                hidden = self.encoder(inputs_embeds=embeds, attention_mask=additive).last_hidden_state
+            additive = (1.0 - flat_mask.to(embeds.dtype))[:, None, None, :] * torch.finfo(embeds.dtype).min
+            hidden = self.encoder(inputs_embeds=embeds, attention_mask=additive).last_hidden_state
             hidden = self.post_layernorm(hidden)
             return self.projection(self._pixel_shuffle(hidden, height // self.patch, width // self.patch))
 
@@ -161,20 +157,6 @@ def _make_vision_module(vlm: Any) -> Any:
         return real | (first & ~(real.to(torch.int32).sum() > 0))
 
     return VisionEncoder().eval()
-
-
-def _make_embed_module(lm: Any) -> Any:
-    _, nn = _torch_modules()
-
-    class EmbedTokens(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = lm.get_input_embeddings()
-
-        def forward(self, input_ids: Any) -> Any:
-            return self.embed(input_ids)
-
-    return EmbedTokens().eval()
 
 
 def _make_decoder_module(lm: Any) -> Any:
@@ -258,7 +240,8 @@ def load_checkpoint(src: Path) -> Any:
 
 # --- export ----------------------------------------------------------------------------------
 def _graph_specs(lm: Any) -> dict[str, dict[str, Any]]:
-    """For each graph: module, example inputs, names and dynamic axes."""
+    """For each graph that may need tracing (vision, decoder): module, example inputs, names and
+    dynamic axes."""
     import torch
 
     text = lm.config.get_text_config(decoder=True)
@@ -287,16 +270,6 @@ def _graph_specs(lm: Any) -> dict[str, dict[str, Any]]:
                 "pixel_values": {0: "batch_size", 1: "num_images", 3: "height", 4: "width"},
                 "pixel_attention_mask": {0: "batch_size", 1: "num_images", 2: "height", 3: "width"},
                 "image_features": {0: "num_real_images", 1: "image_seq_len"},
-            },
-        },
-        EMBED_GRAPH: {
-            "module": _make_embed_module(lm),
-            "args": (torch.randint(0, int(text.vocab_size), (batch, seq), generator=gen),),
-            "inputs": ["input_ids"],
-            "outputs": ["inputs_embeds"],
-            "axes": {
-                "input_ids": {0: "batch_size", 1: "sequence_length"},
-                "inputs_embeds": {0: "batch_size", 1: "sequence_length"},
             },
         },
         DECODER_GRAPH: {
@@ -347,34 +320,24 @@ def _export_graph(spec: dict[str, Any], path: Path, opset: int) -> None:
 def export_checkpoint(src: Path, dst: Path, quantize: Sequence[str] = ("int8",), opset: int = 17) -> None:
     """Export the checkpoint in ``src`` into a model folder ``dst`` in the official layout.
 
-    ``quantize`` lists extra variants to write ("int8", "uint8"). The fp32 graphs are
-    verified against PyTorch; ``ExportError`` is raised on any mismatch.
+    The graphs are written by the same builders a user's machine runs (export.build), from the
+    weights of the loaded transformers model; only a model those cannot write is traced. Every
+    fp32 graph is then verified against the unmodified transformers model (``ExportError`` on
+    any mismatch) and ``quantize`` lists the extra variants to write ("int8", "uint8").
     """
     src, dst = Path(src), Path(dst)
-    unknown = [q for q in quantize if q not in QUANTIZATIONS]
-    if unknown:
-        raise ExportError(f"unknown quantization {unknown}; choose from {list(QUANTIZATIONS)}")
+    check_quantizations(quantize)
     lm = load_checkpoint(src)
+    config = read_config(src)
     onnx_dir = dst / "onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
-    text = lm.config.get_text_config(decoder=True)
-    for name, spec in _graph_specs(lm).items():
-        if name == DECODER_GRAPH and export_decoder.unsupported_reason(text) is None:
-            export_decoder.build_decoder(text, torch_weights(lm), onnx_dir / f"{name}.onnx", opset,
-                                         tied=bool(lm.config.tie_word_embeddings))
-            normalise(onnx_dir / f"{name}.onnx")
-        else:
-            _export_graph(spec, onnx_dir / f"{name}.onnx", opset)
-        if name == VISION_GRAPH:
-            export_vision.skip_mask_when_all_real(onnx_dir / f"{name}.onnx")
+    traced = unsupported(config)
+    build_graphs(config, torch_weights(lm), onnx_dir, opset, skip=list(traced))
+    specs = _graph_specs(lm)
+    for name in traced:
+        _export_graph(specs[name], onnx_dir / f"{name}.onnx", opset)
     verify_export(lm, onnx_dir)
-    for kind in quantize:
-        for name in GRAPHS:
-            source, target = onnx_dir / f"{name}.onnx", onnx_dir / f"{name}_{kind}.onnx"
-            if name == DECODER_GRAPH and kind == "int8":
-                quantize_decoder_weights(source, target, decoder_weight_block(text))
-            else:
-                quantize_graph(source, target, kind)
+    quantize_variants(onnx_dir, quantize, config.text)
     copy_side_files(src, dst)
 
 

@@ -30,8 +30,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..engine.generate import LOGITS_TO_KEEP
+from .graph import MS_DOMAIN, Graph
 
-MS_DOMAIN = "com.microsoft"
 
 
 def unsupported_reason(text_config: Any) -> str | None:
@@ -50,35 +50,6 @@ def unsupported_reason(text_config: Any) -> str | None:
     if rope.get("rope_type", rope.get("type", "default")) != "default":
         return f"RoPE type {rope.get('rope_type')!r} is not the default"
     return None
-
-
-class _Graph:
-    """Collects nodes and initializers with unique names."""
-
-    def __init__(self) -> None:
-        self.nodes: list[Any] = []
-        self.initializers: list[Any] = []
-        self._count = 0
-
-    def name(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}_{self._count}"
-
-    def const(self, hint: str, value: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        name = self.name(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], hint: str, outputs: int | list[str] = 1,
-           domain: str = "", **attrs: Any) -> Any:
-        """Add a node; return its output name (or names, when there are several)."""
-        from onnx import helper
-
-        names = outputs if isinstance(outputs, list) else [self.name(f"{hint}/{op_type}") for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, names, name=self.name(hint), domain=domain, **attrs))
-        return names[0] if len(names) == 1 else names
 
 
 TEXT_PREFIX = "model.text_model."
@@ -132,7 +103,7 @@ def build_decoder(text: Any, weights: Mapping[str, np.ndarray], path: Path, opse
     hidden = int(text.hidden_size)
     head_dim = int(getattr(text, "head_dim", None) or hidden // heads)
     eps = float(text.rms_norm_eps)
-    g = _Graph()
+    g = Graph()
 
     mask = _prelude(g)
     cos, sin = rope_tables(text, head_dim)
@@ -188,7 +159,7 @@ class _Mask(NamedTuple):
     total: str      # int32 scalar: keys after this step
 
 
-def _prelude(g: _Graph) -> _Mask:
+def _prelude(g: Graph) -> _Mask:
     """The step's attention mask, once per step.
 
     A query at absolute position total - seq + s sees the keys at positions <= its own that
@@ -219,7 +190,7 @@ def _prelude(g: _Graph) -> _Mask:
     return _Mask(bias, seqlens_k, total32)
 
 
-def _norm(g: _Graph, pending: str | None, residual: str, norm_weight: np.ndarray, eps: float,
+def _norm(g: Graph, pending: str | None, residual: str, norm_weight: np.ndarray, eps: float,
           hint: str) -> tuple[str, str]:
     """RMSNorm of residual + pending; returns (normed, new residual)."""
     weight = g.const(f"{hint}.weight", norm_weight)
@@ -236,7 +207,7 @@ def _logits_to_keep_input() -> Any:
     return helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, [])
 
 
-def _keep_last(g: _Graph, hidden: str) -> str:
+def _keep_last(g: Graph, hidden: str) -> str:
     """The LM head's input cut to the last `logits_to_keep` positions (0, the default: all).
 
     Why: a prefill needs only the last position's logits, and the LM head over all of a
@@ -253,7 +224,7 @@ def _keep_last(g: _Graph, hidden: str) -> str:
     return g.op("Slice", [hidden, start, end, g.const("keep_axis", np.array([1], np.int64))], "keep/slice")
 
 
-def _mlp(g: _Graph, x: str, weights: Mapping[str, np.ndarray], prefix: str, split: str, hint: str) -> str:
+def _mlp(g: Graph, x: str, weights: Mapping[str, np.ndarray], prefix: str, split: str, hint: str) -> str:
     """down(silu(gate(x)) * up(x)) with gate and up in one MatMul."""
     gate_up = np.concatenate([_matrix(weights, f"{prefix}gate_proj.weight"),
                               _matrix(weights, f"{prefix}up_proj.weight")], axis=1)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .layout import normalise
+from .layout import DECODER_GRAPH, GRAPHS, normalise
 
 
 @contextlib.contextmanager
@@ -76,3 +76,18 @@ def quantize_decoder_weights(fp32_path: Path, out_path: Path, block: int) -> Non
         quantizer.process()
         quantizer.model.save_model_to_file(str(out_path), use_external_data_format=False)
     normalise(out_path)
+
+
+def quantize_variants(onnx_dir: Path, kinds: Sequence[str], text_config: Any,
+                      on_step: Callable[[str, int, int], None] | None = None) -> None:
+    """Write each fp32 graph's `kinds` variants next to it: the decoder's int8 as MatMulNBits
+    (quantize_decoder_weights), everything else with dynamic quantisation."""
+    jobs = [(name, kind) for kind in kinds for name in GRAPHS]
+    for done, (name, kind) in enumerate(jobs):
+        if on_step:
+            on_step(f"quantising {name} to {kind}", done, len(jobs))
+        source, target = onnx_dir / f"{name}.onnx", onnx_dir / f"{name}_{kind}.onnx"
+        if name == DECODER_GRAPH and kind == "int8":
+            quantize_decoder_weights(source, target, decoder_weight_block(text_config))
+        else:
+            quantize_graph(source, target, kind)
