@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .layout import DECODER_GRAPH, GRAPHS, normalise
 
 
@@ -64,18 +66,55 @@ def quantize_decoder_weights(fp32_path: Path, out_path: Path, block: int) -> Non
     moved by up to 17 when decoded beside three others; here by 6e-5). Speed is the same
     within noise (7.9 vs 8.1 ms per step, interleaved A/B; block 128, padded, 8.4 ms). The
     vision graph stays dynamic int8, which was faster there (512 vs 745 ms per tile). Needs
-    ONNX Runtime 1.23+ (8-bit kernels on x64 came in 1.22, on ARM64 in 1.23)."""
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
-                                                                 MatMulNBitsQuantizer)
+    ONNX Runtime 1.23+ (8-bit kernels on x64 came in 1.22, on ARM64 in 1.23).
 
-    with _errors_only():
-        config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=8)
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), block_size=block, is_symmetric=True,
-                                         accuracy_level=4, algo_config=config)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(out_path), use_external_data_format=False)
+    Written here rather than with onnxruntime.quantization's MatMulNBitsQuantizer, which does
+    the same with the same kernel (quantize_matmul_8bits, in the runtime itself) but imports
+    onnx_ir and sympy (80 MB), too much to ship for this: the graphs are built at a user's."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(fp32_path))
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    nodes, added = [], []
+    for node in graph.node:
+        weight = initializers.get(node.input[1]) if node.op_type == "MatMul" else None
+        if weight is None or len(weight.dims) != 2:
+            nodes.append(node)
+            continue
+        packed, scales = _blockwise_int8(numpy_helper.to_array(weight).astype(np.float32), block)
+        k, n = weight.dims
+        added += [numpy_helper.from_array(packed, f"{weight.name}_Q8"),
+                  numpy_helper.from_array(scales, f"{weight.name}_scales")]
+        nodes.append(helper.make_node("MatMulNBits", [node.input[0], added[-2].name, added[-1].name], list(node.output),
+                                      name=f"{node.name}_Q8", domain="com.microsoft", K=k, N=n, bits=8,
+                                      block_size=block, accuracy_level=4))
+    used = {name for node in nodes for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept + added)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(out_path))
     normalise(out_path)
+
+
+def _blockwise_int8(weight: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """[K, N] float32 -> MatMulNBits' B ([N, K/block, block] uint8) and scales ([N, K/block]),
+    symmetric, with ONNX Runtime's own kernel."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_8bits
+
+    rows, cols = weight.shape
+    blocks = -(-rows // block)
+    padded = np.ascontiguousarray(np.pad(weight, ((0, blocks * block - rows), (0, 0))))
+    packed = np.zeros((cols, blocks, block), np.uint8)
+    scales = np.zeros((cols, blocks), np.float32)
+    zero_points = np.zeros((cols, blocks), np.uint8)  # unused: symmetric
+    quantize_matmul_8bits(packed, padded, scales, zero_points, block, cols, rows, True)
+    return packed, scales
 
 
 def quantize_variants(onnx_dir: Path, kinds: Sequence[str], text_config: Any,
