@@ -284,6 +284,9 @@ class ModelManagerDialog(QDialog):
             self.progress.setRange(0, 1000)
             self.progress.setValue(int(1000 * p.done / p.total))
         what = self.progress_text.property("what")
+        if getattr(p, "stage", "download") == "build":  # graphs written from the downloaded weights
+            self.progress_text.setText(f"{what}: building the graphs here, step {p.done} of {p.total} ({p.file})")
+            return
         self.progress_text.setText(
             f"{what}: {human_size(p.done) or '0 B'} of {human_size(p.total)} "
             f"(file {min(p.files_done + 1, p.files_total)} of {p.files_total}: {Path(p.file).name})")
