@@ -145,3 +145,33 @@ def test_rope_tables_match_transformers_within_an_ulp(checkpoint: Path) -> None:
     ours_cos, ours_sin = rope_tables(text, int(text.head_dim))
     np.testing.assert_allclose(ours_cos, cos[0, :, :half].numpy(), rtol=0, atol=2e-6)
     np.testing.assert_allclose(ours_sin, sin[0, :, :half].numpy(), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("graph, kind", [("vision_encoder", "int8"), ("embed_tokens", "int8"),
+                                         ("vision_encoder", "uint8"), ("decoder_model_merged", "uint8")])
+def test_dynamic_quantisation_writes_what_onnxruntime_s_quantiser_writes(graph: str, kind: str, tmp_path: Path) -> None:
+    """export.quantize.quantize_graph (numpy) against onnxruntime.quantization.quantize_dynamic
+    on the same fp32 graph: the same tensors, bit for bit, and the same nodes."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from smolvlm_desktop.export.quantize import quantize_graph
+
+    source = TINY / "onnx" / f"{graph}.onnx"
+    quantize_graph(source, tmp_path / "ours.onnx", kind)
+    quantize_dynamic(source, tmp_path / "ort.onnx", weight_type=QuantType.QInt8 if kind == "int8" else QuantType.QUInt8,
+                     op_types_to_quantize=["MatMul", "Gather"], extra_options={"DefaultTensorType": 1})
+    ours, theirs = onnx.load(str(tmp_path / "ours.onnx")), onnx.load(str(tmp_path / "ort.onnx"))
+    tensors = {t.name: numpy_helper.to_array(t) for t in ours.graph.initializer}
+    expected = {t.name: numpy_helper.to_array(t) for t in theirs.graph.initializer}
+    assert tensors.keys() == expected.keys()
+    for name, value in expected.items():
+        assert tensors[name].dtype == value.dtype and np.array_equal(tensors[name], value), name
+
+    def nodes(model: object) -> list[tuple]:
+        return sorted((n.op_type, tuple(n.input), tuple(n.output),
+                       tuple(sorted(str(onnx.helper.get_attribute_value(a)) for a in n.attribute)))
+                      for n in model.graph.node)
+
+    assert nodes(ours) == nodes(theirs)

@@ -34,16 +34,17 @@ WEIGHTS = "model.safetensors"
 pytestmark = pytest.mark.loopback
 
 # On sys.path ahead of site-packages as sitecustomize.py: the child process behaves as an
-# installed app without PyTorch (nor the safetensors package, nor what onnxruntime's other
-# quantiser would pull in).
+# installed app without PyTorch (nor the safetensors package, nor onnxruntime's Python
+# quantisation tools, which the installers leave out).
 BLOCKER = textwrap.dedent('''
     import sys
 
-    BLOCKED = {"torch", "transformers", "safetensors", "onnx_ir", "sympy"}
+    BLOCKED = {"torch", "transformers", "safetensors", "onnx_ir", "sympy",
+               "onnxruntime.quantization", "onnxruntime.transformers"}
 
     class NotInstalled:
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
+            if any(name == b or name.startswith(b + ".") for b in BLOCKED):
                 raise ImportError(f"No module named {name!r} (blocked by the test)")
             return None
 

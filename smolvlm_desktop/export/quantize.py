@@ -1,10 +1,10 @@
-"""int8 / uint8 variants of the fp32 graphs, with ONNX Runtime's quantisers."""
+"""int8 / uint8 variants of the fp32 graphs: what ONNX Runtime's quantisers write, without them.
+
+Needs numpy, onnx and onnxruntime (its 8-bit block kernel) only: this runs on a user's machine."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,31 +13,94 @@ import numpy as np
 from .layout import DECODER_GRAPH, GRAPHS, normalise
 
 
-@contextlib.contextmanager
-def _errors_only() -> Iterator[None]:
-    """Only errors from the root logger while ONNX Runtime's quantisers run (they advise
-    "pre-processing" on every call and log every node they touch), then the caller's level."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def quantize_graph(fp32_path: Path, out_path: Path, kind: str) -> None:
-    """Dynamic quantisation of the weights (MatMul and Gather) to int8 or uint8."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """Dynamic quantisation of the weights (MatMul and Gather) to int8 or uint8.
 
-    weight_type = QuantType.QInt8 if kind == "int8" else QuantType.QUInt8
-    with _errors_only():
-        # DefaultTensorType: ONNX's shape inference does not know ONNX Runtime's fused ops (the
-        # hand-written decoder's), so it cannot tell their outputs are float; they are.
-        quantize_dynamic(fp32_path, out_path, weight_type=weight_type, op_types_to_quantize=["MatMul", "Gather"],
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    What onnxruntime.quantization.quantize_dynamic writes, with its defaults (per tensor; int8
+    weights symmetric, uint8 ones and the Gather table asymmetric uint8; activations quantised
+    at run time by DynamicQuantizeLinear), done here with numpy: checked to give the same
+    tensors and nodes. Why not call it: onnxruntime.quantization imports
+    onnxruntime.transformers, which puts its own folder on sys.path and imports its modules
+    by bare name, which a frozen (installed) app cannot do; and the graphs are now built there.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(fp32_path))
+    graph = model.graph
+    floats = {t.name: t for t in graph.initializer if t.data_type == TensorProto.FLOAT}
+    added: dict[str, Any] = {}
+    activations: dict[str, list[str]] = {}
+    nodes: list[Any] = []
+
+    def weight(name: str, qtype: str, symmetric: bool) -> list[str]:
+        names = [f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"]
+        if names[0] not in added:
+            arrays = _quantize_tensor(numpy_helper.to_array(floats[name]), qtype, symmetric)
+            added.update({n: numpy_helper.from_array(a, n) for n, a in zip(names, arrays)})
+        return names
+
+    for node in graph.node:
+        out = node.output[0]
+        if node.op_type == "MatMul" and node.input[1] in floats and len(floats[node.input[1]].dims) == 2:
+            a = node.input[0]
+            if a not in activations:  # quantised once however many MatMuls read it
+                activations[a] = [f"{a}_quantized", f"{a}_scale", f"{a}_zero_point"]
+                nodes.append(helper.make_node("DynamicQuantizeLinear", [a], activations[a], name=f"{a}_QuantizeLinear"))
+            a_q, a_scale, a_zp = activations[a]
+            b_q, b_scale, b_zp = weight(node.input[1], kind, symmetric=kind == "int8")
+            product, scales = f"{out}_output_quantized", f"{node.name}_quant_scales_mul:0"
+            nodes += [
+                helper.make_node("MatMulInteger", [a_q, b_q, a_zp, b_zp], [product], name=f"{node.name}_quant"),
+                helper.make_node("Cast", [product], [f"{product}_cast_output"], name=f"{product}_cast",
+                                 to=TensorProto.FLOAT),
+                helper.make_node("Mul", [a_scale, b_scale], [scales], name=f"{node.name}_quant_scales_mul"),
+                helper.make_node("Mul", [f"{product}_cast_output", scales], [out],
+                                 name=f"{node.name}_quant_output_scale_mul"),
+            ]
+        elif node.op_type == "Gather" and node.input[0] in floats:
+            b_q, b_scale, b_zp = weight(node.input[0], "uint8", symmetric=False)
+            gather = helper.make_node("Gather", [b_q, *node.input[1:]], [f"{out}_quantized"], name=node.name)
+            gather.attribute.extend(node.attribute)
+            nodes += [gather, helper.make_node("DequantizeLinear", [f"{out}_quantized", b_scale, b_zp], [out],
+                                               name=f"{out}_DequantizeLinear")]
+        else:
+            nodes.append(node)
+    used = {name for node in nodes for name in node.input}
+    used |= {name for node in nodes for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH
+             for inner in attr.g.node for name in inner.input}  # If branches read outer names too
+    kept = [t for t in graph.initializer if t.name in used]
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    graph.ClearField("initializer")
+    graph.initializer.extend(kept + list(added.values()))
+    onnx.save(model, str(out_path))
     normalise(out_path)
+
+
+# numpy type, full range, and the symmetric range of a signed type (onnxruntime.quantization's).
+_QUANT_TYPES = {"int8": (np.int8, (-128, 127), (-127, 127)), "uint8": (np.uint8, (0, 255), (0, 255))}
+
+
+def _quantize_tensor(data: np.ndarray, qtype: str, symmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(quantised data, scale, zero point) per tensor, as onnxruntime.quantization's
+    quantize_data computes them: the range always holds 0; scale in float64, stored float32;
+    values rounded half to even and clipped to the type."""
+    dtype, full, sym = _QUANT_TYPES[qtype]
+    qmin, qmax = sym if symmetric else full
+    rmin = min(float(data.min(initial=0.0)), 0.0)
+    rmax = max(float(data.max(initial=0.0)), 0.0)
+    if symmetric:
+        rmin, rmax = -max(-rmin, rmax), max(-rmin, rmax)
+    scale64 = (np.float64(np.float32(rmax)) - np.float64(np.float32(rmin))) / (qmax - qmin)
+    if scale64 < np.finfo(np.float32).tiny:
+        scale, zero = np.array(1.0, np.float32), np.array(0, dtype)
+    else:
+        scale = np.array(scale64, np.float32)
+        zero_value = (qmin + qmax) / 2.0 if symmetric else qmin - np.float32(rmin) / scale64
+        zero = np.array(np.round(zero_value), dtype)
+    quantised = (data.astype(np.float32) / scale).round() + zero
+    return np.clip(quantised, *full).astype(dtype), scale, zero
 
 
 # MatMulNBits block sizes to try for the decoder's int8 file, largest first: the first that
