@@ -30,8 +30,8 @@ BUNDLED_TINY = REPO / "smolvlm_desktop" / "data" / "tiny-smolvlm"
 # Bump when the build recipe changes in a way the config hash cannot see. The exporter's own
 # source is hashed in as well (EXPORTER_SOURCES), so a new graph recipe rebuilds the model.
 BUILD_RECIPE = 1
-EXPORTER_SOURCES = tuple(f"smolvlm_desktop/export/{name}.py" for name in
-                         ("__init__", "checkpoint", "decoder", "layout", "quantize", "tiny", "vision"))
+EXPORTER_SOURCES = tuple(p.relative_to(REPO).as_posix()
+                         for p in sorted((REPO / "smolvlm_desktop" / "export").glob("*.py")))
 SEED = 256_000_001
 # Tokens a greedy run would stop at (<|endoftext|>, <|im_end|>, <end_of_utterance>). Their
 # embedding rows are zeroed: with tied embeddings their logit is then exactly 0 while the best

@@ -53,6 +53,10 @@ PARTIAL_DIR_NAME = ".partial"
 WEIGHTS_SUFFIX = ".weights"  # .partial/NAME.weights: the weights a pull or `models build` builds from
 BUILD_DIR_NAME = "build"  # .partial/NAME.weights/build: the graphs being written from them
 BUILT_VARIANTS = ("fp32", "int8")  # what a pull that builds writes (export.build)
+# A pull builds only from weights up to this size: SmolVLM-256M's are 0.5 GB, 500M's 1 GB (bf16);
+# the 2.2B's 4.5 GB would make graphs too big for one ONNX file (export.build.MAX_GRAPH_BYTES),
+# so it gets the official files.
+MAX_BUILD_WEIGHTS_BYTES = 3_000_000_000
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_VARIANT = "int8"
 CHUNK_RETRIES = 3  # reconnects per file after the connection drops mid-body
@@ -326,8 +330,8 @@ def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback |
          cancel: threading.Event | None = None, *, revision: str | None = None, official: bool = False) -> Path:
     """Get a catalog model into `paths.models_dir()/NAME` and return that folder.
 
-    When the release has its weights (model.safetensors) and `variant` is one the app builds
-    (BUILT_VARIANTS), those are downloaded and this app's graphs are built from them here
+    When the release has its weights (model.safetensors, up to MAX_BUILD_WEIGHTS_BYTES) and
+    `variant` is one the app builds (BUILT_VARIANTS), those are downloaded and this app's graphs are built from them here
     (`_build_and_install`): faster than the official ONNX files, and no torch needed. Otherwise,
     or with official=True, the official ONNX files of `variant` are downloaded.
 
@@ -347,22 +351,14 @@ def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback |
     dest = paths.models_dir() / entry.name
     with _hub_online():
         info, endpoint = _model_info(entry, wanted_revision)
-        if not official and variant in BUILT_VARIANTS and _has_weights(info):
-            files = _weights_plan(entry, info)
-            if _already_built(dest, info.sha, variant):
-                _report_complete(progress, files)
-                return dest
-            staging = _staging_dir(entry.name + WEIGHTS_SUFFIX, entry.repo, info.sha)
-            recorded = _fetch_all(entry.repo, info.sha, files, staging, endpoint, progress, cancel)
-            build = True
-        else:
-            files = _plan(entry, variant, info)
-            if _already_installed(dest, info.sha, variant, files):
-                _report_complete(progress, files)
-                return dest
-            staging = _staging_dir(entry.name, entry.repo, info.sha)
-            recorded = _fetch_all(entry.repo, info.sha, files, staging, endpoint, progress, cancel)
-            build = False
+        weights = _weights_plan(entry, info) if _has_weights(info) else []
+        build = not official and variant in BUILT_VARIANTS and _small_enough_to_build(weights)
+        files = weights if build else _plan(entry, variant, info)
+        if _already_built(dest, info.sha, variant) if build else _already_installed(dest, info.sha, variant, files):
+            _report_complete(progress, files)
+            return dest
+        staging = _staging_dir(entry.name + (WEIGHTS_SUFFIX if build else ""), entry.repo, info.sha)
+        recorded = _fetch_all(entry.repo, info.sha, files, staging, endpoint, progress, cancel)
     manifest = _hub_manifest(entry, wanted_revision, info.sha, variant, recorded, endpoint)
     if build:
         return _build_and_install(staging, dest, manifest, progress, cancel)
@@ -431,6 +427,12 @@ def _has_weights(info: Any) -> bool:
     """Whether the repo publishes the weights a build starts from (one file, or shards)."""
     names = {s.rfilename for s in info.siblings or []}
     return "model.safetensors" in names or any(_SHARD.fullmatch(n) for n in names)
+
+
+def _small_enough_to_build(weights: list[RemoteFile]) -> bool:
+    """Weights to build from, within MAX_BUILD_WEIGHTS_BYTES."""
+    size = sum(f.size for f in weights if f.path.endswith(".safetensors"))
+    return bool(weights) and size <= MAX_BUILD_WEIGHTS_BYTES
 
 
 def _already_built(dest: Path, commit: str, variant: str) -> bool:

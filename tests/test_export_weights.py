@@ -175,3 +175,17 @@ def test_dynamic_quantisation_writes_what_onnxruntime_s_quantiser_writes(graph: 
                       for n in model.graph.node)
 
     assert nodes(ours) == nodes(theirs)
+
+
+def test_a_model_too_big_for_one_onnx_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    """A 2.2B-sized text model (its decoder ~7 GB of float32) is refused with the reason, from
+    the header alone (the file here holds only a header: no tensor is read)."""
+    from smolvlm_desktop.export.build import build_from_safetensors
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "idefics3", "tie_word_embeddings": True}))
+    header = json.dumps({"model.text_model.layers.0.mlp.up_proj.weight":
+                         {"dtype": "BF16", "shape": [2048, 2**20], "data_offsets": [0, 0]}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(ExportError, match="decoder_model_merged.onnx would hold 8.6 GB"):
+        build_from_safetensors(tmp_path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -243,3 +243,15 @@ def test_the_window_s_download_builds_the_graphs_and_loads_them(
     assert hub.read_manifest(paths.models_dir() / MODEL)["source"] == "built"
     qtbot.waitUntil(lambda: window.model_state == "ready", timeout=TIMEOUT_MS)
     assert window.model_info.folder == str(paths.models_dir() / MODEL)
+
+
+def test_weights_too_big_to_build_get_the_official_files(
+        checkpoint: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above MAX_BUILD_WEIGHTS_BYTES (the 2.2B's 4.5 GB would make a decoder too big for one
+    ONNX file) a pull downloads the official files, decided before any download."""
+    monkeypatch.setattr(hub, "MAX_BUILD_WEIGHTS_BYTES", (checkpoint / WEIGHTS).stat().st_size - 1)
+    with FakeHub([published(checkpoint, tiny_model_dir, "SmolVLM-500M-Instruct")]) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        folder = hub.pull("SmolVLM-500M-Instruct")
+        assert not server.served(WEIGHTS)
+    assert hub.read_manifest(folder)["source"] == "hub"

@@ -18,7 +18,7 @@ from . import decoder, vision
 from .config import CheckpointConfig, read_config
 from .layout import DECODER_GRAPH, EMBED_GRAPH, GRAPHS, QUANTIZATIONS, VISION_GRAPH, ExportError, copy_side_files, normalise
 from .quantize import quantize_variants
-from .weights import read_safetensors
+from .weights import SafetensorsWeights, read_safetensors
 
 # Called with (what is being done, steps done, steps in all) as each graph is written.
 StepCallback = Callable[[str, int, int], None]
@@ -65,6 +65,7 @@ def build_from_safetensors(src: Path, dst: Path, quantize: Sequence[str] = ("int
     if reasons:
         raise ExportError(f"{src}: cannot build this model without PyTorch: {'; '.join(reasons.values())}")
     weights = read_safetensors(src)
+    check_graph_sizes(weights)
     onnx_dir = dst / "onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
     steps = len(GRAPHS) * (1 + len(quantize))
@@ -79,6 +80,28 @@ def build_from_safetensors(src: Path, dst: Path, quantize: Sequence[str] = ("int
     copy_side_files(src, dst)
     if on_step:
         on_step("done", steps, steps)
+
+
+# One ONNX file holds at most 2 GiB (a protobuf limit); bigger graphs need external data files,
+# which this builder does not write. SmolVLM-256M's largest graph is ~0.5 GB, 500M's ~1.7 GB;
+# the 2.2B's decoder would be ~7 GB: for it, the official files.
+MAX_GRAPH_BYTES = 2**31 - 2**26
+
+
+def check_graph_sizes(weights: SafetensorsWeights) -> None:
+    """ExportError, before any work, when a graph would be too big for one ONNX file."""
+    sizes = {"vision_encoder": 0, "decoder_model_merged": 0}
+    for name in weights:
+        count = 4 * int(np.prod(weights.shape(name), dtype=np.int64))
+        if name.startswith(("model.vision_model.", "model.connector.")):
+            sizes["vision_encoder"] += count
+        elif name.startswith("model.text_model."):  # the embedding's size: the LM head's, tied or not
+            sizes["decoder_model_merged"] += count
+    too_big = {graph: size for graph, size in sizes.items() if size > MAX_GRAPH_BYTES}
+    if too_big:
+        graph, size = max(too_big.items(), key=lambda item: item[1])
+        raise ExportError(f"{graph}.onnx would hold {size / 1e9:.1f} GB of float32 weights, more than one "
+                          "ONNX file can; this model is too large to build here (use its official ONNX files)")
 
 
 def check_quantizations(quantize: Sequence[str]) -> None:

@@ -105,6 +105,10 @@ class SafetensorsWeights(Mapping[str, np.ndarray]):
         """The stored dtype ("BF16", "F16", "F32"...)."""
         return self._entries[name].dtype
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape, without reading it."""
+        return self._entries[name].shape
+
 
 def widen(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Stored values -> float32, exactly: bf16 bits go into the high half of a float32 word."""
