@@ -16,7 +16,7 @@ import numpy as np
 
 from . import decoder, vision
 from .config import CheckpointConfig, read_config
-from .layout import DECODER_GRAPH, EMBED_GRAPH, GRAPHS, QUANTIZATIONS, VISION_GRAPH, ExportError, copy_side_files, normalise
+from .layout import DECODER_GRAPH, EMBED_GRAPH, GRAPHS, QUANTIZATIONS, VISION_GRAPH, ExportError, copy_side_files
 from .quantize import quantize_variants
 from .weights import SafetensorsWeights, read_safetensors
 
@@ -46,11 +46,10 @@ def build_graphs(config: CheckpointConfig, weights: Mapping[str, np.ndarray], on
             on_step(f"writing {name}.onnx", done, len(todo))
         path = onnx_dir / f"{name}.onnx"
         try:
-            builders[name](path)
+            builders[name](path)  # each writes its file normalised (layout.save_normalised)
         except KeyError as exc:
             raise ExportError(f"the checkpoint has no tensor {exc.args[0]}: not a SmolVLM checkpoint "
                               "this app can build") from None
-        normalise(path)
 
 
 def build_from_safetensors(src: Path, dst: Path, quantize: Sequence[str] = ("int8",), opset: int = 17,

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..engine.generate import LOGITS_TO_KEEP
 from .graph import MS_DOMAIN, Graph
+from .layout import save_normalised
 
 
 
@@ -94,8 +95,6 @@ def build_decoder(text: Any, weights: Mapping[str, np.ndarray], path: Path, opse
 
     `text` is the text config (transformers' or export.config's), `weights` the checkpoint's
     float32 tensors by name (export.weights), `tied` whether the LM head is the embedding."""
-    from onnx import helper, save
-
     reason = unsupported_reason(text)
     if reason:
         raise ValueError(reason)
@@ -143,12 +142,9 @@ def build_decoder(text: Any, weights: Mapping[str, np.ndarray], path: Path, opse
     head = _matrix(weights, lm_head_name(weights, tied))
     g.op("MatMul", [normed, g.const("lm_head", head)], "lm_head", outputs=["logits"])
 
-    graph = helper.make_graph(g.nodes, "smolvlm_decoder", _inputs(text, head_dim) + [_logits_to_keep_input()],
-                              _outputs(text, head_dim), initializer=g.initializers)
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
-                                                          helper.make_opsetid(MS_DOMAIN, 1)])
-    onnx_model.ir_version = 8
-    save(onnx_model, str(path))
+    model = g.model("smolvlm_decoder", _inputs(text, head_dim) + [_logits_to_keep_input()], _outputs(text, head_dim),
+                    {"": opset, MS_DOMAIN: 1})
+    save_normalised(model, path)
 
 
 class _Mask(NamedTuple):

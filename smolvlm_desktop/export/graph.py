@@ -36,3 +36,16 @@ class Graph:
         names = outputs if isinstance(outputs, list) else [self.name(f"{hint}/{op_type}") for _ in range(outputs)]
         self.nodes.append(helper.make_node(op_type, inputs, names, name=self.name(hint), domain=domain, **attrs))
         return names[0] if len(names) == 1 else names
+
+    def model(self, name: str, inputs: list[Any], outputs: list[Any], opsets: dict[str, int]) -> Any:
+        """The ModelProto (IR version 8). The initializers are moved into it one by one rather
+        than copied all at once: a graph of weights is never held twice."""
+        from onnx import helper
+
+        graph = helper.make_graph(self.nodes, name, inputs, outputs)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+        model.ir_version = 8
+        pending, self.initializers = self.initializers[::-1], []
+        while pending:
+            model.graph.initializer.add().CopyFrom(pending.pop())
+        return model

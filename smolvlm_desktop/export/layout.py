@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from ..engine.types import EngineError
 
@@ -37,16 +38,23 @@ class ExportError(EngineError):
 
 
 def normalise(path: Path) -> None:
-    """Remove doc strings and producer metadata that can differ between runs or machines."""
+    """Rewrite the ONNX file at `path` as `save_normalised` would write it."""
     import onnx
 
-    model = onnx.load(str(path))
+    save_normalised(onnx.load(str(path)), path)
+
+
+def save_normalised(model: Any, path: Path) -> None:
+    """Save `model` without the doc strings, producer metadata and intermediate shapes that can
+    differ between runs or machines (ONNX Runtime re-infers the shapes; storing them only adds
+    bytes). In place, so a graph of weights is never held twice more than the save needs."""
+    import onnx
+
     model.doc_string = ""
     model.graph.doc_string = ""
     del model.metadata_props[:]
     for node in model.graph.node:
         node.doc_string = ""
-    # Intermediate shapes are re-inferred by ONNX Runtime; storing them only adds bytes.
     del model.graph.value_info[:]
     onnx.save(model, str(path))
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .layout import DECODER_GRAPH, GRAPHS, normalise
+from .layout import DECODER_GRAPH, GRAPHS, save_normalised
 
 
 def quantize_graph(fp32_path: Path, out_path: Path, kind: str) -> None:
@@ -74,8 +74,7 @@ def quantize_graph(fp32_path: Path, out_path: Path, kind: str) -> None:
     graph.node.extend(nodes)
     graph.ClearField("initializer")
     graph.initializer.extend(kept + list(added.values()))
-    onnx.save(model, str(out_path))
-    normalise(out_path)
+    save_normalised(model, out_path)
 
 
 # numpy type, full range, and the symmetric range of a signed type (onnxruntime.quantization's).
@@ -161,8 +160,7 @@ def quantize_decoder_weights(fp32_path: Path, out_path: Path, block: int) -> Non
     graph.initializer.extend(kept + added)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save(model, str(out_path))
-    normalise(out_path)
+    save_normalised(model, out_path)
 
 
 def _blockwise_int8(weight: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
