@@ -25,6 +25,8 @@ Files on disk:
     models/NAME/                 an installed model, with manifest.json (what was installed from
                                  where: repo, resolved commit, every file's size and sha256)
     models/.partial/NAME/        a download in progress; `pull` resumes it, `remove` deletes it
+    models/.partial/NAME.weights/  the weights a pull builds the graphs from (and, in build/,
+                                 the graphs being written); kept until the model is installed
     models/default.txt           the default model's name (`set_default`)
 """
 
