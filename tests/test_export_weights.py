@@ -189,3 +189,39 @@ def test_a_model_too_big_for_one_onnx_file_is_refused_before_any_work(tmp_path: 
     with pytest.raises(ExportError, match="decoder_model_merged.onnx would hold 8.6 GB"):
         build_from_safetensors(tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_config_that_leaves_tying_out_uses_the_embedding_when_the_file_has_no_head(
+        checkpoint: Path, tmp_path: Path) -> None:
+    """config.json written by transformers 4 omits tie_word_embeddings when it is its default
+    (True there, False in transformers 5); with no lm_head.weight in the file the head is the
+    embedding, and the built decoder is the committed one."""
+    from smolvlm_desktop.export.decoder import build_decoder
+
+    config = json.loads((checkpoint / "config.json").read_text())
+    del config["tie_word_embeddings"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    untied = read_config(tmp_path)
+    assert untied.tie_word_embeddings is False
+    build_decoder(untied.text, read_safetensors(checkpoint), tmp_path / "decoder.onnx", tied=False)
+    assert (tmp_path / "decoder.onnx").read_bytes() == (TINY / "onnx" / "decoder_model_merged.onnx").read_bytes()
+
+
+def test_an_untied_checkpoint_gets_its_own_lm_head(checkpoint: Path, tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    from onnx import numpy_helper
+
+    from smolvlm_desktop.export.decoder import build_decoder
+
+    tensors = dict(read_safetensors(checkpoint).items())
+    head = np.random.default_rng(0).standard_normal(tensors["model.text_model.embed_tokens.weight"].shape)
+    tensors["lm_head.weight"] = head.astype(np.float32)
+    safetensors_numpy.save_file(tensors, str(tmp_path / "model.safetensors"))
+    config = json.loads((checkpoint / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    untied = read_config(tmp_path)
+    build_decoder(untied.text, read_safetensors(tmp_path), tmp_path / "decoder.onnx", tied=untied.tie_word_embeddings)
+    graph = onnx.load(str(tmp_path / "decoder.onnx")).graph
+    (lm_head,) = [t for t in graph.initializer if t.name.startswith("lm_head")]
+    assert np.array_equal(numpy_helper.to_array(lm_head), tensors["lm_head.weight"].T)

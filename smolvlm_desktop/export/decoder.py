@@ -62,13 +62,11 @@ def _matrix(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray:
 
 
 def lm_head_name(weights: Mapping[str, np.ndarray], tied: bool) -> str:
-    """The LM head's tensor: the token embedding when tied (as transformers ties it), else
-    lm_head.weight, which an untied checkpoint must then have."""
-    if tied:
-        return f"{TEXT_PREFIX}embed_tokens.weight"
-    if "lm_head.weight" not in weights:
-        raise KeyError("lm_head.weight (the config does not tie the LM head to the embedding)")
-    return "lm_head.weight"
+    """The LM head's tensor: lm_head.weight when the config unties it and the checkpoint has it;
+    otherwise the token embedding. (An untied config without the tensor is one saved by
+    transformers 4, whose default tied the head and so was left out of config.json; transformers
+    5 reads its absence as untied and would start from a random head.)"""
+    return "lm_head.weight" if not tied and "lm_head.weight" in weights else f"{TEXT_PREFIX}embed_tokens.weight"
 
 
 def rope_tables(text_config: Any, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
