@@ -333,9 +333,10 @@ def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback |
     """Get a catalog model into `paths.models_dir()/NAME` and return that folder.
 
     When the release has its weights (model.safetensors, up to MAX_BUILD_WEIGHTS_BYTES) and
-    `variant` is one the app builds (BUILT_VARIANTS), those are downloaded and this app's graphs are built from them here
-    (`_build_and_install`): faster than the official ONNX files, and no torch needed. Otherwise,
-    or with official=True, the official ONNX files of `variant` are downloaded.
+    `variant` is one the app builds (BUILT_VARIANTS), those are downloaded and this app's graphs
+    are built from them here (`_build_and_install`): faster than the official ONNX files, and no
+    torch needed. Otherwise, or with official=True, the official ONNX files of `variant` are
+    downloaded.
 
     Resumes what an earlier, interrupted pull left behind; checks every file against the size and
     checksum the Hub reports; installs nothing unless every file is good and the folder loads as a
@@ -472,8 +473,7 @@ def build_from_weights(weights: Path, out: Path, progress: ProgressCallback | No
     except ExportError as exc:
         raise HubError(f"cannot build the graphs from {weights.name}: {exc}") from exc
     _validate_folder(out, DEFAULT_VARIANT, cleanup=out)
-    tracker = _Tracker(None, total=0, files_total=0)
-    return {p.relative_to(out).as_posix(): _hash_in_place(p, p.name, tracker)
+    return {p.relative_to(out).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(out.rglob("*")) if p.is_file()}
 
 

@@ -1,8 +1,8 @@
 """Export a SmolVLM PyTorch checkpoint into the official ONNX layout, checked against transformers.
 
-Why this exists: the app only runs ONNX graphs. A checkpoint folder (``save_pretrained`` of ``Idefics3ForConditionalGeneration``
-or ``SmolVLMForConditionalGeneration``) becomes the same three graphs, with the same input and
-output names, that Hugging Face publishes under ``onnx/``:
+Why this exists: the app only runs ONNX graphs. A checkpoint folder (``save_pretrained`` of
+``Idefics3ForConditionalGeneration`` or ``SmolVLMForConditionalGeneration``) becomes the same
+three graphs, with the same input and output names, that Hugging Face publishes under ``onnx/``:
 
 * ``vision_encoder.onnx``: pixel_values + pixel_attention_mask -> image_features
 * ``embed_tokens.onnx``: input_ids -> inputs_embeds

@@ -184,8 +184,8 @@ def _embeddings(g: Graph, vision: Any, weights: Mapping[str, np.ndarray], pixels
                        g.op("Unsqueeze", [cols, _i64(g, "pos/u1", [1])], "pos/cols")], "pos/grid")
     flat_shape = _i64(g, "flat2", [0, -1])
     real = g.op("Cast", [g.op("Reshape", [patch_f, flat_shape], "keep/flat")], "keep/bool", to=9)
-    pos = g.op("Where", [real, g.op("Reshape", [pos, flat_shape], "pos/flat"), g.const("pos/zero", np.array(0, np.int64))],
-               "position_ids")
+    pos = g.op("Where", [real, g.op("Reshape", [pos, flat_shape], "pos/flat"),
+                         g.const("pos/zero", np.array(0, np.int64))], "position_ids")
     table = g.const("position_embedding.weight", weights[f"{e}position_embedding.weight"])
     hidden = g.op("Add", [embeds, g.op("Gather", [table, pos], "position_embedding")], "embeddings")
     return hidden, g.op("Cast", [real], "keep", to=6)
