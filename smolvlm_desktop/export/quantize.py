@@ -166,7 +166,15 @@ def quantize_decoder_weights(fp32_path: Path, out_path: Path, block: int) -> Non
 def _blockwise_int8(weight: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     """[K, N] float32 -> MatMulNBits' B ([N, K/block, block] uint8) and scales ([N, K/block]),
     symmetric, with ONNX Runtime's own kernel."""
-    from onnxruntime.capi._pybind_state import quantize_matmul_8bits
+    try:
+        from onnxruntime.capi._pybind_state import quantize_matmul_8bits
+    except ImportError:
+        import onnxruntime
+
+        from .layout import ExportError
+
+        raise ExportError(f"ONNX Runtime {onnxruntime.__version__} cannot write 8-bit block weights "
+                          "(quantize_matmul_8bits); install onnxruntime 1.23 or newer") from None
 
     rows, cols = weight.shape
     blocks = -(-rows // block)
