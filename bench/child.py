@@ -242,7 +242,7 @@ def _load_torch_model(checkpoint: Path | None) -> Any:
     from transformers import Idefics3ForConditionalGeneration
 
     if checkpoint is None:  # the tiny arch: same seed, same weights as the bundled ONNX files
-        from smolvlm_desktop.tiny_model import build_tiny_model
+        from smolvlm_desktop.export.tiny import build_tiny_model
 
         return build_tiny_model()
     from smolvlm_desktop.export import quiet_progress_bars

@@ -173,15 +173,24 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list, download, import, check, remove and export models")
     msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     msub.add_parser("list", help="known models (installed or not), imported models and the demo model")
-    pull = msub.add_parser("pull", help="download a model from the Hugging Face Hub (the only "
-                                        "command that uses the network)")
+    pull = msub.add_parser(
+        "pull", help="download a model from the Hugging Face Hub (the only command that uses the network)",
+        description="Download a catalog model's published weights (model.safetensors, checked and resumable) "
+                    "and build this app's ONNX graphs from them on this machine: faster than the official "
+                    "ONNX files, with the same answers. --official downloads the official ONNX files instead "
+                    "(also what a variant the app does not build, or a repo without weights, gets).")
     pull.add_argument("name", metavar="NAME", help="a model name from `models list`")
     pull.add_argument("--variant", default="int8",
-                      help="ONNX variant: int8 (default, fastest on CPU), uint8, fp32, fp16, q4, ...")
+                      help="int8 (default, fastest on CPU) or fp32 are built here; uint8, fp16, q4, ... are "
+                           "the official files")
+    pull.add_argument("--official", action="store_true",
+                      help="download the official ONNX files of --variant instead of building the graphs")
     pull.add_argument("--revision", help="a Hub commit, branch or tag instead of the pinned revision")
-    imp = msub.add_parser("import", help="install a SmolVLM ONNX folder copied from elsewhere")
+    imp = msub.add_parser("import", help="install a SmolVLM ONNX folder copied from elsewhere, or build one "
+                                         "from a transformers checkpoint folder (config.json + model.safetensors)")
     imp.add_argument("src", type=Path, metavar="DIR",
-                     help="a folder with SmolVLM's ONNX files (onnx/*.onnx, config.json, tokenizer.json, ...)")
+                     help="a folder with SmolVLM's ONNX files (onnx/*.onnx, config.json, tokenizer.json, ...) "
+                          "or a transformers checkpoint (config.json, model.safetensors)")
     imp.add_argument("--name", help="name to install it under (default: the folder's name)")
     imp.add_argument("--move", action="store_true", help="move the folder instead of copying it")
     ver = msub.add_parser("verify", help="re-check installed files against their recorded sha256")

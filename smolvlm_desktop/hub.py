@@ -28,6 +28,8 @@ Files on disk:
     models/.partial/.import-NAME-xxxxxxxx/(.lock)
                                  an import's copy in progress, held under an OS lock: a killed
                                  import's copy is removed by the next `models` command
+    models/.partial/NAME.weights/  the weights a pull builds the graphs from (and, in build/,
+                                 the graphs being written); kept until the model is installed
     models/default.txt           the default model's name (`set_default`)
 """
 
@@ -56,7 +58,13 @@ MANIFEST_NAME = "manifest.json"
 PARTIAL_DIR_NAME = ".partial"
 IMPORT_PREFIX = ".import-"  # .partial/.import-NAME-xxxxxxxx: an import's copy, with a .lock beside it
 TRASH_PREFIX = ".old-"  # .partial/.old-NAME-xxxxxxxx: a replaced model on its way out
-WEIGHTS_SUFFIX = ".weights"  # .partial/NAME.weights: PyTorch weights downloaded for `models build`
+WEIGHTS_SUFFIX = ".weights"  # .partial/NAME.weights: the weights a pull or `models build` builds from
+BUILD_DIR_NAME = "build"  # .partial/NAME.weights/build: the graphs being written from them
+BUILT_VARIANTS = ("fp32", "int8")  # what a pull that builds writes (export.build)
+# A pull builds only from weights up to this size: SmolVLM-256M's are 0.5 GB, 500M's 1 GB (bf16);
+# the 2.2B's 4.5 GB would make graphs too big for one ONNX file (export.build.MAX_GRAPH_BYTES),
+# so it gets the official files.
+MAX_BUILD_WEIGHTS_BYTES = 3_000_000_000
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_VARIANT = "int8"
 CHUNK_RETRIES = 3  # reconnects per file after the connection drops mid-body
@@ -159,6 +167,9 @@ class PullProgress:
     total: int
     files_done: int
     files_total: int
+    # "download", or "build": the graphs being written from the downloaded weights, where
+    # done/total count steps (graphs written, then quantised) and `file` says which.
+    stage: str = "download"
 
 
 ProgressCallback = Callable[[PullProgress], None]
@@ -324,13 +335,20 @@ def _remote_file(entry: CatalogEntry, sibling: Any) -> RemoteFile:
 
 
 def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback | None = None,
-         cancel: threading.Event | None = None, *, revision: str | None = None) -> Path:
-    """Download a catalog model into `paths.models_dir()/NAME` and return that folder.
+         cancel: threading.Event | None = None, *, revision: str | None = None, official: bool = False) -> Path:
+    """Get a catalog model into `paths.models_dir()/NAME` and return that folder.
+
+    When the release has its weights (model.safetensors, up to MAX_BUILD_WEIGHTS_BYTES) and
+    `variant` is one the app builds (BUILT_VARIANTS), those are downloaded and this app's graphs
+    are built from them here (`_build_and_install`): faster than the official ONNX files, and no
+    torch needed. Otherwise, or with official=True, the official ONNX files of `variant` are
+    downloaded.
 
     Resumes what an earlier, interrupted pull left behind; checks every file against the size and
     checksum the Hub reports; installs nothing unless every file is good and the folder loads as a
     model. Raises HubError subclasses with a message for the user. Safe to run in a worker
-    thread: `progress` is called from that thread, and setting `cancel` stops within one chunk.
+    thread: `progress` is called from that thread, and setting `cancel` stops within one chunk
+    (or one graph, while building).
     """
     entry = catalog_entry(name)
     if not entry.onnx:
@@ -339,16 +357,20 @@ def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback |
         raise HubError(f"{entry.name} has no {variant} release; available: {', '.join(entry.variants)}")
     entry.graph_files(variant)  # rejects an unknown variant name before any network access
     wanted_revision = revision or entry.revision or "main"
+    dest = paths.models_dir() / entry.name
     with _hub_online():
         info, endpoint = _model_info(entry, wanted_revision)
-        files = _plan(entry, variant, info)
-        dest = paths.models_dir() / entry.name
-        if _already_installed(dest, info.sha, variant, files):
+        weights = _weights_plan(entry, info) if _has_weights(info) else []
+        build = not official and variant in BUILT_VARIANTS and _small_enough_to_build(weights)
+        files = weights if build else _plan(entry, variant, info)
+        if _already_built(dest, info.sha, variant) if build else _already_installed(dest, info.sha, variant, files):
             _report_complete(progress, files)
             return dest
-        staging = _staging_dir(entry.name, entry.repo, info.sha)
+        staging = _staging_dir(entry.name + (WEIGHTS_SUFFIX if build else ""), entry.repo, info.sha)
         recorded = _fetch_all(entry.repo, info.sha, files, staging, endpoint, progress, cancel)
     manifest = _hub_manifest(entry, wanted_revision, info.sha, variant, recorded, endpoint)
+    if build:
+        return _build_and_install(staging, dest, manifest, progress, cancel)
     return _install_download(staging, dest, manifest, variant)
 
 
@@ -408,6 +430,74 @@ def _weights_plan(entry: CatalogEntry, info: Any) -> list[RemoteFile]:
                        "no PyTorch weights to build from")
     wanted = [*entry.common_files, *(f for f in entry.optional_files if f in by_name), *weights]
     return [_remote_file(entry, by_name[name]) for name in wanted]
+
+
+def _has_weights(info: Any) -> bool:
+    """Whether the repo publishes the weights a build starts from (one file, or shards)."""
+    names = {s.rfilename for s in info.siblings or []}
+    return "model.safetensors" in names or any(_SHARD.fullmatch(n) for n in names)
+
+
+def _small_enough_to_build(weights: list[RemoteFile]) -> bool:
+    """Weights to build from, within MAX_BUILD_WEIGHTS_BYTES."""
+    size = sum(f.size for f in weights if f.path.endswith(".safetensors"))
+    return bool(weights) and size <= MAX_BUILD_WEIGHTS_BYTES
+
+
+def _already_built(dest: Path, commit: str, variant: str) -> bool:
+    """True when graphs built from this commit's weights are installed and every file still
+    has the size its manifest records."""
+    manifest = read_manifest(dest)
+    if not manifest or manifest.get("source") != "built" or manifest.get("revision") != commit:
+        return False
+    if variant not in manifest.get("variants", []):
+        return False
+    return all((dest / rel).is_file() and (dest / rel).stat().st_size == f.get("size")
+               for rel, f in manifest["files"].items())
+
+
+def build_from_weights(weights: Path, out: Path, progress: ProgressCallback | None = None,
+                       cancel: threading.Event | None = None) -> dict[str, dict[str, Any]]:
+    """Write this app's graphs (fp32 and int8) into `out` from the checkpoint folder `weights`
+    (model.safetensors read with numpy: no torch), check the result loads as a model, and
+    return every file's size and sha256 for a manifest.
+
+    `out` is emptied first: a build that was stopped starts again (a few seconds to a minute;
+    the download it needs is what resumes). ExportError and cancel become HubError."""
+    from .export import ExportError
+    from .export.build import build_from_safetensors
+
+    shutil.rmtree(out, ignore_errors=True)
+
+    def step(what: str, done: int, total: int) -> None:
+        _check_cancel(cancel, "the build")
+        if progress is not None:
+            progress(PullProgress(what, done, total, done, total, done, total, stage="build"))
+
+    try:
+        build_from_safetensors(weights, out, quantize=("int8",), on_step=step)
+    except ExportError as exc:
+        raise HubError(f"cannot build the graphs from {weights.name}: {exc}") from exc
+    _validate_folder(out, DEFAULT_VARIANT, cleanup=out)
+    return {p.relative_to(out).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _build_and_install(weights: Path, dest: Path, manifest: dict[str, Any], progress: ProgressCallback | None,
+                       cancel: threading.Event | None) -> Path:
+    """Build the graphs from the downloaded weights and install them as `dest`; the weights
+    (models/.partial/NAME.weights) go once the model is installed and stay for a retry if the
+    build fails or is cancelled."""
+    out = weights / BUILD_DIR_NAME
+    files = build_from_weights(weights, out, progress, cancel)
+    manifest = {**manifest, "source": "built", "variants": sorted(BUILT_VARIANTS), "files": files,
+                "weights": manifest["files"],
+                "origin": f"built on this machine from the weights of {manifest['repo']}@{manifest['revision']}"}
+    write_manifest(out, manifest)
+    _move_into_place(out, dest)
+    shutil.rmtree(weights, ignore_errors=True)
+    _remove_if_empty(weights.parent)
+    return dest
 
 
 def install_built(folder: Path, name: str, repo: str, commit: str) -> Path:
@@ -745,15 +835,21 @@ def _installed_folder(name: str) -> Path:
 
 
 def import_folder(src: str | Path, name: str | None = None, copy: bool = True,
-                  progress: ProgressCallback | None = None) -> Path:
+                  progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> Path:
     """Check a model folder with the engine's reader and install it under `name` with a manifest.
 
     copy=True copies the configs, tokenizer and `onnx/` (not PyTorch weights or other clutter)
     and leaves the folder alone. copy=False moves the whole folder with one rename: instant, but
     only possible on the same disk.
+
+    A transformers checkpoint folder (config.json and model.safetensors, no onnx/: a fine-tune,
+    say) is built instead: this app's graphs are written from its weights (no torch) and
+    installed, and the folder is left alone.
     """
     src = Path(src).expanduser().resolve()
     clean_stale_partials()
+    if is_checkpoint_folder(src):
+        return _import_checkpoint(src, name, progress, cancel)
     _validate_folder(src, None, cleanup=None)
     _smoke_test(src)
     name = _check_name(name or src.name)
@@ -852,6 +948,29 @@ def _unlink_quietly(path: Path) -> None:
         path.unlink()
     except OSError:
         pass  # already gone, or (Windows) still open elsewhere
+
+
+def is_checkpoint_folder(folder: Path) -> bool:
+    """A transformers checkpoint (weights to build from) rather than an ONNX model folder."""
+    weights = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
+    return weights and (folder / "config.json").is_file() and not (folder / "onnx").is_dir()
+
+
+def _import_checkpoint(src: Path, name: str | None, progress: ProgressCallback | None,
+                       cancel: threading.Event | None) -> Path:
+    name = _check_name(name or src.name)
+    dest = paths.models_dir() / name
+    if dest.exists():
+        raise HubError(f"a model named {name!r} is already installed; remove it first or choose "
+                       "another name with --name")
+    with _import_staging(name) as staging:  # locked: another process's clean-up leaves it alone
+        files = build_from_weights(src, staging, progress, cancel)
+        write_manifest(staging, {
+            "schema": MANIFEST_SCHEMA, "name": name, "source": "built", "origin": str(src),
+            "revision": None, "variants": sorted(BUILT_VARIANTS), "installed_at": _now(), "files": files,
+        })
+        _move_into_place(staging, dest)
+    return dest
 
 
 def _import_files(src: Path) -> list[str]:
@@ -961,8 +1080,9 @@ def list_models() -> list[ModelStatus]:
         if folder is not None:
             rows.append(_installed_status(folder, default, entry))
             continue
-        partial = paths.models_dir() / PARTIAL_DIR_NAME / entry.name
-        state = "no-onnx" if not entry.onnx else "partial" if partial.is_dir() else "available"
+        partials = paths.models_dir() / PARTIAL_DIR_NAME
+        started = (partials / entry.name).is_dir() or (partials / (entry.name + WEIGHTS_SUFFIX)).is_dir()
+        state = "no-onnx" if not entry.onnx else "partial" if started else "available"
         rows.append(ModelStatus(entry.name, state, None, entry.summary, entry.repo, entry.revision,
                                 entry.variants or ()))
     rows += [_installed_status(folder, default, None) for folder in installed.values()]

@@ -271,7 +271,7 @@ def test_build_downloads_the_weights_exports_them_here_and_installs_the_faster_m
     from smolvlm_desktop.engine.generate import InPlaceDecoderState
     from smolvlm_desktop.engine.model import VisionLanguageModel
     from smolvlm_desktop.engine.types import GenerationSettings, Message
-    from smolvlm_desktop.tiny_model import build_tiny_checkpoint
+    from smolvlm_desktop.export.tiny import build_tiny_checkpoint
 
     entry = next(e for e in hub.load_catalog() if e.name == MODEL)
     repo = FakeRepo.from_folder(entry.repo, catalog_revision(MODEL), build_tiny_checkpoint(tmp_path / "ckpt"))

@@ -66,15 +66,21 @@ def download(fetch: Callable[[Callable[[PullProgress], None]], T]) -> T | None:
 
 def pull(args: argparse.Namespace) -> int:
     folder = download(lambda progress: hub.pull(args.name, variant=args.variant, progress=progress,
-                                                revision=args.revision))
+                                                revision=args.revision, official=args.official))
     if folder is None:
         return EXIT_INTERRUPTED
-    print(f"installed {args.name} ({args.variant}) in {folder}")
+    manifest = hub.read_manifest(folder) or {}
+    how = ", built here from its weights" if manifest.get("source") == "built" else ""
+    print(f"installed {args.name} ({args.variant}{how}) in {folder}")
     return EXIT_OK
 
 
 def import_(args: argparse.Namespace) -> int:
-    folder = hub.import_folder(args.src, name=args.name, copy=not args.move)
+    bar = ProgressBar(sys.stderr)
+    try:
+        folder = hub.import_folder(args.src, name=args.name, copy=not args.move, progress=bar.update)
+    finally:
+        bar.close()
     print(f"imported {args.src} as {folder.name} ({folder})")
     return EXIT_OK
 
@@ -159,12 +165,19 @@ class ProgressBar:
         self.files_reported = 0
 
     def update(self, p: PullProgress) -> None:
-        if self.tty:
+        if p.stage == "build":
+            self._build_step(p)
+        elif self.tty:
             self._draw(p)
         elif p.files_done > self.files_reported:
             self.files_reported = p.files_done
             print(f"  [{p.files_done}/{p.files_total}] {p.file} ({human_size(p.file_total)})",
                   file=self.stream, flush=True)
+
+    def _build_step(self, p: PullProgress) -> None:
+        """Building the graphs: steps, not bytes."""
+        self.close()  # the download's bar, if one is drawn
+        print(f"  building [{p.done}/{p.total}] {p.file}", file=self.stream, flush=True)
 
     def _draw(self, p: PullProgress) -> None:
         done, total = p.done, max(p.total, 1)
