@@ -911,6 +911,7 @@ def _import_staging(name: str) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         _unlink_quietly(lock)  # before the lock goes, so nobody sees it free and stale
         os.close(fd)
+        _remove_if_empty(partial)
 
 
 def clean_stale_partials() -> list[Path]:
