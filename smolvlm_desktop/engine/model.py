@@ -26,6 +26,7 @@ from .files import ModelFiles, load_model_files
 from .generate import (Answer, BatchDecoder, CacheLayout, DecoderState, InPlaceDecoderState,
                        decodes_batch_invariantly, updates_cache_in_place,
                        new_run_options)
+from .conversation import DEFAULT_MAX_BYTES as DEFAULT_CONVERSATION_BYTES, Conversation
 from .features import FeatureCache, ImageFeatures, image_digest
 from .processor import ProcessedImages, preprocess
 from .prompt import PromptBuilder
@@ -148,13 +149,23 @@ class VisionLanguageModel:
     def stream(self, messages: Sequence[Message], settings: GenerationSettings | None = None,
                cancel: CancelToken | None = None) -> Generation:
         settings = settings or GenerationSettings()
+        self._check_usable(messages)
+        generation = Generation(iter(()))
+        generation._events = self._run(
+            generation, lambda run_options, started: self._start(list(messages), settings, run_options, started),
+            cancel)
+        return generation
+
+    def conversation(self, max_bytes: int = DEFAULT_CONVERSATION_BYTES) -> Conversation:
+        """A chat that keeps its decoder cache between answers: a follow-up, a Regenerate or
+        an Edit reads only what changed (conversation.py). Same answers as `stream`."""
+        return Conversation(self, max_bytes)
+
+    def _check_usable(self, messages: Sequence[Message]) -> None:
         if not self.graphs:
             raise EngineError("the model was unloaded; load it again")
         if not messages:
             raise EngineError("nothing to answer: no messages")
-        generation = Generation(iter(()))
-        generation._events = self._run(generation, list(messages), settings, cancel)
-        return generation
 
     def generate(self, messages: Sequence[Message], settings: GenerationSettings | None = None,
                  cancel: CancelToken | None = None) -> GenerationResult:
@@ -312,13 +323,14 @@ class VisionLanguageModel:
         answer = Answer(settings, stop_ids, list(prompt_ids), self.prompt.streamer(), timings, started)
         return answer, state, logits
 
-    def _run(self, generation: Generation, messages: list[Message], settings: GenerationSettings,
+    def _run(self, generation: Generation, start: Callable[[ort.RunOptions, float], tuple[Answer, DecoderState, np.ndarray]],
              cancel: CancelToken | None) -> Iterator[TokenEvent]:
+        """The one-conversation loop; `start(run_options, started)` prefills (see _start)."""
         started = time.perf_counter()
         run_options = new_run_options(cancel)
         answer: Answer | None = None
         try:
-            answer, state, logits = self._start(messages, settings, run_options, started)
+            answer, state, logits = start(run_options, started)
             while (event := answer.step(logits)) is not None:
                 yield event
                 if cancel is not None and cancel.cancelled:
@@ -450,9 +462,9 @@ class VisionLanguageModel:
         step = VISION_TILES_PER_CALL
         parts = []
         for i in range(0, pixel_values.shape[1], step):
-            self.vision_runs += 1
             parts.append(_run(graph, {"pixel_values": pixel_values[:, i:i + step],
                                       "pixel_attention_mask": mask[:, i:i + step]}, run_options)[0])
+            self.vision_runs += 1
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def _embed(self, ids: np.ndarray, run_options: ort.RunOptions) -> np.ndarray:
