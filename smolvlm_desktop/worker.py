@@ -77,6 +77,15 @@ class ChatJob(Job):
 
 
 @dataclass
+class ReadAheadJob(Job):
+    """Read the images of a chat about to be asked (their tiles, and the prompt up to them)
+    while the person types: background work that any other job stops (see submit)."""
+
+    turns: list[ChatTurn] = field(default_factory=list)  # as they will be asked, question empty
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+
+
+@dataclass
 class BatchJob(Job):
     """A folder or a selection, through the colleague's BatchRunner (no Qt in it)."""
 
@@ -125,7 +134,10 @@ class LibraryJob(Job):
     call: Callable[[Any], Any] | None = None
 
 
-AnyJob = Union[ChatJob, BatchJob, LoadJob, LibraryJob]
+AnyJob = Union[ChatJob, ReadAheadJob, BatchJob, LoadJob, LibraryJob]
+# Chats whose decoder cache the worker keeps (one per set of images); each is bounded by
+# Conversation.max_bytes, and the idle unload drops them all with the model.
+KEPT_CONVERSATIONS = 3
 
 
 class EngineWorker(QObject):
@@ -137,6 +149,7 @@ class EngineWorker(QObject):
     job_started = Signal(int)
     token = Signal(int, str)  # job id, new text
     chat_finished = Signal(int, object)  # job id, GenerationResult
+    reading = Signal(int, int, int)  # job id, image tiles read, tiles to read (chat or read-ahead)
     image_started = Signal(int, int, int, str)  # job id, index, total, path
     image_done = Signal(int, object)  # job id, batch.ImageDone
     image_skipped = Signal(int, str, str)  # job id, path, reason
@@ -167,6 +180,8 @@ class EngineWorker(QObject):
         self._active: dict[int, AnyJob] = {}  # submitted and not finished: cancel_all sees them
         self._closing = False
         self._image_cache: dict[str, Any] = {}  # path -> PIL image of the current chat
+        # image paths of a chat -> its engine Conversation (kept decoder cache), oldest first
+        self._conversations: dict[tuple[str, ...], Any] = {}
         self._batch_showing: Any = None  # the batch image whose tokens the window streams
         self._idle_ms = idle_unload_ms
         self._idle_timer = QTimer(self)  # a child: moves to the worker thread with us
@@ -191,7 +206,14 @@ class EngineWorker(QObject):
             self._idle_changed.emit(ms)
 
     def submit(self, job: AnyJob) -> AnyJob:
+        """Queue a job. Anything but a read-ahead stops the read-aheads under way or queued:
+        they yield to what the person starts (within the tile being read; the tiles read so
+        far are kept, so a question on those images goes on from there)."""
         with self._lock:
+            if not isinstance(job, ReadAheadJob):
+                for other in self._active.values():
+                    if isinstance(other, ReadAheadJob):
+                        other.cancel.cancel()
             self._active[job.job_id] = job
         if self.synchronous:
             self._run(job)
@@ -212,7 +234,7 @@ class EngineWorker(QObject):
     @property
     def busy(self) -> bool:
         with self._lock:
-            return any(not isinstance(j, (LoadJob, LibraryJob)) for j in self._active.values())
+            return any(not isinstance(j, (LoadJob, LibraryJob, ReadAheadJob)) for j in self._active.values())
 
     # --- runs in the worker thread ----------------------------------------------------------
 
@@ -227,6 +249,8 @@ class EngineWorker(QObject):
                 self._ensure_model(job.spec)
             elif isinstance(job, ChatJob):
                 self._run_chat(job)
+            elif isinstance(job, ReadAheadJob):
+                self._run_read_ahead(job)
             elif isinstance(job, BatchJob):
                 self._run_batch(job)
             elif isinstance(job, LibraryJob):
@@ -310,13 +334,16 @@ class EngineWorker(QObject):
             self._model.close()
             self._model, self._spec = None, None
             self._image_cache.clear()
+            self._conversations.clear()
 
     def _run_chat(self, job: ChatJob) -> None:
         model = self._ensure_model()
         messages = self._messages(job)
         if messages is None:
             return
-        generation = model.stream(messages, job.settings, cancel=job.cancel)
+        generation = self._conversation(model, job.turns).stream(
+            messages, job.settings, cancel=job.cancel,
+            on_progress=lambda read, total: self.reading.emit(job.job_id, read, total))
         for event in generation:
             if event.text:
                 self.token.emit(job.job_id, event.text)
@@ -328,13 +355,42 @@ class EngineWorker(QObject):
         if job.record and result.text.strip():
             self._record_chat(job, result.text, model.info.name)
 
+    def _run_read_ahead(self, job: ReadAheadJob) -> None:
+        """Read a chat's images ahead, with the model already loaded (a background job loads
+        nothing); a bad image is left for the question to report."""
+        model = self._model
+        if model is None or self._spec != self._wanted:
+            return
+        messages = self._messages(job, quiet=True)
+        if messages is None:
+            return
+        self._conversation(model, job.turns).read_ahead(
+            messages, job.settings, cancel=job.cancel,
+            on_progress=lambda read, total: self.reading.emit(job.job_id, read, total))
+
+    def _conversation(self, model: Any, turns: list[ChatTurn]) -> Any:
+        """The kept Conversation of the chat about these images (made, and the oldest
+        forgotten, as needed)."""
+        key = tuple(dict.fromkeys(p for t in turns for p in t.image_paths))
+        chat = self._conversations.pop(key, None) or model.conversation()
+        self._conversations[key] = chat  # now the most recent
+        while len(self._conversations) > KEPT_CONVERSATIONS:
+            del self._conversations[next(iter(self._conversations))]
+        return chat
+
+    @staticmethod
+    def _tiles(model: Any, sizes: list[tuple[int, int]], detail: int | None) -> int:
+        try:
+            return sum(tile_count(size, model.files.image_processor, detail) for size in sizes)
+        except Exception:  # noqa: BLE001 - an estimate is never worth an error
+            return 0
+
     def _measure(self, model: Any, sizes: list[tuple[int, int]], detail: int | None,
                  timings: Any, stop_reason: str = "") -> None:
         if not sizes or stop_reason == "cancelled" or timings.new_tokens < 1 or timings.image_ms <= 0:
             return
-        try:
-            tiles = sum(tile_count(size, model.files.image_processor, detail) for size in sizes)
-        except Exception:  # noqa: BLE001 - an estimate is never worth an error
+        tiles = self._tiles(model, sizes, detail)
+        if not tiles or timings.tiles_read != tiles:  # features kept from before: no estimate
             return
         self.measured.emit(Measurement(tiles, timings.image_ms, timings.prefill_ms,
                                        timings.decode_ms, timings.new_tokens))
@@ -360,8 +416,9 @@ class EngineWorker(QObject):
         if chat_id is not None:
             self.chat_recorded.emit(job.job_id, chat_id)
 
-    def _messages(self, job: ChatJob) -> list[Message] | None:
-        """Decode each image once (kept for later turns); None after reporting a bad image."""
+    def _messages(self, job: ChatJob | ReadAheadJob, quiet: bool = False) -> list[Message] | None:
+        """Decode each image once (kept for later turns); None after reporting a bad image
+        (`quiet`: without reporting it)."""
         from .engine.images import load_image
 
         wanted = {p for t in job.turns for p in t.image_paths}
@@ -375,7 +432,8 @@ class EngineWorker(QObject):
                     try:
                         self._image_cache[path] = load_image(path).image
                     except EngineError as exc:
-                        self.error.emit(job.job_id, path, str(exc))
+                        if not quiet:
+                            self.error.emit(job.job_id, path, str(exc))
                         return None
                 images.append(self._image_cache[path])
             messages.append(Message(turn.role, turn.text, images=tuple(images)))  # type: ignore[arg-type]

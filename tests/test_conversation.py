@@ -58,6 +58,7 @@ def test_a_second_question_on_the_same_pixels_reads_no_tiles_and_answers_the_sam
     assert runs == 13
     assert model.vision_runs == runs  # the second read no tiles
     assert [r.token_ids for r in got] == want
+    assert [r.timings.tiles_read for r in got] == [13, 0]
     assert fresh.vision_runs >= 26  # the reference read them both times
 
 

@@ -424,9 +424,12 @@ class VisionLanguageModel:
         (reading the tiles of only the images that have tokens there)."""
         spans = image_spans(ids, reads, self.files.image_token_id, self.files.image_seq_len)
         needed = [r for r, span in zip(reads, spans) if span.size and span[-1] >= start]
-        t0 = time.perf_counter()
-        self._read_images(needed, run_options, on_progress)
-        timings.image_ms += (time.perf_counter() - t0) * 1000
+        t0, runs = time.perf_counter(), self.vision_runs
+        try:
+            self._read_images(needed, run_options, on_progress)
+        finally:
+            timings.image_ms += (time.perf_counter() - t0) * 1000
+            timings.tiles_read += self.vision_runs - runs
         t0 = time.perf_counter()
         embeds = self._embed(ids[None, start:], run_options)
         if needed:

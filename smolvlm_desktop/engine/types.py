@@ -80,6 +80,7 @@ class Timings:
     new_tokens: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0  # of prompt_tokens, already in a kept conversation's cache: not read again
+    tiles_read: int = 0  # image tiles through the vision graph (0: all kept from before)
 
     @property
     def tokens_per_second(self) -> float:
@@ -94,6 +95,7 @@ class Timings:
             "new_tokens": self.new_tokens,
             "prompt_tokens": self.prompt_tokens,
             "cached_tokens": self.cached_tokens,
+            "tiles_read": self.tiles_read,
         }
 
 
