@@ -180,6 +180,7 @@ class EngineWorker(QObject):
         self._active: dict[int, AnyJob] = {}  # submitted and not finished: cancel_all sees them
         self._closing = False
         self._image_cache: dict[str, Any] = {}  # path -> PIL image of the current chat
+        self._image_stamps: dict[str, Any] = {}  # path -> file (mtime, size) when it was decoded
         # image paths of a chat -> its engine Conversation (kept decoder cache), oldest first
         self._conversations: dict[tuple[str, ...], Any] = {}
         self._batch_showing: Any = None  # the batch image whose tokens the window streams
@@ -334,6 +335,7 @@ class EngineWorker(QObject):
             self._model.close()
             self._model, self._spec = None, None
             self._image_cache.clear()
+            self._image_stamps.clear()
             self._conversations.clear()
 
     def _run_chat(self, job: ChatJob) -> None:
@@ -428,9 +430,11 @@ class EngineWorker(QObject):
         for turn in job.turns:
             images = []
             for path in turn.image_paths:
-                if path not in self._image_cache:
-                    try:
+                stamp = _file_stamp(path)
+                if path not in self._image_cache or stamp is None or stamp != self._image_stamps.get(path):
+                    try:  # decoded again when the file changed (or went) since it was read ahead
                         self._image_cache[path] = load_image(path).image
+                        self._image_stamps[path] = stamp
                     except EngineError as exc:
                         if not quiet:
                             self.error.emit(job.job_id, path, str(exc))
@@ -525,6 +529,15 @@ class EngineWorker(QObject):
             self.library.close()
             self.library = None
             self._library_state = "off"
+
+
+def _file_stamp(path: str) -> tuple[int, int] | None:
+    """(mtime, size) of a file, None if it cannot be read."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 class WorkerThread(QThread):

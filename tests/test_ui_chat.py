@@ -130,3 +130,49 @@ def test_switching_images_while_streaming_keeps_the_answer_with_its_images(qtbot
     assert [t.role for t in window.chat.histories[(red,)]] == ["user", "assistant"]
     assert (blue,) not in window.chat.histories
     assert "About red" not in window.chat_panel.transcript.toPlainText()
+
+
+class GateAt(Gate):
+    """A Gate that holds the worker thread only at the reading report (read, total) given."""
+
+    def __init__(self, read: int) -> None:
+        super().__init__()
+        self.read = read
+
+    def __call__(self, job_id: int, read: int, total: int) -> None:  # type: ignore[override]
+        if read == self.read and not self.reached.is_set():
+            super().__call__()
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_new_images_are_read_ahead_with_progress_then_a_follow_up_reads_only_itself(
+        qtbot, tmp_path: Path, theme: str) -> None:
+    window = open_window(qtbot, settings=settings(6))
+    window.actions[f"theme_{theme}"].trigger()
+    gate = GateAt(5)
+    window.worker.reading.connect(gate)  # holds the worker thread after 5 of 13 parts
+    add_images(qtbot, window, [make_image(tmp_path / "red.png")])
+    window.gallery.select_paths([str(tmp_path / "red.png")])
+    try:
+        qtbot.waitUntil(gate.reached.is_set, timeout=TIMEOUT_MS)
+        label = window.chat_panel.reading_label
+        qtbot.waitUntil(lambda: label.text() == "Reading the image: 5 of 13 parts", timeout=TIMEOUT_MS)
+        assert not label.isHidden() and not window.chat.busy  # reading ahead: Send stays enabled
+        shoot(window, f"13-chat-reading-the-image-{theme}")
+    finally:
+        gate.open()
+    qtbot.waitUntil(lambda: window.chat.ahead is None, timeout=TIMEOUT_MS)
+    assert label.isHidden()
+    results = []
+    window.chat.answered.connect(results.append)
+    window.chat.ask("What is this?")
+    qtbot.waitUntil(lambda: len(results) == 1, timeout=TIMEOUT_MS)
+    assert results[0].timings.tiles_read == 0  # read while the question was typed
+    window.chat.ask("And the colour?")
+    qtbot.waitUntil(lambda: len(results) == 2, timeout=TIMEOUT_MS)
+    assert results[1].timings.tiles_read == 0
+    assert results[1].timings.cached_tokens >= results[0].timings.prompt_tokens
+    speed = window.status.speed_label.text()
+    assert "image" in speed and "prompt" in speed
+    assert "2 of" not in window.status.speed_label.toolTip() and "parts read" in window.status.speed_label.toolTip()
+    shoot(window, f"13-chat-after-a-follow-up-{theme}")

@@ -86,5 +86,18 @@ class StatusBar(QStatusBar):
 
     def set_timings(self, result: GenerationResult) -> None:
         t = result.timings
-        self.speed_label.setText(f"first token {t.first_token_ms:.0f} ms · "
+        rest = max(0.0, t.first_token_ms - t.image_ms - t.prefill_ms)
+        self.speed_label.setText(f"first token {t.first_token_ms:.0f} ms (image {t.image_ms:.0f} + "
+                                 f"prompt {t.prefill_ms:.0f} + {rest:.0f}) · "
                                  f"{t.tokens_per_second:.1f} tokens/s · {t.new_tokens} tokens")
+        self.speed_label.setToolTip(wait_split(result))
+
+
+def wait_split(result: GenerationResult) -> str:
+    """Where the wait for the first token went: reading the images, reading the prompt (what
+    of it a kept conversation did not already hold), then choosing the first token."""
+    t = result.timings
+    rest = max(0.0, t.first_token_ms - t.image_ms - t.prefill_ms)
+    image = f"image {t.image_ms:.0f} ms ({t.tiles_read} part{'s' if t.tiles_read != 1 else ''} read)"
+    prompt = f"prompt {t.prefill_ms:.0f} ms ({t.prompt_tokens - t.cached_tokens} of {t.prompt_tokens} tokens read)"
+    return f"first token {t.first_token_ms:.0f} ms = {image} + {prompt} + first token {rest:.0f} ms"
