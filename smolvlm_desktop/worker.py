@@ -25,6 +25,7 @@ there; if it cannot be opened (a newer schema, a broken file) the worker says so
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 from dataclasses import dataclass, field
@@ -183,6 +184,7 @@ class EngineWorker(QObject):
         self._image_stamps: dict[str, Any] = {}  # path -> file (mtime, size) when it was decoded
         # image paths of a chat -> its engine Conversation (kept decoder cache), oldest first
         self._conversations: dict[tuple[str, ...], Any] = {}
+        self._read_ahead: dict[tuple[str, ...], Any] = {}  # chat images -> Timings of a whole read-ahead
         self._batch_showing: Any = None  # the batch image whose tokens the window streams
         self._idle_ms = idle_unload_ms
         self._idle_timer = QTimer(self)  # a child: moves to the worker thread with us
@@ -337,6 +339,7 @@ class EngineWorker(QObject):
             self._image_cache.clear()
             self._image_stamps.clear()
             self._conversations.clear()
+            self._read_ahead.clear()
 
     def _run_chat(self, job: ChatJob) -> None:
         model = self._ensure_model()
@@ -353,7 +356,8 @@ class EngineWorker(QObject):
         self.chat_finished.emit(job.job_id, result)
         sizes = [self._image_cache[p].size for t in job.turns for p in t.image_paths
                  if p in self._image_cache]
-        self._measure(model, sizes, job.settings.detail, result.timings, result.stop_reason)
+        self._measure(model, sizes, job.settings.detail, self._with_read_ahead(job.turns, result.timings),
+                      result.stop_reason)
         if job.record and result.text.strip():
             self._record_chat(job, result.text, model.info.name)
 
@@ -366,14 +370,26 @@ class EngineWorker(QObject):
         messages = self._messages(job, quiet=True)
         if messages is None:
             return
-        self._conversation(model, job.turns).read_ahead(
+        timings = self._conversation(model, job.turns).read_ahead(
             messages, job.settings, cancel=job.cancel,
             on_progress=lambda read, total: self.reading.emit(job.job_id, read, total))
+        if timings is not None and timings.tiles_read:
+            self._read_ahead[_images_of(job.turns)] = timings
+
+    def _with_read_ahead(self, turns: list[ChatTurn], timings: Any) -> Any:
+        """An answer's timings with the read-ahead's reading of its images added back (once),
+        so that the time estimates still learn from a question that was read ahead."""
+        ahead = self._read_ahead.pop(_images_of(turns), None)
+        if ahead is None or timings.tiles_read:
+            return timings
+        return dataclasses.replace(timings, image_ms=timings.image_ms + ahead.image_ms,
+                                   prefill_ms=timings.prefill_ms + ahead.prefill_ms,
+                                   tiles_read=ahead.tiles_read)
 
     def _conversation(self, model: Any, turns: list[ChatTurn]) -> Any:
         """The kept Conversation of the chat about these images (made, and the oldest
         forgotten, as needed)."""
-        key = tuple(dict.fromkeys(p for t in turns for p in t.image_paths))
+        key = _images_of(turns)
         chat = self._conversations.pop(key, None) or model.conversation()
         self._conversations[key] = chat  # now the most recent
         while len(self._conversations) > KEPT_CONVERSATIONS:
@@ -529,6 +545,11 @@ class EngineWorker(QObject):
             self.library.close()
             self.library = None
             self._library_state = "off"
+
+
+def _images_of(turns: list[ChatTurn]) -> tuple[str, ...]:
+    """The image paths of a chat, in order, each once: the key of its kept conversation."""
+    return tuple(dict.fromkeys(p for t in turns for p in t.image_paths))
 
 
 def _file_stamp(path: str) -> tuple[int, int] | None:

@@ -217,7 +217,8 @@ def test_a_question_after_reading_ahead_reads_only_its_own_tokens(
         chat_model: VisionLanguageModel, fresh: VisionLanguageModel) -> None:
     chat = chat_model.conversation()
     reports: list[tuple[int, int]] = []
-    assert chat.read_ahead([user("", photo())], GREEDY, on_progress=lambda *r: reports.append(r))
+    read = chat.read_ahead([user("", photo())], GREEDY, on_progress=lambda *r: reports.append(r))
+    assert read is not None and read.tiles_read == 13
     assert reports[0] == (0, 13) and reports[-1] == (13, 13)
     runs, held = chat_model.vision_runs, chat.tokens
     asked = answer_as_fresh(fresh, chat, [user("Describe this image.", photo())])
@@ -236,7 +237,7 @@ def test_a_cancelled_read_ahead_is_continued_by_the_question_never_read_twice(
         if read == 5:
             cancel.cancel()
 
-    assert not chat.read_ahead([user("", photo())], GREEDY, cancel, on_progress=stop_after_five)
+    assert chat.read_ahead([user("", photo())], GREEDY, cancel, on_progress=stop_after_five) is None
     assert chat_model.vision_runs == 5
     reports: list[tuple[int, int]] = []
     asked = [user("Describe this image.", photo())]

@@ -132,16 +132,22 @@ def test_switching_images_while_streaming_keeps_the_answer_with_its_images(qtbot
     assert "About red" not in window.chat_panel.transcript.toPlainText()
 
 
-class GateAt(Gate):
-    """A Gate that holds the worker thread only at the reading report (read, total) given."""
+class HoldReadingAt(Gate):
+    """Holds the worker thread at the reading report (read, total) given, for as long as the
+    job reporting is not cancelled (choosing the image cancels the read-ahead of the drop's
+    own selection, which must then go on and end)."""
 
-    def __init__(self, read: int) -> None:
+    def __init__(self, worker, read: int) -> None:
         super().__init__()
-        self.read = read
+        self.worker, self.read = worker, read
 
     def __call__(self, job_id: int, read: int, total: int) -> None:  # type: ignore[override]
-        if read == self.read and not self.reached.is_set():
-            super().__call__()
+        job = self.worker._active.get(job_id)
+        if read != self.read or job is None or self.opened.is_set():
+            return
+        self.reached.set()
+        while not self.opened.wait(0.01) and not job.cancel.cancelled:
+            pass
 
 
 @pytest.mark.parametrize("theme", ["light", "dark"])
@@ -149,15 +155,15 @@ def test_new_images_are_read_ahead_with_progress_then_a_follow_up_reads_only_its
         qtbot, tmp_path: Path, theme: str) -> None:
     window = open_window(qtbot, settings=settings(6))
     window.actions[f"theme_{theme}"].trigger()
-    gate = GateAt(5)
+    gate = HoldReadingAt(window.worker, 5)
     window.worker.reading.connect(gate)  # holds the worker thread after 5 of 13 parts
     add_images(qtbot, window, [make_image(tmp_path / "red.png")])
     window.gallery.select_paths([str(tmp_path / "red.png")])
     try:
-        qtbot.waitUntil(gate.reached.is_set, timeout=TIMEOUT_MS)
         label = window.chat_panel.reading_label
-        qtbot.waitUntil(lambda: label.text() == "Reading the image: 5 of 13 parts", timeout=TIMEOUT_MS)
-        assert not label.isHidden() and not window.chat.busy  # reading ahead: Send stays enabled
+        qtbot.waitUntil(lambda: label.text() == "Reading the image: 5 of 13 parts" and not label.isHidden(),
+                        timeout=TIMEOUT_MS)
+        assert not window.chat.busy and window.chat_panel.send_btn.isEnabled()  # reading ahead
         shoot(window, f"13-chat-reading-the-image-{theme}")
     finally:
         gate.open()

@@ -117,13 +117,14 @@ class Conversation:
 
     def read_ahead(self, messages: Sequence[Message], settings: GenerationSettings | None = None,
                    cancel: CancelToken | None = None,
-                   on_progress: "ProgressCallback | None" = None) -> bool:
+                   on_progress: "ProgressCallback | None" = None) -> Timings | None:
         """Read the images of `messages` and prefill the conversation up to and including their
         last image token, so that the question asked next costs only its own tokens.
 
         `messages` is the conversation as it will be asked, the question's text left empty.
         Cancelling stops within the tile or decoder call under way; the tiles read so far are
-        kept (FeatureCache) and the question goes on from them. True when all was read."""
+        kept (FeatureCache) and the question goes on from them. Returns what the reading
+        took (image_ms, tiles_read, prefill_ms), or None when it was stopped first."""
         from .model import _Terminated, image_spans
 
         settings = settings or GenerationSettings()
@@ -135,20 +136,23 @@ class Conversation:
         try:
             ids, reads = model._prompt(messages, settings, timings)
             if not reads:
-                return True
+                return timings
             spans = image_spans(ids, reads, model.files.image_token_id, model.files.image_seq_len)
             end = int(spans[-1][-1]) + 1
             keys = prompt_keys(ids, reads, spans)[:end]
             start = self._rewind(keys, end)
             if start == end:
-                return True
+                return timings
             embeds = model._embeds(ids[:end], reads, start, run_options, timings, on_progress)
             self._pending = (keys, None)
             assert self._state is not None
+            t0 = time.perf_counter()
             self._state.forward(embeds, run_options)
+            timings.prefill_ms += (time.perf_counter() - t0) * 1000
         except _Terminated:
-            return False
-        return True
+            return None
+        timings.prompt_tokens, timings.cached_tokens = end, start
+        return timings
 
     # --- inside -----------------------------------------------------------------------
 
