@@ -355,3 +355,17 @@ def test_a_question_stops_a_read_ahead_within_the_tile_under_way_slow_fake_visio
     assert model.vision_runs == 13  # every tile read once: the 3 read ahead were not read again
     assert result.timings.tiles_read == 10
     assert rec.of("error") == []
+
+
+def test_the_idle_unload_drops_the_kept_conversations_and_features(qtbot, tmp_path: Path,
+                                                                    spec: ModelSpec) -> None:
+    worker = EngineWorker(synchronous=True, use_library=False)
+    worker.set_model(spec)
+    image = str(photo_file(tmp_path / "a.png"))
+    worker.submit(ChatJob(turns=[ChatTurn("user", "Hi", (image,))], settings=GenerationSettings(max_new_tokens=3)))
+    model = worker._model
+    chat, = worker._conversations.values()
+    assert chat.nbytes > 0 and model.features.nbytes > 0
+    worker._unload_when_idle()
+    assert worker._model is None and worker._conversations == {}
+    assert model.features.nbytes == 0

@@ -17,7 +17,7 @@ from PySide6.QtGui import QGuiApplication
 
 from ..engine.types import GenerationResult, GenerationSettings
 from ..presets import preset_prompt
-from ..worker import ChatJob, ChatTurn, EngineWorker, ReadAheadJob
+from ..worker import READY, ChatJob, ChatTurn, EngineWorker, ReadAheadJob
 from .chat_panel import ChatPanel
 
 Key = tuple[str, ...]
@@ -61,6 +61,7 @@ class ChatController(QObject):
         w.error.connect(self._on_error)
         w.job_finished.connect(self._on_job_finished)
         w.reading.connect(self._on_reading)
+        w.model_state.connect(self._on_model_state)
 
     # --- user actions ----------------------------------------------------------------------
 
@@ -182,6 +183,12 @@ class ChatController(QObject):
         self.errors[self.job_key] = where + reason
         self._undo_question(self.histories.setdefault(self.job_key, []))
         self.status.emit("The answer failed; see the conversation")
+
+    @Slot(str, object, str, object)
+    def _on_model_state(self, state: str, *_: object) -> None:
+        """A model just loaded: read the images already chosen (a read-ahead loads nothing)."""
+        if state == READY:
+            self._read_ahead()
 
     @Slot(int, int, int)
     def _on_reading(self, job_id: int, read: int, total: int) -> None:
