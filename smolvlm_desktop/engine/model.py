@@ -6,16 +6,18 @@
     print(gen.result.timings)
 
 The path of one answer: processor (tiles) -> prompt ids (refused if longer than the model
-reads) -> vision graph (one tile per call) -> embed graph -> image features spliced in at the
-<image> positions -> decoder with KV cache. `generate_many` answers several conversations,
-decoding them together where that changes no answer.
+reads) -> vision graph (one tile per call; features kept by image content, features.py) ->
+embed graph -> image features spliced in at the <image> positions -> decoder with KV cache.
+`conversation()` keeps that cache between the answers of one chat (conversation.py).
+`generate_many` answers several conversations, decoding them together where that changes no
+answer.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
