@@ -245,3 +245,30 @@ def test_a_cancelled_read_ahead_is_continued_by_the_question_never_read_twice(
     assert got.token_ids == fresh.generate(asked, GREEDY).token_ids
     assert chat_model.vision_runs == 13  # the other 8 tiles, once
     assert reports[0] == (5, 13) and reports[-1] == (13, 13)
+
+
+def test_the_kept_cache_gives_the_logits_of_a_fresh_prefill(chat_model: VisionLanguageModel) -> None:
+    """Stronger than equal tokens from a random-weight model: the first-token logits after a
+    follow-up, a Regenerate, another image and a read-ahead are those of reading the whole
+    prompt afresh (to float rounding)."""
+    import time
+
+    from smolvlm_desktop.engine.generate import new_run_options
+
+    def first_logits(start, messages: list[Message]) -> np.ndarray:
+        return start(messages, GREEDY, new_run_options(None), time.perf_counter())[2]
+
+    chat = chat_model.conversation()
+    first = [user("Describe this image.", photo())]
+    one = chat.generate(first, GREEDY)
+    follow = first + [Message("assistant", one.text), user("Why?")]
+    cases = [follow, follow, [user("Describe this image.", photo(1))]]
+    for messages in cases:
+        kept = first_logits(lambda *a: chat._start(*a, None), messages)
+        fresh = first_logits(chat_model._start, messages)
+        np.testing.assert_allclose(kept, fresh, rtol=1e-5, atol=1e-5)
+    ahead = chat_model.conversation()
+    ahead.read_ahead([user("", photo(2))], GREEDY)
+    asked = [user("What is it?", photo(2))]
+    np.testing.assert_allclose(first_logits(lambda *a: ahead._start(*a, None), asked),
+                               first_logits(chat_model._start, asked), rtol=1e-5, atol=1e-5)
