@@ -235,6 +235,12 @@ class EngineWorker(QObject):
                 job.pause.clear()  # a paused batch must wake up to see the cancel
 
     @property
+    def closing(self) -> bool:
+        """cancel_all was called: the window is closing; start nothing more."""
+        with self._lock:
+            return self._closing
+
+    @property
     def busy(self) -> bool:
         with self._lock:
             return any(not isinstance(j, (LoadJob, LibraryJob, ReadAheadJob)) for j in self._active.values())

@@ -182,3 +182,31 @@ def test_new_images_are_read_ahead_with_progress_then_a_follow_up_reads_only_its
     assert "image" in speed and "prompt" in speed
     assert "2 of" not in window.status.speed_label.toolTip() and "parts read" in window.status.speed_label.toolTip()
     shoot(window, f"13-chat-after-a-follow-up-{theme}")
+
+
+def test_a_read_ahead_yields_to_another_job_then_goes_on_from_where_it_stopped(
+        qtbot, tmp_path: Path) -> None:
+    from smolvlm_desktop.worker import LibraryJob
+
+    window = open_window(qtbot, settings=settings(6))
+    gate = HoldReadingAt(window.worker, 5)
+    window.worker.reading.connect(gate)
+    add_images(qtbot, window, [make_image(tmp_path / "red.png")])
+    window.gallery.select_paths([str(tmp_path / "red.png")])
+    try:
+        qtbot.waitUntil(lambda: window.chat_panel.reading_label.text() == "Reading the image: 5 of 13 parts"
+                        and not window.chat_panel.reading_label.isHidden(), timeout=TIMEOUT_MS)
+        first = window.chat.ahead
+        window.worker.submit(LibraryJob(call=lambda library: None))  # the person did something
+        assert first is not None and first.cancel.cancelled
+        qtbot.waitUntil(lambda: window.chat.ahead is not None and window.chat.ahead is not first,
+                        timeout=TIMEOUT_MS)  # started again once that job was queued ahead of it
+    finally:
+        gate.open()
+    qtbot.waitUntil(lambda: window.chat.ahead is None and not window.worker.busy, timeout=TIMEOUT_MS)
+    assert window.worker._model.vision_runs == 13  # no tile read twice
+    results = []
+    window.chat.answered.connect(results.append)
+    window.chat.ask("What is this?")
+    qtbot.waitUntil(lambda: len(results) == 1, timeout=TIMEOUT_MS)
+    assert results[0].timings.tiles_read == 0

@@ -201,8 +201,11 @@ class ChatController(QObject):
     @Slot(int)
     def _on_job_finished(self, job_id: int) -> None:
         if self.ahead is not None and self.ahead.job_id == job_id:
+            stopped = self.ahead.cancel.cancelled  # something the person started came first
             self.ahead = None
             self.panel.show_reading(0, 0)
+            if stopped and not self.worker.closing:
+                self._read_ahead()  # goes on from the tiles read, after that job (if still wanted)
         if self._mine(job_id):
             self.job = None
             self.panel.show_reading(0, 0)
