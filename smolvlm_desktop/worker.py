@@ -136,9 +136,10 @@ class LibraryJob(Job):
 
 
 AnyJob = Union[ChatJob, ReadAheadJob, BatchJob, LoadJob, LibraryJob]
-# Chats whose decoder cache the worker keeps (one per set of images); each is bounded by
-# Conversation.max_bytes, and the idle unload drops them all with the model.
+# Chats whose decoder cache the worker keeps (one per set of images): at most this many and
+# this much memory together (the oldest go first); the idle unload drops them all with the model.
 KEPT_CONVERSATIONS = 3
+KEPT_CONVERSATION_BYTES = 256 * 1024 * 1024
 
 
 class EngineWorker(QObject):
@@ -151,6 +152,7 @@ class EngineWorker(QObject):
     token = Signal(int, str)  # job id, new text
     chat_finished = Signal(int, object)  # job id, GenerationResult
     reading = Signal(int, int, int)  # job id, image tiles read, tiles to read (chat or read-ahead)
+    kept_memory = Signal(int, int)  # bytes kept for follow-ups: conversations' caches, image features
     image_started = Signal(int, int, int, str)  # job id, index, total, path
     image_done = Signal(int, object)  # job id, batch.ImageDone
     image_skipped = Signal(int, str, str)  # job id, path, reason
@@ -258,8 +260,10 @@ class EngineWorker(QObject):
                 self._ensure_model(job.spec)
             elif isinstance(job, ChatJob):
                 self._run_chat(job)
+                self._bound_kept_memory()
             elif isinstance(job, ReadAheadJob):
                 self._run_read_ahead(job)
+                self._bound_kept_memory()
             elif isinstance(job, BatchJob):
                 self._run_batch(job)
             elif isinstance(job, LibraryJob):
@@ -396,11 +400,20 @@ class EngineWorker(QObject):
         """The kept Conversation of the chat about these images (made, and the oldest
         forgotten, as needed)."""
         key = _images_of(turns)
-        chat = self._conversations.pop(key, None) or model.conversation()
+        chat = self._conversations.pop(key, None) or model.conversation(KEPT_CONVERSATION_BYTES)
         self._conversations[key] = chat  # now the most recent
-        while len(self._conversations) > KEPT_CONVERSATIONS:
-            del self._conversations[next(iter(self._conversations))]
         return chat
+
+    def _bound_kept_memory(self) -> None:
+        """Forget the oldest conversations beyond the bounds (the latest is always kept: it
+        bounds itself), then say what is kept."""
+        chats = self._conversations
+        while len(chats) > 1 and (len(chats) > KEPT_CONVERSATIONS
+                                  or sum(c.nbytes for c in chats.values()) > KEPT_CONVERSATION_BYTES):
+            del chats[next(iter(chats))]
+        model = self._model
+        self.kept_memory.emit(sum(c.nbytes for c in self._conversations.values()),
+                              model.features.nbytes if model is not None else 0)
 
     @staticmethod
     def _tiles(model: Any, sizes: list[tuple[int, int]], detail: int | None) -> int:
@@ -535,6 +548,7 @@ class EngineWorker(QObject):
         if self._model is not None:
             minutes = self._idle_ms / 60000
             self._drop_model()
+            self._bound_kept_memory()
             self.model_state.emit(UNLOADED, None,
                                   f"unloaded after {minutes:g} min idle to free memory; "
                                   "it loads again when needed", {})

@@ -180,7 +180,8 @@ def test_new_images_are_read_ahead_with_progress_then_a_follow_up_reads_only_its
     assert results[1].timings.cached_tokens >= results[0].timings.prompt_tokens
     speed = window.status.speed_label.text()
     assert "image" in speed and "prompt" in speed
-    assert "2 of" not in window.status.speed_label.toolTip() and "parts read" in window.status.speed_label.toolTip()
+    tip = window.status.speed_label.toolTip()
+    assert "0 parts read" in tip and "Kept for follow-ups:" in tip
     shoot(window, f"13-chat-after-a-follow-up-{theme}")
 
 

@@ -369,3 +369,24 @@ def test_the_idle_unload_drops_the_kept_conversations_and_features(qtbot, tmp_pa
     worker._unload_when_idle()
     assert worker._model is None and worker._conversations == {}
     assert model.features.nbytes == 0
+
+
+def test_kept_conversations_are_bounded_in_number_and_memory(qtbot, tmp_path: Path, spec: ModelSpec) -> None:
+    from smolvlm_desktop import worker as worker_mod
+
+    worker = EngineWorker(synchronous=True, use_library=False)
+    kept: list[tuple[int, int]] = []
+    worker.kept_memory.connect(lambda *m: kept.append(m))
+    worker.set_model(spec)
+    images = [str(make_image(tmp_path / f"{i}.png", (i * 50, 80, 40))) for i in range(4)]
+    for image in images:
+        worker.submit(ChatJob(turns=[ChatTurn("user", "Hi", (image,))], settings=GenerationSettings(max_new_tokens=3)))
+    assert list(worker._conversations) == [(p,) for p in images[1:]]  # three kept, the oldest gone
+    assert kept[-1][0] == sum(c.nbytes for c in worker._conversations.values()) > 0 and kept[-1][1] > 0
+    one = kept[0][0]
+    worker_mod.KEPT_CONVERSATION_BYTES, saved = one, worker_mod.KEPT_CONVERSATION_BYTES
+    try:
+        worker.submit(ChatJob(turns=[ChatTurn("user", "Hi", (images[0],))], settings=GenerationSettings(max_new_tokens=3)))
+    finally:
+        worker_mod.KEPT_CONVERSATION_BYTES = saved
+    assert list(worker._conversations) == [(images[0],)]  # room for one only

@@ -47,6 +47,8 @@ class StatusBar(QStatusBar):
         self.model_label.setAccessibleName("Model status")
         self.speed_label = QLabel("")
         self.speed_label.setAccessibleName("Speed of the last answer")
+        self._wait = ""  # where the last answer's wait went (its tooltip)
+        self._kept = ""  # what is kept in memory for follow-ups
         self.busy = QProgressBar()
         self.busy.setRange(0, 0)  # indeterminate: model loading has no measurable progress
         self.busy.setMaximumWidth(120)
@@ -90,7 +92,18 @@ class StatusBar(QStatusBar):
         self.speed_label.setText(f"first token {t.first_token_ms:.0f} ms (image {t.image_ms:.0f} + "
                                  f"prompt {t.prefill_ms:.0f} + {rest:.0f}) · "
                                  f"{t.tokens_per_second:.1f} tokens/s · {t.new_tokens} tokens")
-        self.speed_label.setToolTip(wait_split(result))
+        self._wait = wait_split(result)
+        self._show_tooltip()
+
+    def set_kept_memory(self, conversations: int, features: int) -> None:
+        """What is kept so that follow-ups start at once (dropped by the idle unload)."""
+        mb = 1024 * 1024
+        self._kept = (f"Kept for follow-ups: {conversations / mb:.0f} MB of conversation, "
+                      f"{features / mb:.0f} MB of image features") if conversations or features else ""
+        self._show_tooltip()
+
+    def _show_tooltip(self) -> None:
+        self.speed_label.setToolTip("\n".join(p for p in (self._wait, self._kept) if p))
 
 
 def wait_split(result: GenerationResult) -> str:
