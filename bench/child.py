@@ -420,7 +420,7 @@ def measure_conversation(runner: Runner, args: argparse.Namespace) -> tuple[dict
         model.features.clear()
         chat = model.conversation()
         first = chat.generate(ask, settings)
-        follow = ask + [Message("assistant", first.text), Message("user", FOLLOW_UP)]
+        follow = ask + [Message("assistant", first.text.lstrip()), Message("user", FOLLOW_UP)]  # as the window
         up = chat.generate(follow, settings)
         again = chat.generate(follow, settings)
         info.update(conversation_tiles=first.timings.tiles_read,

@@ -475,7 +475,11 @@ class EngineWorker(QObject):
                             self.error.emit(job.job_id, path, str(exc))
                         return None
                 images.append(self._image_cache[path])
-            messages.append(Message(turn.role, turn.text, images=tuple(images)))  # type: ignore[arg-type]
+            # An answer starts with the space of its first token (" The"): the chat template puts
+            # "Assistant: " itself, so that space would make a double one, unlike what the model
+            # wrote, and the kept conversation would have to read the whole answer again.
+            text = turn.text.lstrip() if turn.role == "assistant" else turn.text
+            messages.append(Message(turn.role, text, images=tuple(images)))  # type: ignore[arg-type]
         return messages
 
     def _run_batch(self, job: BatchJob) -> None:

@@ -273,6 +273,16 @@ def test_a_follow_up_in_the_window_reads_only_its_own_tokens(qtbot, tmp_path: Pa
     assert two.timings.cached_tokens >= one.timings.prompt_tokens
 
 
+def test_an_answer_goes_back_to_the_model_without_its_leading_space(qtbot, tmp_path: Path) -> None:
+    """The template writes "Assistant: " itself; the space a SmolVLM answer starts with (its
+    first token is " The") would make it "Assistant:  The", which is neither what the model
+    wrote nor what a kept conversation holds (so the whole answer would be read again)."""
+    worker = EngineWorker(synchronous=True, use_library=False)
+    turns = [ChatTurn("user", "  Hi"), ChatTurn("assistant", " The cat."), ChatTurn("user", "Why?")]
+    messages = worker._messages(ChatJob(turns=turns))
+    assert [m.text for m in messages] == ["  Hi", "The cat.", "Why?"]
+
+
 def test_a_read_ahead_leaves_the_question_only_its_own_tokens(qtbot, tmp_path: Path, spec: ModelSpec) -> None:
     from smolvlm_desktop.worker import ReadAheadJob
 
