@@ -211,3 +211,18 @@ def test_a_read_ahead_yields_to_another_job_then_goes_on_from_where_it_stopped(
     window.chat.ask("What is this?")
     qtbot.waitUntil(lambda: len(results) == 1, timeout=TIMEOUT_MS)
     assert results[0].timings.tiles_read == 0
+
+
+def test_images_chosen_while_another_answer_streams_are_read_once_it_ends(qtbot, window,
+                                                                           tmp_path: Path) -> None:
+    gate = Gate()
+    window.worker.token.connect(gate)
+    window.settings.max_new_tokens = 4
+    window.chat.ask("About red")
+    qtbot.waitUntil(gate.reached.is_set, timeout=TIMEOUT_MS)
+    window.gallery.select_paths([str(tmp_path / "blue.png")])
+    assert window.chat.ahead is None  # not while the answer runs
+    gate.open()
+    qtbot.waitUntil(lambda: not window.chat.busy, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.worker._model.vision_runs == 26 and window.chat.ahead is None,
+                    timeout=TIMEOUT_MS)  # red's 13 parts for the answer, then blue's 13 ahead

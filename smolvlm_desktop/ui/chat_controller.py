@@ -210,6 +210,7 @@ class ChatController(QObject):
             self.job = None
             self.panel.show_reading(0, 0)
             self._render()
+            self._read_ahead()  # images chosen while it answered about others
 
     def _undo_question(self, history: list[ChatTurn]) -> None:
         """A question with no answer leaves the history and goes back to the question box."""
