@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-DEFAULT_MAX_BYTES = 128 * 1024 * 1024
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # some 30 photos of 13 tiles on 256M; a batch fills it too
 
 
 def image_digest(image: Image.Image) -> str:
