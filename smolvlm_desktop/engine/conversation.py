@@ -4,7 +4,7 @@
     chat.read_ahead([Message("user", "", images=(img,))])   # optional: while the person types
     first = chat.generate([Message("user", "What is this?", images=(img,))])
     later = chat.generate([Message("user", "What is this?", images=(img,)),
-                           Message("assistant", first.text), Message("user", "And the colour?")])
+                           Message("assistant", first.text.lstrip()), Message("user", "And the colour?")])
 
 Each call still takes the whole conversation, exactly as `model.stream` does, and gives the
 very answer `model.stream` gives; the cache only decides how much of it need not be read
@@ -16,7 +16,9 @@ the new prompt starts with, rewinds the cache to there and reads the rest. So:
 - Regenerate and Edit rewind to before the turn: nothing after it is kept;
 - another image, another detail or a changed system prompt keeps only what comes before it;
 - where the chat template re-renders an earlier answer differently from the tokens that were
-  generated ("<end_of_utterance>", a leading space), the kept run ends there by itself.
+  generated, the kept run ends there by itself and the rest is read. Give answers back with
+  `text.lstrip()`, as the window does: the template writes "Assistant: " itself, and the
+  answer's own leading space would make a token the model never wrote.
 
 Bounded: after an answer, a cache larger than `max_bytes` is dropped (the next question reads
 the whole conversation again, as a fresh model would). `nbytes` says what it holds now.
