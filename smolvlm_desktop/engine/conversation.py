@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 # 256M fp32 keeps ~46 KB per position: 256 MB is some 5,500 tokens (13-tile photos are 878).
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
-Key = "int | str"  # a token id, or an image's feature key at each of its <image> positions
-
 
 def prompt_keys(ids: np.ndarray, reads: Sequence["ImageRead"], spans: Sequence[np.ndarray]) -> list:
     """What sits at each prompt position: its token id, or for an image token the image's key
