@@ -116,12 +116,24 @@ def package_version() -> str:
     return __version__
 
 
+def _preset_choice(key: str) -> tuple[str, str]:
+    from .presets import PRESETS
+
+    if key not in PRESETS:
+        raise argparse.ArgumentTypeError(f"unknown preset {key!r}; choose from {', '.join(sorted(PRESETS))}")
+    return ("preset", key)
+
+
 def add_generation_options(p: argparse.ArgumentParser) -> None:
     from .presets import DEFAULT_PRESET, PRESETS
 
-    what = p.add_mutually_exclusive_group()
-    what.add_argument("--prompt", help="the question or instruction")
-    what.add_argument("--preset", choices=sorted(PRESETS), help=f"a ready prompt (default {DEFAULT_PRESET})")
+    # Both go, in the order given, into one list: each image is read once and answered once
+    # per prompt (commands/caption.py).
+    p.add_argument("--prompt", dest="prompts", action="append", type=lambda text: ("prompt", text), metavar="TEXT",
+                   help="the question or instruction (repeatable: one answer per prompt)")
+    p.add_argument("--preset", dest="prompts", action="append", type=_preset_choice,
+                   metavar="{" + ",".join(sorted(PRESETS)) + "}",
+                   help=f"a ready prompt (repeatable; default {DEFAULT_PRESET})")
     p.add_argument("--detail", type=int, metavar="PX",
                    help="longest edge the image is resized to (the model's own by default); "
                         "lower is faster")

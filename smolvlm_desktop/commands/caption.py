@@ -36,8 +36,10 @@ def generation_settings(args: argparse.Namespace) -> GenerationSettings:
         raise UsageError(str(exc)) from None
 
 
-def prompt_text(args: argparse.Namespace) -> str:
-    return args.prompt if args.prompt is not None else preset_prompt(args.preset or DEFAULT_PRESET)
+def prompt_texts(args: argparse.Namespace) -> list[str]:
+    """The prompts of --prompt and --preset, in the order given (the default preset if none)."""
+    given = getattr(args, "prompts", None) or [("preset", DEFAULT_PRESET)]
+    return [value if kind == "prompt" else preset_prompt(value) for kind, value in given]
 
 
 def load_model(args: argparse.Namespace) -> VisionLanguageModel:
@@ -59,10 +61,13 @@ def expand_paths(args: argparse.Namespace) -> tuple[list[Path], list[tuple[Path,
 
 def run_caption(args: argparse.Namespace) -> int:
     settings = generation_settings(args)
-    prompt = prompt_text(args)
+    prompts = prompt_texts(args)
     images, problems = expand_paths(args)
     if args.embed_metadata and not args.write:
         raise UsageError("--embed-metadata goes with --write")
+    if args.write and len(prompts) > 1:
+        raise UsageError("--write keeps one caption per image: give one --prompt or --preset "
+                         "(several prompts go to the screen or --json)")
     model = load_model(args)
     reporter = Reporter(args, model)
     for path, reason in problems:
@@ -72,11 +77,11 @@ def run_caption(args: argparse.Namespace) -> int:
     many = len(images) + len(problems) > 1 or any(Path(p).is_dir() for p in args.paths)
     if args.write:
         try:
-            failed = run_batch(args, model, images, prompt, settings, reporter)
+            failed = run_batch(args, model, images, prompts[0], settings, reporter)
         except JobBusy as exc:
             return refuse(exc)
     else:
-        failed = run_plain(args, model, images, prompt, settings, reporter, many)
+        failed = run_plain(args, model, images, prompts, settings, reporter, many)
     if failed or problems:
         return EXIT_SOME_FAILED
     if not images:
@@ -122,19 +127,19 @@ class Reporter:
                 "timings": timings, **extra}
 
     def done(self, path: Path, text: str, token_ids: list[int] | None, timings: dict,
-             notes: list[str], many: bool, streamed: bool = False) -> None:
+             notes: list[str], many: bool, streamed: bool = False, prompt: str | None = None) -> None:
         for note in notes:
             self.write(f"note: {printable(path)}: {note}", sys.stderr)
         if self.json:
-            self.write(json_line(self.record(path, ok=True, text=text, token_ids=token_ids, timings=timings)),
-                       sys.stdout)
+            self.write(json_line(self.record(path, ok=True, text=text, token_ids=token_ids, timings=timings,
+                                             prompt=prompt)), sys.stdout)
         elif not streamed:
             self.write(f"{printable(path)}: {text}" if many else text, sys.stdout)
 
-    def failed(self, path: Path, reason: str) -> None:
+    def failed(self, path: Path, reason: str, prompt: str | None = None) -> None:
         reason = without_file_name(path, reason)
         if self.json:
-            self.write(json_line(self.record(path, ok=False, error=reason)), sys.stdout)
+            self.write(json_line(self.record(path, ok=False, error=reason, prompt=prompt)), sys.stdout)
         else:
             self.write(f"{PROG}: error: {printable(path)}: {printable(reason)}", sys.stderr)
 
@@ -149,51 +154,72 @@ class Reporter:
 
 
 def run_plain(args: argparse.Namespace, model: VisionLanguageModel, images: list[Path],
-              prompt: str, settings: GenerationSettings, reporter: Reporter, many: bool) -> int:
+              prompts: list[str], settings: GenerationSettings, reporter: Reporter, many: bool) -> int:
     library = None if args.no_library else open_library_quietly()
     failed = 0
     try:
         for path in images:
-            result = caption_one(args, model, path, prompt, settings, reporter, many=many)
-            if result is None:
-                failed += 1
-            elif library is not None:
-                library.record_caption(path, result.text, model.info.name, prompt,
-                                       result.timings.as_dict())
+            for prompt, result in caption_one(args, model, path, prompts, settings, reporter,
+                                              many=many):
+                if result is None:
+                    failed += 1
+                elif library is not None:
+                    library.record_caption(path, result.text, model.info.name, prompt,
+                                           result.timings.as_dict())
     finally:
         if library is not None:
             library.close()
     return failed
 
 
-def caption_one(args: argparse.Namespace, model: VisionLanguageModel, path: Path, prompt: str,
+def caption_one(args: argparse.Namespace, model: VisionLanguageModel, path: Path, prompts: list[str],
                 settings: GenerationSettings, reporter: Reporter, many: bool
-                ) -> GenerationResult | None:
+                ) -> list[tuple[str, GenerationResult | None]]:
+    """Each prompt's answer about one image. The image is read once: the prompts share one
+    Conversation, so each later prompt reads only its own tokens, and each answer is the one
+    the prompt would get alone."""
     try:
         loaded = load_image(path)
-        messages = [Message("user", prompt, images=(loaded.image,))]
-        if args.json:
-            result = model.generate(messages, settings)
-        else:
-            if many:
-                print(f"{printable(path)}: ", end="", flush=True)
-            generation = model.stream(messages, settings)
-            started = False
-            try:
-                for event in generation:
-                    text = event.text if started else event.text.lstrip()  # "Assistant:" + " "
-                    started = started or bool(text)
-                    print(text, end="", flush=True)
-            finally:
-                print(flush=True)  # Ctrl+C too: a half caption still ends its line
-            assert generation.result is not None
-            result = generation.result
     except EngineError as exc:
         reporter.failed(path, str(exc))
-        return None
-    reporter.done(path, result.text.strip(), result.token_ids, result.timings.as_dict(), loaded.notes,
-                  many, streamed=not args.json)
-    return result
+        return [(prompt, None) for prompt in prompts]
+    chat = model.conversation()
+    several = len(prompts) > 1
+    out: list[tuple[str, GenerationResult | None]] = []
+    for prompt in prompts:
+        try:
+            result = answer(args, chat, [Message("user", prompt, images=(loaded.image,))], settings,
+                            f"{printable(path)} [{prompt}]: " if several
+                            else f"{printable(path)}: " if many else "")
+        except EngineError as exc:
+            reporter.failed(path, str(exc), prompt=prompt if several else None)
+            out.append((prompt, None))
+            continue
+        reporter.done(path, result.text.strip(), result.token_ids, result.timings.as_dict(),
+                      loaded.notes if not out else [], many or several, streamed=not args.json,
+                      prompt=prompt)
+        out.append((prompt, result))
+    return out
+
+
+def answer(args: argparse.Namespace, chat, messages: list[Message], settings: GenerationSettings,  # type: ignore[no-untyped-def]
+           heading: str) -> GenerationResult:
+    """One answer: printed as it streams (after `heading`), or quietly for --json."""
+    if args.json:
+        return chat.generate(messages, settings)
+    if heading:
+        print(heading, end="", flush=True)
+    generation = chat.stream(messages, settings)
+    started = False
+    try:
+        for event in generation:
+            text = event.text if started else event.text.lstrip()  # "Assistant:" + " "
+            started = started or bool(text)
+            print(text, end="", flush=True)
+    finally:
+        print(flush=True)  # Ctrl+C too: a half caption still ends its line
+    assert generation.result is not None
+    return generation.result
 
 
 def open_library_quietly():  # type: ignore[no-untyped-def]

@@ -80,6 +80,8 @@ class Timings:
     first_token_ms: float = 0.0  # from the call to the first token
     new_tokens: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, already in a kept conversation's cache: not read again
+    tiles_read: int = 0  # image tiles through the vision graph (0: all kept from before)
 
     @property
     def tokens_per_second(self) -> float:
@@ -93,6 +95,8 @@ class Timings:
             "first_token_ms": round(self.first_token_ms, 2),
             "new_tokens": self.new_tokens,
             "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "tiles_read": self.tiles_read,
         }
 
 
