@@ -127,3 +127,21 @@ def answer_next_dialog(button_text: str, seen: list[str] | None = None) -> None:
         match[0].click()
 
     QTimer.singleShot(0, answer)
+
+
+SHOTS = Path(os.environ.get("SMOLVLM_SHOTS") or ARTIFACTS)  # where shoot_themes puts its pictures
+
+
+def shoot_themes(window, name: str, size: tuple[int, int] = (1024, 700)) -> list[Path]:
+    """Screenshot the window in the light and the dark theme at `size` (1024x700: the smallest
+    size we promise). Ends in the light theme. $SMOLVLM_SHOTS chooses the folder."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    saved = []
+    for name_of_theme in ("dark", "light"):
+        window.set_theme(name_of_theme)
+        window.resize(*size)
+        QApplication.processEvents()
+        target = SHOTS / f"{name}-{name_of_theme}.png"
+        assert window.grab().save(str(target)), f"could not save {target}"
+        saved.append(target)
+    return saved

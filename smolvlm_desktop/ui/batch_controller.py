@@ -15,6 +15,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtWidgets import QFileDialog, QListWidgetItem, QMessageBox
 
 from ..engine.types import GenerationResult, GenerationSettings
+from ..library.writers import AGGREGATE_NAMES
 from ..presets import preset_prompt
 from ..settings import Settings
 from ..worker import BatchJob, ChatJob, ChatTurn, EngineWorker
@@ -113,9 +114,11 @@ class BatchController(QObject):
         self.in_flight: dict[str, int] = {}  # started, not yet done: a group decodes together
         self._total = 0
         self.failures: list[tuple[str, str]] = []
+        self._problem_shown = False  # the trial box holds a complaint, not a caption
         self._connect()
         self._load_settings()
         self._preset_changed()
+        self.update_actions()
 
     def _connect(self) -> None:
         s, r, m = self.panel.setup, self.panel.run, self.panel.summary
@@ -124,6 +127,9 @@ class BatchController(QObject):
         s.start_btn.clicked.connect(self.start)
         s.try_btn.clicked.connect(self.try_one)
         s.folder_edit.textChanged.connect(lambda: s.folder_radio.setChecked(True))
+        for changed in (s.folder_edit.textChanged, s.folder_radio.toggled, s.recursive_check.toggled,
+                        s.prompt_edit.textChanged, *(c.toggled for c in s.format_checks.values())):
+            changed.connect(self.update_actions)
         s.resume_btn.clicked.connect(self.resume)
         s.dismiss_btn.clicked.connect(lambda: self.offer_resume(None))
         r.pause_btn.clicked.connect(self.toggle_pause)
@@ -195,24 +201,73 @@ class BatchController(QObject):
     # --- starting --------------------------------------------------------------------------
 
     def _problem(self, text: str) -> bool:
-        """Say what is missing (status bar + the trial box) and return False."""
-        self.panel.setup.preview.setPlainText(text)
+        """Say what is missing (status bar + the trial box, unless the line beside the buttons
+        says it already) and return False. update_actions clears it once it no longer holds."""
+        setup = self.panel.setup
+        if text != setup.destination.text():
+            setup.preview.setPlainText(text)
+            self._problem_shown = True
         self.status.emit(text)
         return False
+
+    def source_folder(self) -> Path | None:
+        """The typed folder when it is a full path to a folder. An empty field is no choice:
+        `Path("")` and `Path(".")` are the folder the app was started from (often home)."""
+        text = self.panel.setup.folder_edit.text().strip()
+        folder = Path(text).expanduser() if text else None
+        return folder if folder is not None and folder.is_absolute() and folder.is_dir() else None
+
+    def _missing(self, writing: bool) -> str:
+        """What stops the batch (or, writing=False, the trial) from starting; "" when nothing."""
+        s = self.panel.setup
+        if not self.prompt():
+            return "Write a prompt first."
+        if s.folder_radio.isChecked() and self.source_folder() is None:
+            typed = s.folder_edit.text().strip()
+            return ("Choose a folder of images (Browse…), or use the gallery selection."
+                    if typed in ("", ".") else
+                    f"Choose a folder that exists: “{typed}” is not the full path of a folder here.")
+        if s.selection_radio.isChecked() and not self.selection():
+            return "Select images in the gallery first."
+        if writing and not self.outputs():
+            return "Choose at least one kind of file to write."
+        return ""
+
+    def destination_text(self) -> str:
+        """Where the files will go, said before anything is written (or what is missing)."""
+        missing = self._missing(writing=True)
+        if missing:
+            return missing
+        s = self.panel.setup
+        folder = self.source_folder() if s.folder_radio.isChecked() else None
+        if folder is not None:
+            sub = " and its sub-folders" if s.recursive_check.isChecked() else ""
+            beside, into = f"next to each image in {folder}{sub}", f"in {folder}"
+        else:
+            beside, into = "next to each selected image", "in the selected images' common folder"
+        outputs = self.outputs()
+        per_image = [f".{f}" for f in outputs if f not in AGGREGATE_NAMES]
+        single = [AGGREGATE_NAMES[f] for f in outputs if f in AGGREGATE_NAMES]
+        parts = ([f"{', '.join(per_image)} files {beside}"] if per_image else []) + \
+                ([f"{' and '.join(single)} {into}"] if single else [])
+        return "Writes " + "; ".join(parts) + "."
+
+    def update_actions(self) -> None:
+        """Start and Try are on only when they would do something sensible; the line above
+        them says where the captions go or what is missing."""
+        s = self.panel.setup
+        if self._problem_shown:  # an earlier complaint ("No images found there.") is stale now
+            s.preview.clear()
+            self._problem_shown = False
+        s.destination.setText(self.destination_text())
+        s.start_btn.setEnabled(not self.busy and not self._missing(writing=True))
+        s.try_btn.setEnabled(not self.busy and not self._missing(writing=False))
 
     def _ready(self, writing: bool) -> bool:
         if self.busy:
             return self._problem("A batch or trial is already running.")
-        if not self.prompt():
-            return self._problem("Write a prompt first.")
-        if writing and not self.outputs():
-            return self._problem("Choose at least one kind of file to write.")
-        s = self.panel.setup
-        if s.folder_radio.isChecked() and not Path(s.folder_edit.text().strip()).is_dir():
-            return self._problem("Choose a folder that exists, or use the gallery selection.")
-        if s.selection_radio.isChecked() and not self.selection():
-            return self._problem("Select images in the gallery first.")
-        return True
+        missing = self._missing(writing)
+        return self._problem(missing) if missing else True
 
     @property
     def busy(self) -> bool:
@@ -246,12 +301,15 @@ class BatchController(QObject):
             return
         from ..library.discover import discover_images
 
-        folder, recursive = Path(s.folder_edit.text().strip()), s.recursive_check.isChecked()
+        folder, recursive = self.source_folder(), s.recursive_check.isChecked()
+        if folder is None:  # the folder went away since the button was enabled
+            self._problem(self._missing(writing=False) or "Choose a folder that exists.")
+            return
         s.start_btn.setEnabled(False)
         self.status.emit(f"Looking for images in {folder}…")
         self.tasks.run(lambda: discover_images([folder], recursive=recursive),
-                       lambda found: (s.start_btn.setEnabled(True), then(*found)),
-                       lambda exc: (s.start_btn.setEnabled(True), self._problem(str(exc))))
+                       lambda found: (self.update_actions(), then(*found)),
+                       lambda exc: (self.update_actions(), self._problem(str(exc))))
 
     def _start_trial(self, images: list[Path], problems: list[tuple[Path, str]]) -> None:
         if not images:
@@ -261,6 +319,7 @@ class BatchController(QObject):
         self.trial = ChatJob(turns=[ChatTurn("user", self.prompt(), (str(images[0]),))],
                              settings=self.generation_settings(), record=False)
         self.status.emit(f"Trying the settings on {images[0].name}…")
+        self.update_actions()
         self.worker.submit(self.trial)
 
     def _start_batch(self, images: list[Path], problems: list[tuple[Path, str]]) -> None:
@@ -271,7 +330,7 @@ class BatchController(QObject):
             return
         self.offer_resume(None)  # a new batch replaces the offer; it comes back if still relevant
         s = self.panel.setup
-        folder = Path(s.folder_edit.text().strip()) if s.folder_radio.isChecked() else None
+        folder = self.source_folder() if s.folder_radio.isChecked() else None
         settings = BatchSettings(prompt=self.prompt(), generation=self.generation_settings(),
                                  outputs=self.outputs(), existing=self.existing(),
                                  aggregate_dir=folder)
@@ -500,6 +559,9 @@ class BatchController(QObject):
                 self._show_summary()
             self.job, self.refused = None, None
             self.job_ended.emit()
+        else:
+            return
+        self.update_actions()
 
     def _show_refusal(self, reason: str) -> None:
         """The batch never started (another process runs it): back to the set-up page with

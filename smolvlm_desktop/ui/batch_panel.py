@@ -55,13 +55,14 @@ class ResumeBar(QFrame):
         self.hide()
 
 
-class SetupPage(QScrollArea):
-    """Where, what to ask, how fine, which files to write, what to do with existing ones."""
+class SetupPage(QWidget):
+    """Where, what to ask, how fine, which files to write, what to do with existing ones.
+
+    The form scrolls; the action bar below it (trial caption, where the files go, Try and
+    Start) is pinned, so the main action is never below the fold."""
 
     def __init__(self, formats: list[str]) -> None:
         super().__init__()
-        self.setWidgetResizable(True)
-        self.setFrameShape(QFrame.Shape.NoFrame)
         self.folder_radio = QRadioButton("Folder")
         self.selection_radio = QRadioButton("Selected images in the gallery")
         self.folder_radio.setChecked(True)
@@ -105,9 +106,21 @@ class SetupPage(QScrollArea):
         self.preview.setAccessibleName("Trial caption")
         self.preview.setPlaceholderText("The trial caption appears here.")
         self.preview.setFixedHeight(70)
+        self.destination = _hint("")  # where the files will be written, or what is missing
+        self.destination.setAccessibleName("Where captions are written")
         self.resume_bar = ResumeBar()
         self.resume_btn, self.dismiss_btn = self.resume_bar.resume_btn, self.resume_bar.dismiss_btn
-        self.setWidget(self._form())
+        self.preview.hide()  # shown once there is a trial caption or a problem to read
+        self.preview.textChanged.connect(lambda: self.preview.setVisible(bool(self.preview.toPlainText())))
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setWidget(self._form())
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        layout.addWidget(self.scroll, 1)
+        layout.addWidget(self._action_bar())
 
     def _form(self) -> QWidget:
         folder_row = QHBoxLayout()
@@ -124,10 +137,6 @@ class SetupPage(QScrollArea):
         existing = QVBoxLayout()
         for radio in self.existing_radios.values():
             existing.addWidget(radio)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.try_btn)
-        buttons.addStretch()
-        buttons.addWidget(self.start_btn)
         form = QFormLayout()
         form.setLabelAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop)
         form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
@@ -144,10 +153,22 @@ class SetupPage(QScrollArea):
         layout.setContentsMargins(12, 12, 12, 12)
         layout.addWidget(self.resume_bar)
         layout.addLayout(form)
-        layout.addWidget(self.preview)
-        layout.addLayout(buttons)
         layout.addStretch()
         return body
+
+    def _action_bar(self) -> QWidget:
+        bar = QFrame()
+        bar.setObjectName("ActionBar")
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.destination, 1)
+        buttons.addWidget(self.try_btn)
+        buttons.addWidget(self.start_btn)
+        layout = QVBoxLayout(bar)
+        layout.setContentsMargins(12, 8, 12, 8)
+        layout.setSpacing(6)
+        layout.addWidget(self.preview)
+        layout.addLayout(buttons)
+        return bar
 
 
 class RunPage(QWidget):

@@ -132,6 +132,7 @@ class MainWindow(QMainWindow):
         self.library.show_paths.connect(self.show_in_gallery)
         self.library.forgotten.connect(self.check_unfinished_batch)
         self.gallery.selection_changed.connect(self.chat.set_images)
+        self.gallery.selection_changed.connect(self.batch.update_actions)
         self.batch.reveal.connect(self.reveal)
         self.status = StatusBar()
         self.setStatusBar(self.status)
