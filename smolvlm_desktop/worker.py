@@ -74,6 +74,7 @@ class ChatJob(Job):
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     record: bool = True  # remember the answer in the library (not for a batch trial)
     chat_id: int | None = None  # the library row of this conversation, once it has one
+    regenerate: bool = False  # a new answer to the last question: if stopped, the old one stays
 
 
 @dataclass
@@ -325,7 +326,7 @@ class EngineWorker(QObject):
         sizes = [self._image_cache[p].size for t in job.turns for p in t.image_paths
                  if p in self._image_cache]
         self._measure(model, sizes, job.settings.detail, result.timings, result.stop_reason)
-        if job.record and result.text.strip():
+        if job.record and result.text.strip() and not (job.regenerate and result.stop_reason == "cancelled"):
             self._record_chat(job, result.text, model.info.name)
 
     def _measure(self, model: Any, sizes: list[tuple[int, int]], detail: int | None,

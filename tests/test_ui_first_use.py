@@ -49,3 +49,33 @@ def test_an_empty_batch_folder_never_captions_the_folder_the_app_started_in(
     assert str(photos) in setup.destination.text(), "the page says where captions go"
     assert ".txt" in setup.destination.text()
     shoot_themes(window, "A-batch-folder-chosen")
+
+
+# --- B. Stop during Regenerate ---------------------------------------------------------------
+
+def test_stop_during_regenerate_keeps_the_earlier_question_and_answer(qtbot, tmp_path: Path) -> None:
+    window = open_window(qtbot, settings=small_settings(max_new_tokens=6))
+    add_images(qtbot, window, [make_image(tmp_path / "red.png")])
+    window.chat.ask("What is in the picture?")
+    qtbot.waitUntil(lambda: not window.chat.busy, timeout=TIMEOUT_MS)
+    window.settings.max_new_tokens = 400  # the regenerated answer is long: Stop ends it
+    key = tuple(window.gallery.selected_paths())
+    before = [(t.role, t.text) for t in window.chat.histories[key]]
+    window.chat_panel.prompt.setPlainText("my next question, half typed")
+    gate = Gate()
+    window.worker.token.connect(gate)  # holds the worker after the regenerated answer's first token
+    window.chat_panel.regen_btn.click()
+    qtbot.waitUntil(gate.reached.is_set, timeout=TIMEOUT_MS)
+    window.chat_panel.stop_btn.click()
+    gate.open()
+    qtbot.waitUntil(lambda: not window.chat.busy, timeout=TIMEOUT_MS)
+    assert window.chat.last_result.stop_reason == "cancelled"
+    assert [(t.role, t.text) for t in window.chat.histories[key]] == before
+    assert window.chat_panel.prompt.toPlainText() == "my next question, half typed"
+    assert before[1][1].strip() in window.chat_panel.transcript.toPlainText()
+    assert window.chat_panel.regen_btn.isEnabled()
+    stored: list = []
+    window.library_call(lambda library: library.chat_turns(window.chat.chat_ids[key]), stored.append)
+    qtbot.waitUntil(lambda: bool(stored), timeout=TIMEOUT_MS)
+    assert [(t["role"], t["text"]) for t in stored[0]] == before, "the library keeps them too"
+    shoot_themes(window, "B-regenerate-stopped")

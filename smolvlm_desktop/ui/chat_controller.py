@@ -37,6 +37,7 @@ class ChatController(QObject):
         self.job: ChatJob | None = None
         self.job_key: Key = ()
         self.live_text = ""
+        self.replaced: ChatTurn | None = None  # the answer a running Regenerate would replace
         self.last_result: GenerationResult | None = None
         self._connect()
         self.set_images([])
@@ -94,8 +95,8 @@ class ChatController(QObject):
         history = self.histories.get(self.key, [])
         if self.busy or not history or history[-1].role != "assistant":
             return
-        history.pop()
-        self._submit(history)
+        replaced = history.pop()
+        self._submit(history, replacing=replaced)
 
     def stop(self) -> None:
         if self.job is not None:
@@ -119,10 +120,12 @@ class ChatController(QObject):
 
     # --- jobs ------------------------------------------------------------------------------
 
-    def _submit(self, history: list[ChatTurn]) -> None:
+    def _submit(self, history: list[ChatTurn], replacing: ChatTurn | None = None) -> None:
+        """Ask the worker; `replacing` is the answer a Regenerate replaces only once the new
+        one is complete (Stop or an error gives it back)."""
         self.job = ChatJob(turns=list(history), settings=self.generation(),
-                           chat_id=self.chat_ids.get(self.key))
-        self.job_key, self.live_text = self.key, ""
+                           chat_id=self.chat_ids.get(self.key), regenerate=replacing is not None)
+        self.job_key, self.live_text, self.replaced = self.key, "", replacing
         self._render()
         self.worker.submit(self.job)
 
@@ -141,11 +144,15 @@ class ChatController(QObject):
         if not self._mine(job_id):
             return
         history = self.histories.setdefault(self.job_key, [])
+        self.last_result = result
+        if result.stop_reason == "cancelled" and self.replaced is not None:
+            self._undo_question(history)  # gives the earlier answer back
+            self.status.emit("Stopped: the earlier answer is kept")
+            return
         if result.stop_reason == "cancelled" and not result.text.strip():
             self._undo_question(history)
         else:
             history.append(ChatTurn("assistant", result.text))
-        self.last_result = result
         if result.stop_reason != "cancelled":
             self.answered.emit(result)
         else:
@@ -168,11 +175,16 @@ class ChatController(QObject):
     @Slot(int)
     def _on_job_finished(self, job_id: int) -> None:
         if self._mine(job_id):
-            self.job = None
+            self.job, self.replaced = None, None
             self._render()
 
     def _undo_question(self, history: list[ChatTurn]) -> None:
-        """A question with no answer leaves the history and goes back to the question box."""
+        """A question with no answer leaves the history and goes back to the question box;
+        a Regenerate that did not finish gives back the answer it was to replace."""
+        if self.replaced is not None:
+            history.append(self.replaced)
+            self.replaced = None
+            return
         if history and history[-1].role == "user":
             turn = history.pop()
             if self.job_key == self.key and not self.panel.prompt.toPlainText():
