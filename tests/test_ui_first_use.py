@@ -79,3 +79,44 @@ def test_stop_during_regenerate_keeps_the_earlier_question_and_answer(qtbot, tmp
     qtbot.waitUntil(lambda: bool(stored), timeout=TIMEOUT_MS)
     assert [(t["role"], t["text"]) for t in stored[0]] == before, "the library keeps them too"
     shoot_themes(window, "B-regenerate-stopped")
+
+
+# --- C. Preferences that strand the window -----------------------------------------------------
+
+def test_preferences_offer_only_what_the_model_and_this_computer_have(qtbot) -> None:
+    from PySide6.QtCore import Qt
+
+    window = open_window(qtbot)  # the demo model has fp32 and int8 graphs only
+    dialog = window.preferences_dialog()
+    qtbot.addWidget(dialog)
+    items = dialog.variant.model()
+    for missing in ("fp16", "q4", "uint8"):
+        row = dialog.variant.findData(missing)
+        assert not items.item(row).isEnabled(), missing
+        assert "not in tiny-smolvlm" in dialog.variant.itemData(row, Qt.ItemDataRole.ToolTipRole)
+    for present in (None, "int8", "fp32"):
+        assert items.item(dialog.variant.findData(present)).isEnabled(), present
+    dml = dialog.provider.findData("dml")  # no DirectML in this onnxruntime build
+    assert not dialog.provider.model().item(dml).isEnabled()
+    assert dialog.provider.itemText(dialog.provider.findData("auto")).startswith("Automatic")
+    dialog.max_tokens.setValue(42)
+    dialog.temperature.setValue(1.5)
+    dialog.reset_btn.click()
+    assert dialog.max_tokens.value() == Settings().max_new_tokens
+    assert dialog.temperature.value() == Settings().temperature
+    assert dialog.variant.currentData() is None and dialog.provider.currentData() == "auto"
+    shoot_themes(dialog, "C-preferences", size=(560, 640))
+
+
+def test_a_variant_the_model_lacks_never_strands_the_window(qtbot) -> None:
+    from smolvlm_desktop import paths
+
+    window = open_window(qtbot)
+    window.settings.variant = "fp16"  # saved for another model, or from an older version
+    window.model_state = "not yet"  # set again by the window when the load ends
+    window.choose_model(str(paths.demo_model_dir()), demo=True)
+    qtbot.waitUntil(lambda: window.model_state in ("ready", "error"), timeout=TIMEOUT_MS)
+    assert window.model_state == "ready"
+    assert window.pages.currentWidget() is window.workspace
+    assert "fp16" in window.notice.text() and not window.notice.isHidden()
+    assert window.settings.variant == "fp16", "the preference is kept for models that have it"

@@ -251,7 +251,20 @@ class MainWindow(QMainWindow):
             self.save_settings()
         self.pages.setCurrentWidget(self.workspace)
         s = self.settings
-        self.worker.set_model(ModelSpec(folder, s.variant, s.provider, s.threads, demo))
+        self.worker.set_model(ModelSpec(folder, self._variant_for(folder), s.provider, s.threads, demo))
+
+    def _variant_for(self, folder: str) -> str | None:
+        """The preferred variant when this model has it, else the automatic choice (said in
+        the notice): a preference made for another model must not strand this one."""
+        from .settings_dialog import model_variants
+
+        wanted, have = self.settings.variant, model_variants(folder)
+        if wanted is None or have is None or wanted in have:
+            return wanted
+        self.show_notice(f"{Path(folder).name} has no {wanted} variant ({', '.join(sorted(have))} "
+                         "only): it is loaded with the automatic choice. Model ▸ Preferences "
+                         "offers its variants.")
+        return None
 
     def _on_model_state(self, state: str, info: object, message: str, fallback: object) -> None:
         self.model_state = state
@@ -285,15 +298,26 @@ class MainWindow(QMainWindow):
         self.choose_model(folder, demo, remember=False)
         self.status.showMessage(f"{Path(folder).name} is the default model now; loading it…", 6000)
 
+    def preferences_dialog(self) -> SettingsDialog:
+        """Preferences for the model in use (or being loaded): only its variants are offered."""
+        wanted = self.worker._wanted
+        return SettingsDialog(self.settings, self, model_folder=wanted.folder if wanted else None)
+
     def preferences(self) -> None:
         before = (self.settings.variant, self.settings.provider, self.settings.threads)
-        if SettingsDialog(self.settings, self).exec():
-            self.save_settings()
-            self.apply_theme()
-            self.worker.set_idle_unload(self.settings.idle_unload_minutes * 60_000)
-            after = (self.settings.variant, self.settings.provider, self.settings.threads)
-            if after != before and self.pages.currentWidget() is self.workspace and self.worker._wanted:
-                self.choose_model(self.worker._wanted.folder, self.demo, remember=False)
+        if self.preferences_dialog().exec():
+            self.apply_preferences(before)
+
+    def apply_preferences(self, before: tuple[object, ...]) -> None:
+        """After OK, from any page: a model that failed to load is tried again with the new
+        settings (it stayed on "Choose a model" before), a loaded one reloads if they changed."""
+        self.save_settings()
+        self.apply_theme()
+        self.worker.set_idle_unload(self.settings.idle_unload_minutes * 60_000)
+        after = (self.settings.variant, self.settings.provider, self.settings.threads)
+        failed = self.pages.currentWidget() is self.no_model
+        if self.worker._wanted and (after != before or failed):
+            self.choose_model(self.worker._wanted.folder, self.demo, remember=False)
 
     # --- images in ---------------------------------------------------------------------------
 
