@@ -120,3 +120,43 @@ def test_a_variant_the_model_lacks_never_strands_the_window(qtbot) -> None:
     assert window.pages.currentWidget() is window.workspace
     assert "fp16" in window.notice.text() and not window.notice.isHidden()
     assert window.settings.variant == "fp16", "the preference is kept for models that have it"
+
+
+# --- D. a pasted image's chat ------------------------------------------------------------------
+
+def paste_teal(qtbot, window) -> Path:
+    from PySide6.QtGui import QColor, QGuiApplication, QImage
+
+    image = QImage(80, 60, QImage.Format.Format_RGB32)
+    image.fill(QColor("teal"))
+    QGuiApplication.clipboard().setImage(image)
+    before = set(window.gallery.paths())
+    window.actions["paste"].trigger()
+    qtbot.waitUntil(lambda: len(set(window.gallery.paths()) - before) == 1 and window.tasks.pending == 0,
+                    timeout=TIMEOUT_MS)
+    return Path((set(window.gallery.paths()) - before).pop())
+
+
+def test_a_pasted_image_is_kept_in_the_data_folder_and_forgotten_with_its_chat(
+        qtbot, tmp_path: Path) -> None:
+    from smolvlm_desktop import paths
+    from ui_helpers import answer_next_dialog
+
+    window = open_window(qtbot, settings=small_settings())
+    add_images(qtbot, window, [make_image(tmp_path / "first.png")])
+    pasted = paste_teal(qtbot, window)
+    assert pasted.parent == paths.data_dir() / "pasted", "not a temporary folder deleted on exit"
+    assert window.gallery.selected_paths() == [str(pasted)], "the pasted image is selected"
+    assert pasted.is_file()
+    window.chat.ask("What colour is this?")
+    qtbot.waitUntil(lambda: not window.chat.busy and bool(window.chat.chat_ids), timeout=TIMEOUT_MS)
+    shoot_themes(window, "D-pasted-image-chat")
+    window.close()
+    assert pasted.is_file(), "the library's chat still points at a file that exists"
+    window = open_window(qtbot, settings=small_settings())
+    add_images(qtbot, window, [pasted])
+    window.gallery.select_paths([str(pasted)])
+    answer_next_dialog("Forget")
+    window.forget_selected()
+    qtbot.waitUntil(lambda: not pasted.exists() and window.tasks.pending == 0, timeout=TIMEOUT_MS)
+    assert window.gallery.item_for(str(pasted)) is None

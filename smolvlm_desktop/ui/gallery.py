@@ -148,6 +148,15 @@ class GalleryStrip(QStackedWidget):
         self._update_page()
         self._emit_selection()
 
+    def remove_paths(self, paths: list[str]) -> None:
+        """Take these out of the strip (their files were deleted: forgotten pasted pictures)."""
+        for path in paths:
+            item = self.item_for(path)
+            if item is not None:
+                self.list.takeItem(self.list.row(item))
+        self._update_page()
+        self._emit_selection()
+
     def clear(self) -> None:
         self.list.clear()
         self._update_page()

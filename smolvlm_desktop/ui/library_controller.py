@@ -7,11 +7,13 @@ the worker's queue. Nothing here runs on the GUI thread but the widgets.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtWidgets import QMessageBox, QWidget
 
+from .. import paths as app_paths
 from ..worker import EngineWorker
 from .library_panel import LibraryPanel
 from .tasks import TaskRunner
@@ -24,6 +26,7 @@ class LibraryController(QObject):
     status = Signal(str)
     show_paths = Signal(list)  # image paths of a chosen hit: put them in the gallery, selected
     forgotten = Signal()  # something was forgotten: a resume offer may be gone
+    files_deleted = Signal(list)  # pasted pictures deleted with what was forgotten
 
     def __init__(self, panel: LibraryPanel, worker: EngineWorker, tasks: TaskRunner,
                  colours: Callable[[], dict[str, str]]) -> None:
@@ -104,12 +107,19 @@ class LibraryController(QObject):
             return
         n = len(paths)
         noun = "this image" if n == 1 else f"these {n} images"
+        pasted = [p for p in paths if is_pasted(p)]
+        files = ("Pasted pictures are the app's own copies and are deleted too; other image files "
+                 "and the caption files next to them are not touched." if pasted else
+                 "The image files and the caption files next to them are not touched.")
         if not self._confirm(parent, "Forget images?",
                              f"Forget {noun}? Their captions, chats and batch records are "
-                             "removed from the library for good. The image files and the "
-                             "caption files next to them are not touched.", "Forget"):
+                             f"removed from the library for good. {files}", "Forget"):
             return
-        self.tasks.run(lambda: [library.forget_image(p) for p in paths], self._forgotten,
+
+        def forget() -> tuple[list[Any], list[str]]:
+            return [library.forget_image(p) for p in paths], delete_pasted(pasted)
+
+        self.tasks.run(forget, self._forgotten,
                        lambda exc: self.status.emit(f"Could not forget: {exc}"))
 
     def forget_everything(self, parent: QWidget) -> None:
@@ -123,7 +133,11 @@ class LibraryController(QObject):
                              "longer be resumed. Your images and caption files are not touched.",
                              "Forget everything"):
             return
-        self.tasks.run(lambda: [library.forget_all()], self._forgotten,
+        def forget() -> tuple[list[Any], list[str]]:
+            results = [library.forget_all()]
+            return results, delete_pasted([str(p) for p in app_paths.pasted_dir().glob("pasted-*.png")])
+
+        self.tasks.run(forget, self._forgotten,
                        lambda exc: self.status.emit(f"Could not forget: {exc}"))
 
     @staticmethod
@@ -135,7 +149,8 @@ class LibraryController(QObject):
         box.exec()
         return box.clickedButton() is forget
 
-    def _forgotten(self, results: list[Any]) -> None:
+    def _forgotten(self, done: tuple[list[Any], list[str]]) -> None:
+        results, deleted = done
         captions = sum(r.captions for r in results)
         chats = sum(r.chats for r in results)
         jobs = sum(r.job_items for r in results)
@@ -144,3 +159,25 @@ class LibraryController(QObject):
                          f"{'s' if jobs != 1 else ''}")
         self.search_now()
         self.forgotten.emit()
+        if deleted:
+            self.files_deleted.emit(deleted)
+
+
+def is_pasted(path: str) -> bool:
+    """A picture the app saved from the clipboard (its own copy, not one of the user's files)."""
+    return Path(path).parent == app_paths.pasted_dir() and Path(path).name.startswith("pasted-")
+
+
+def delete_pasted(paths: list[str]) -> list[str]:
+    """Delete the app's copies of pasted pictures; returns those deleted."""
+    deleted = []
+    for path in paths:
+        if is_pasted(path):
+            try:
+                Path(path).unlink()
+                deleted.append(path)
+            except FileNotFoundError:
+                deleted.append(path)
+            except OSError:
+                pass  # kept: a file in use on Windows; the next Forget tries again
+    return deleted

@@ -12,12 +12,13 @@ When no model can be found the central area shows the no-model page instead.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from PySide6.QtCore import QByteArray, Qt, Signal
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDragLeaveEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import (QApplication, QFileDialog, QLabel, QMainWindow, QMessageBox,
                                QStackedWidget, QTabWidget, QVBoxLayout, QWidget)
@@ -131,6 +132,7 @@ class MainWindow(QMainWindow):
                                          lambda: theme.colours(self.settings.theme))
         self.library.show_paths.connect(self.show_in_gallery)
         self.library.forgotten.connect(self.check_unfinished_batch)
+        self.library.files_deleted.connect(self.gallery.remove_paths)
         self.gallery.selection_changed.connect(self.chat.set_images)
         self.gallery.selection_changed.connect(self.batch.update_actions)
         self.batch.reveal.connect(self.reveal)
@@ -321,23 +323,27 @@ class MainWindow(QMainWindow):
 
     # --- images in ---------------------------------------------------------------------------
 
-    def add_paths(self, given: list[str]) -> None:
-        """Files and folders from a drop, a paste or a dialog: scanned off the GUI thread."""
+    def add_paths(self, given: list[str], select: bool = False) -> None:
+        """Files and folders from a drop, a paste or a dialog: scanned off the GUI thread.
+        select=True selects what was given (a paste: the user means that picture)."""
         from ..library.discover import discover_images
 
         if not given:
             return
         self.status.showMessage("Looking for images…", 3000)
         self.tasks.run(lambda: discover_images([Path(p) for p in given], recursive=True),
-                       self._paths_found,
+                       lambda found: self._paths_found(found, select),
                        lambda exc: self.status.showMessage(f"Could not open: {exc}", 8000))
 
-    def _paths_found(self, found: tuple[list[Path], list[tuple[Path, str]]]) -> None:
+    def _paths_found(self, found: tuple[list[Path], list[tuple[Path, str]]],
+                     select: bool = False) -> None:
         images, problems = found
         added = self.gallery.add_images([str(p) for p in images])
         for path, reason in problems:
             self.gallery.add_problem(str(path), reason)
-        if added and not self.gallery.selected_paths():
+        if select and images:
+            self.gallery.select_paths([str(p) for p in images])
+        elif added and not self.gallery.selected_paths():
             self.gallery.select_paths(added[:1])
         noun = "image" if len(added) == 1 else "images"
         extra = f", {len(problems)} could not be used" if problems else ""
@@ -375,15 +381,32 @@ class MainWindow(QMainWindow):
             self.status.showMessage("The clipboard holds no image", 5000)
 
     def _add_image_data(self, image: object) -> None:
-        """A pasted picture gets a file in a private temporary folder, removed on exit."""
-        if self._paste_dir is None:
-            self._paste_dir = tempfile.mkdtemp(prefix="smolvlm-paste-")
-        count = len(list(Path(self._paste_dir).iterdir())) + 1
-        target = Path(self._paste_dir) / f"pasted-{count}.png"
-        if image is not None and image.save(str(target), "PNG"):  # type: ignore[attr-defined]
-            self.add_paths([str(target)])
-        else:
+        """A pasted picture becomes a PNG in the data folder (a temporary one would leave the
+        library's chat pointing at a deleted file), named by its content so pasting the same
+        picture twice keeps one copy; then it is shown and selected."""
+        from ..library.atomic import atomic_write_bytes
+
+        data = QByteArray()
+        buffer = QBuffer(data)
+        buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+        if image is None or not image.save(buffer, "PNG"):  # type: ignore[attr-defined]
             self.status.showMessage("The pasted image could not be read", 5000)
+            return
+        png = bytes(data.data())
+        if self.persist:
+            folder = paths.pasted_dir()
+        else:  # the self-test writes nothing that outlives it
+            self._paste_dir = self._paste_dir or tempfile.mkdtemp(prefix="smolvlm-paste-")
+            folder = Path(self._paste_dir)
+        target = folder / f"pasted-{hashlib.sha256(png).hexdigest()[:16]}.png"
+        try:
+            if not target.is_file():
+                folder.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(target, png)
+        except OSError as exc:
+            self.status.showMessage(f"The pasted image could not be kept in {folder}: {exc}", 8000)
+            return
+        self.add_paths([str(target)], select=True)
 
     def open_images(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(
