@@ -160,3 +160,32 @@ def test_a_pasted_image_is_kept_in_the_data_folder_and_forgotten_with_its_chat(
     window.forget_selected()
     qtbot.waitUntil(lambda: not pasted.exists() and window.tasks.pending == 0, timeout=TIMEOUT_MS)
     assert window.gallery.item_for(str(pasted)) is None
+
+
+# --- E. formats offered that cannot be read here -----------------------------------------------
+
+def test_formats_that_cannot_be_decoded_here_are_not_offered_nor_reported_added(
+        qtbot, tmp_path: Path) -> None:
+    from smolvlm_desktop.engine.images import allowed_formats
+    from ui_helpers import drag_and_drop
+
+    assert "HEIF" not in allowed_formats() and "AVIF" in allowed_formats(), "this venv: no pillow-heif"
+    window = open_window(qtbot)
+    offered = window.image_filter()
+    assert "*.heic" not in offered and "*.heif" not in offered
+    assert "*.png" in offered and "*.avif" in offered and "*.jpg" in offered
+    zone = window.gallery.drop_zone.body.text()
+    assert "AVIF" in zone and "HEIC" not in zone, "the drop zone names what File ▸ Open accepts"
+    heic = tmp_path / "iphone.heic"
+    heic.write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(200))
+    said: list[str] = []
+    window.status.messageChanged.connect(said.append)
+    assert drag_and_drop(window, [heic])
+    qtbot.waitUntil(lambda: bool(window.gallery.error_for(str(heic))) and window.tasks.pending == 0,
+                    timeout=TIMEOUT_MS)
+    assert "pillow-heif" in window.gallery.error_for(str(heic))
+    assert not any(m.startswith("Added 1 image") for m in said), said
+    assert any(m.startswith("Cannot read iphone.heic: not an image") and "pillow-heif" in m
+               for m in said), said
+    assert window.gallery.selected_paths() == []
+    shoot_themes(window, "E-heic-not-readable")

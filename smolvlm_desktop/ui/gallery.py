@@ -39,6 +39,18 @@ def square_icon(image: QImage) -> QIcon:
     return icon
 
 
+FORMAT_NAMES = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "TIFF": "TIFF", "GIF": "GIF",
+                "BMP": "BMP", "AVIF": "AVIF", "HEIF": "HEIC"}
+
+
+def readable_formats_text() -> str:
+    """"JPEG, PNG, WebP, TIFF, GIF, BMP and AVIF": what File ▸ Open accepts on this computer."""
+    from ..engine.images import allowed_formats
+
+    names = [FORMAT_NAMES.get(f, f) for f in allowed_formats()]
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+
+
 class DropZone(QFrame):
     """What an empty gallery shows: where to drop, what else works, the privacy promise."""
 
@@ -50,8 +62,8 @@ class DropZone(QFrame):
         self.setObjectName("DropZone")
         title = QLabel("Drop photos or a folder here")
         title.setObjectName("EmptyTitle")
-        body = QLabel("…or paste an image with Ctrl+V. JPEG, PNG, WebP, TIFF, GIF and BMP work; "
-                      "nothing you open ever leaves this computer.")
+        self.body = body = QLabel(f"…or paste an image with Ctrl+V. {readable_formats_text()} "
+                                  "work; nothing you open ever leaves this computer.")
         body.setObjectName("EmptyBody")
         body.setWordWrap(True)
         body.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -83,6 +95,7 @@ class GalleryStrip(QStackedWidget):
     """A horizontal strip of thumbnails; page 0 is the drop zone shown while it is empty."""
 
     selection_changed = Signal(list)  # selected paths that can be read, in gallery order
+    unreadable = Signal(str, str)  # path, reason: a thumbnail could not be decoded
     open_images = Signal()
     open_folder = Signal()
 
@@ -168,6 +181,7 @@ class GalleryStrip(QStackedWidget):
         if thumb.image is None:
             self._mark_failed(item, thumb.error)
             self._emit_selection()
+            self.unreadable.emit(thumb.path, thumb.error)
             return
         item.setIcon(square_icon(thumb.image))
         item.setData(SIZE_ROLE, thumb.image.size())

@@ -43,6 +43,7 @@ from .model_manager import ModelManagerDialog
 from .settings_dialog import SettingsDialog
 from .status_bar import StatusBar
 from .tasks import TaskRunner
+from .text import reason_for
 
 DEMO_TEXT = ("DEMO MODEL: this is a tiny model with random weights, bundled for trying the "
              "window out. Its answers are random noise, not descriptions of your images.")
@@ -115,6 +116,7 @@ class MainWindow(QMainWindow):
         self.gallery = GalleryStrip(self.tasks)
         self.gallery.open_images.connect(self.open_images)
         self.gallery.open_folder.connect(self.open_folder)
+        self.gallery.unreadable.connect(self._unreadable)
         self.chat_panel = ChatPanel()
         self.batch_panel = BatchPanel(_writer_formats())
         self.tabs = QTabWidget()
@@ -337,17 +339,28 @@ class MainWindow(QMainWindow):
 
     def _paths_found(self, found: tuple[list[Path], list[tuple[Path, str]]],
                      select: bool = False) -> None:
+        from ..engine.images import IMAGE_EXTENSIONS, readable_extensions
+
         images, problems = found
         added = self.gallery.add_images([str(p) for p in images])
         for path, reason in problems:
             self.gallery.add_problem(str(path), reason)
+        # A .heic without its decoder is added (its thumbnail says why it cannot be read, and
+        # the status bar repeats it) but never counted as added nor selected.
+        undecodable = IMAGE_EXTENSIONS - set(readable_extensions())
+        usable = [p for p in added if Path(p).suffix.lower() not in undecodable]
         if select and images:
             self.gallery.select_paths([str(p) for p in images])
-        elif added and not self.gallery.selected_paths():
-            self.gallery.select_paths(added[:1])
-        noun = "image" if len(added) == 1 else "images"
-        extra = f", {len(problems)} could not be used" if problems else ""
-        self.status.showMessage(f"Added {len(added)} {noun}{extra}", 6000)
+        elif usable and not self.gallery.selected_paths():
+            self.gallery.select_paths(usable[:1])
+        if usable or problems:
+            noun = "image" if len(usable) == 1 else "images"
+            extra = f", {len(problems)} could not be used" if problems else ""
+            self.status.showMessage(f"Added {len(usable)} {noun}{extra}", 6000)
+
+    def _unreadable(self, path: str, reason: str) -> None:
+        """A thumbnail could not be decoded: say which file and why, not just a warning icon."""
+        self.status.showMessage(f"Cannot read {Path(path).name}: {reason_for(path, reason)}", 12000)
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802
         mime = event.mimeData()
@@ -410,9 +423,16 @@ class MainWindow(QMainWindow):
 
     def open_images(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(
-            self, "Open images", self.settings.last_folder or str(Path.home()),
-            "Images (*.jpg *.jpeg *.png *.webp *.tif *.tiff *.bmp *.gif *.heic *.heif *.avif);;All files (*)")
+            self, "Open images", self.settings.last_folder or str(Path.home()), self.image_filter())
         self.add_paths(files)
+
+    @staticmethod
+    def image_filter() -> str:
+        """File ▸ Open's filter: only the formats this computer decodes (a .heic offered
+        without its decoder was "added" and then could not be read)."""
+        from ..engine.images import readable_extensions
+
+        return f"Images ({' '.join('*' + e for e in readable_extensions())});;All files (*)"
 
     def open_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open a folder of images",
