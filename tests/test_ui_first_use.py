@@ -189,3 +189,35 @@ def test_formats_that_cannot_be_decoded_here_are_not_offered_nor_reported_added(
                for m in said), said
     assert window.gallery.selected_paths() == []
     shoot_themes(window, "E-heic-not-readable")
+
+
+# --- 1. an unreadable image silently left out --------------------------------------------------
+
+def test_an_unreadable_selected_image_is_named_and_never_silently_left_out(qtbot, tmp_path: Path) -> None:
+    from ui_helpers import answer_next_dialog
+
+    window = open_window(qtbot, settings=small_settings())
+    good = [make_image(tmp_path / f"good{i}.png") for i in range(2)]
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    add_images(qtbot, window, good + [corrupt])
+    assert window.gallery.error_for(str(corrupt))
+    label = window.chat_panel.context_label
+    window.gallery.select_paths([str(corrupt)])
+    assert "corrupt.jpg cannot be read" in label.text() and "No image selected" not in label.text()
+    seen: list[str] = []
+    answer_next_dialog("Cancel", seen)
+    window.chat_panel.prompt.setPlainText("What is this?")
+    window.chat_panel.send_btn.click()
+    assert seen and "corrupt.jpg" in seen[0], "asked before sending without it"
+    assert not window.chat.busy and not window.chat.histories.get(())
+    assert window.chat_panel.prompt.toPlainText() == "What is this?", "Cancel keeps the question"
+    window.select_all()
+    assert "2 of 3 images (1 unreadable" in label.text()
+    shoot_themes(window, "1-unreadable-in-selection")
+    answer_next_dialog("Ask without it", seen)
+    window.chat_panel.preset_buttons["caption"].click()
+    assert len(seen) == 2 and "corrupt.jpg" in seen[1]
+    qtbot.waitUntil(lambda: not window.chat.busy, timeout=TIMEOUT_MS)
+    history = window.chat.histories[tuple(map(str, good))]
+    assert history[0].image_paths == tuple(map(str, good)) and history[1].role == "assistant"

@@ -11,11 +11,13 @@ from typing import Callable
 
 from PySide6.QtCore import QObject, Signal, Slot
 from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QMessageBox
 
 from ..engine.types import GenerationResult, GenerationSettings
 from ..presets import preset_prompt
 from ..worker import ChatJob, ChatTurn, EngineWorker
 from .chat_panel import ChatPanel
+from .text import plural, reason_for
 
 Key = tuple[str, ...]
 
@@ -27,9 +29,13 @@ class ChatController(QObject):
     status = Signal(str)  # a short message for the status bar
 
     def __init__(self, panel: ChatPanel, worker: EngineWorker,
-                 generation: Callable[[], GenerationSettings]) -> None:
+                 generation: Callable[[], GenerationSettings],
+                 unreadable: Callable[[], list[tuple[str, str]]] = lambda: []) -> None:
+        """unreadable: the selected images that cannot be read, (path, reason) each; they
+        are named in the context line and asked about before a question goes without them."""
         super().__init__()
         self.panel, self.worker, self.generation = panel, worker, generation
+        self.unreadable = unreadable
         self.histories: dict[Key, list[ChatTurn]] = {}
         self.chat_ids: dict[Key, int] = {}  # the library row of each conversation
         self.errors: dict[Key, str] = {}
@@ -63,12 +69,27 @@ class ChatController(QObject):
     def set_images(self, paths: list[str]) -> None:
         """The gallery selection changed: show that image set's conversation."""
         self.key = tuple(paths)
-        names = ", ".join(Path(p).name for p in paths[:3]) + (" …" if len(paths) > 3 else "")
-        self.panel.context_label.setText(
-            f"Asking about {len(paths)} image{'s' if len(paths) != 1 else ''}: {names}" if paths
-            else "No image selected: select one or more thumbnails above (Ctrl+A for all), "
-                 "or ask without an image.")
+        self.panel.context_label.setText(self._context(paths, self.unreadable()))
         self._render()
+
+    @staticmethod
+    def _context(paths: list[str], bad: list[tuple[str, str]]) -> str:
+        """The line above the conversation: which images a question goes with, and which
+        selected ones cannot be read (they were left out without a word)."""
+        names = ", ".join(Path(p).name for p in paths[:3]) + (" …" if len(paths) > 3 else "")
+        if bad:
+            first, reason = bad[0]
+            why = f"{Path(first).name} cannot be read: {reason_for(first, reason)}"
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            if not paths:
+                return f"{why}{more}. Select another image, or ask without one."
+            total = len(paths) + len(bad)
+            return (f"Asking about {len(paths)} of {total} images ({len(bad)} unreadable: "
+                    f"{why}{more}): {names}")
+        if paths:
+            return f"Asking about {plural(len(paths), 'image')}: {names}"
+        return ("No image selected: select one or more thumbnails above (Ctrl+A for all), "
+                "or ask without an image.")
 
     @property
     def busy(self) -> bool:
@@ -76,20 +97,43 @@ class ChatController(QObject):
 
     def send_typed(self) -> None:
         text = self.panel.prompt.toPlainText().strip()
-        if text and not self.busy:
-            self.panel.prompt.clear()
-            self.ask(text)
+        if text and not self.busy and self.ask(text):
+            self.panel.prompt.clear()  # only once asked: Cancel keeps what was typed
 
     def ask_preset(self, key: str) -> None:
         if not self.busy:
             self.ask(preset_prompt(key))
 
-    def ask(self, text: str) -> None:
+    def ask(self, text: str) -> bool:
+        """Send a question; False when the user chose not to (unreadable images)."""
+        history = self.histories.get(self.key, [])
+        first = not any(t.role == "user" for t in history)
+        if first and not self._go_without_unreadable():
+            return False
         history = self.histories.setdefault(self.key, [])
-        images = self.key if not any(t.role == "user" for t in history) else ()
+        images = self.key if first else ()
         history.append(ChatTurn("user", text, images))
         self.errors.pop(self.key, None)
         self._submit(history)
+        return True
+
+    def _go_without_unreadable(self) -> bool:
+        """Selected images that cannot be read: name them and ask before the question goes
+        without them. True when there are none or the user says go."""
+        bad = self.unreadable()
+        if not bad:
+            return True
+        lines = "\n".join(f"• {Path(p).name}: {reason_for(p, r)}" for p, r in bad[:5])
+        rest = (f"the other {plural(len(self.key), 'image')}" if self.key else "no image at all")
+        box = QMessageBox(QMessageBox.Icon.Warning, "Some images cannot be read",
+                          f"{plural(len(bad), 'selected image')} cannot be read:\n{lines}\n\n"
+                          f"Ask about {rest} without {'it' if len(bad) == 1 else 'them'}?",
+                          QMessageBox.StandardButton.Cancel, self.panel)
+        go = box.addButton("Ask without it" if len(bad) == 1 else "Ask without them",
+                           QMessageBox.ButtonRole.AcceptRole)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.exec()
+        return box.clickedButton() is go
 
     def regenerate(self) -> None:
         history = self.histories.get(self.key, [])

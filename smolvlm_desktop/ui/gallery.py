@@ -215,6 +215,12 @@ class GalleryStrip(QStackedWidget):
         items = [self.list.item(r) for r in range(self.list.count())]
         return [i.data(PATH_ROLE) for i in items if i.isSelected() and not i.data(ERROR_ROLE)]
 
+    def selected_problems(self) -> list[tuple[str, str]]:
+        """(path, reason) of the selected images that cannot be read (left out of a question)."""
+        items = [self.list.item(r) for r in range(self.list.count())]
+        return [(i.data(PATH_ROLE), i.data(ERROR_ROLE)) for i in items
+                if i.isSelected() and i.data(ERROR_ROLE)]
+
     def error_for(self, path: str) -> str | None:
         item = self.item_for(path)
         return item.data(ERROR_ROLE) if item is not None else None

@@ -126,7 +126,8 @@ class MainWindow(QMainWindow):
         self.library_panel = LibraryPanel()
         self.tabs.addTab(self.library_panel, "Library")
         generation = self.settings.generation_settings
-        self.chat = ChatController(self.chat_panel, self.worker, generation)
+        self.chat = ChatController(self.chat_panel, self.worker, generation,
+                                   self.gallery.selected_problems)
         self.batch = BatchController(self.batch_panel, self.worker, self.tasks,
                                      self.gallery.selected_paths, self.settings, generation)
         self.batch.job_ended.connect(self.check_unfinished_batch)
