@@ -221,3 +221,48 @@ def test_an_unreadable_selected_image_is_named_and_never_silently_left_out(qtbot
     qtbot.waitUntil(lambda: not window.chat.busy, timeout=TIMEOUT_MS)
     history = window.chat.histories[tuple(map(str, good))]
     assert history[0].image_paths == tuple(map(str, good)) and history[1].role == "assistant"
+
+
+# --- 2. rendering while streaming; answers that start with a space ------------------------------
+
+def test_a_streaming_answer_has_its_own_heading_and_no_answer_starts_with_a_space(
+        qtbot, tmp_path: Path) -> None:
+    from PySide6.QtGui import QGuiApplication
+
+    window = open_window(qtbot, settings=small_settings(max_new_tokens=6))
+    gate = Gate()
+    tokens: list[str] = []
+
+    def hold_at_the_second_token(job_id: int, text: str) -> None:  # runs in the worker thread
+        tokens.append(text)
+        if len(tokens) == 2:
+            gate()
+
+    window.worker.token.connect(hold_at_the_second_token)
+    window.chat.ask("hello")  # the demo model's answer to it starts with " busupu"
+    qtbot.waitUntil(gate.reached.is_set, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.chat.live_text != "", timeout=TIMEOUT_MS)
+    assert tokens[0].startswith(" "), "the model's first piece starts with a space"
+    lines = window.chat_panel.transcript.toPlainText().splitlines()
+    assert "SmolVLM" in lines, f"the heading is glued to the question: {lines}"
+    streamed = lines[lines.index("SmolVLM") + 1]
+    assert streamed and not streamed.startswith(" "), lines
+    shoot_themes(window, "2-streaming")
+    gate.open()
+    qtbot.waitUntil(lambda: not window.chat.busy, timeout=TIMEOUT_MS)
+    answer = window.chat.histories[()][-1].text
+    assert answer and answer == answer.strip()
+    window.chat_panel.copy_btn.click()
+    assert QGuiApplication.clipboard().text() == answer
+    lines = window.chat_panel.transcript.toPlainText().splitlines()
+    assert lines[lines.index("SmolVLM") + 1] == answer
+    photos = tmp_path / "photos"
+    make_image(photos / "a.png")
+    window.show_batch()
+    setup = window.batch_panel.setup
+    setup.folder_edit.setText(str(photos))
+    setup.try_btn.click()
+    qtbot.waitUntil(lambda: window.batch.trial is None and setup.preview.toPlainText() != "",
+                    timeout=TIMEOUT_MS)
+    trial = setup.preview.toPlainText()
+    assert trial == trial.strip(), repr(trial)

@@ -492,6 +492,8 @@ class BatchController(QObject):
 
     @staticmethod
     def _append(box: Any, text: str) -> None:
+        if not box.toPlainText():
+            text = text.lstrip()  # the tokenizer's space before the first word
         box.moveCursor(box.textCursor().MoveOperation.End)
         box.insertPlainText(text)
 
@@ -535,7 +537,7 @@ class BatchController(QObject):
     @Slot(int, object)
     def _on_trial_finished(self, job_id: int, result: GenerationResult) -> None:
         if self._is_trial(job_id):
-            self.panel.setup.preview.setPlainText(result.text or "(the model gave an empty answer)")
+            self.panel.setup.preview.setPlainText(result.text.strip() or "(the model gave an empty answer)")
             self.status.emit(f"Trial caption in {result.timings.first_token_ms / 1000 + result.timings.decode_ms / 1000:.1f} s")
 
     @Slot(int, object)

@@ -179,6 +179,10 @@ class ChatController(QObject):
     @Slot(int, str)
     def _on_token(self, job_id: int, text: str) -> None:
         if self._mine(job_id):
+            if not self.live_text:
+                text = text.lstrip()  # the first word's leading space is the tokenizer's
+                if not text:
+                    return
             self.live_text += text
             if self.key == self.job_key:
                 self.panel.append_answer(text)
@@ -196,7 +200,7 @@ class ChatController(QObject):
         if result.stop_reason == "cancelled" and not result.text.strip():
             self._undo_question(history)
         else:
-            history.append(ChatTurn("assistant", result.text))
+            history.append(ChatTurn("assistant", result.text.strip()))
         if result.stop_reason != "cancelled":
             self.answered.emit(result)
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QKeyEvent, QPalette, QTextCursor
+from PySide6.QtGui import QFont, QKeyEvent, QPalette, QTextBlockFormat, QTextCharFormat, QTextCursor
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QTextBrowser,
                                QVBoxLayout, QWidget)
 
@@ -113,10 +113,19 @@ class ChatPanel(QWidget):
         self.transcript.moveCursor(QTextCursor.MoveOperation.End)
 
     def begin_answer(self) -> None:
-        """Add the heading of an answer that is about to stream in."""
+        """Add the heading of an answer that is about to stream in, each in a block of its own
+        (inserted HTML merges into the current block: the heading stuck to the question)."""
         cursor = self._end_cursor()
-        cursor.insertHtml(self._heading_html("assistant", "") + "<p></p>")
-        self._end_cursor()
+        heading = QTextBlockFormat()
+        heading.setTopMargin(14)  # as _heading_html's paragraph
+        heading.setBottomMargin(2)
+        cursor.insertBlock(heading, QTextCharFormat())
+        name = QTextCharFormat()
+        name.setFontWeight(QFont.Weight.Bold)
+        name.setForeground(self.palette().color(QPalette.ColorRole.Link))
+        cursor.insertText("SmolVLM", name)
+        cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())  # the answer: plain text
+        self.transcript.setTextCursor(cursor)
 
     def append_answer(self, text: str) -> None:
         self._end_cursor().insertText(text)
