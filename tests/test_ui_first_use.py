@@ -266,3 +266,23 @@ def test_a_streaming_answer_has_its_own_heading_and_no_answer_starts_with_a_spac
                     timeout=TIMEOUT_MS)
     trial = setup.preview.toPlainText()
     assert trial == trial.strip(), repr(trial)
+
+
+# --- 5. "No images found there." ---------------------------------------------------------------
+
+def test_no_images_in_a_folder_says_where_and_goes_once_the_folder_changes(qtbot, tmp_path: Path) -> None:
+    window = open_window(qtbot, settings=small_settings())
+    only_below = tmp_path / "albums"
+    make_image(only_below / "2024" / "a.png")
+    window.show_batch()
+    setup = window.batch_panel.setup
+    setup.folder_edit.setText(str(only_below))
+    setup.start_btn.click()
+    qtbot.waitUntil(lambda: setup.preview.toPlainText() != "" and window.tasks.pending == 0,
+                    timeout=TIMEOUT_MS)
+    said = setup.preview.toPlainText()
+    assert str(only_below) in said and "Include sub-folders" in said, said
+    assert window.batch.job is None
+    shoot_themes(window, "5-no-images-in-folder")
+    setup.folder_edit.setText(str(only_below / "2024"))
+    assert setup.preview.toPlainText() == "" and setup.preview.isHidden()

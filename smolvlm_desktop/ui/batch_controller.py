@@ -311,9 +311,19 @@ class BatchController(QObject):
                        lambda found: (self.update_actions(), then(*found)),
                        lambda exc: (self.update_actions(), self._problem(str(exc))))
 
+    def _nothing_found(self) -> str:
+        """Why there is nothing to caption, naming the folder and the likely fix."""
+        s = self.panel.setup
+        folder = self.source_folder()
+        if s.selection_radio.isChecked() or folder is None:
+            return "None of the selected images can be read."
+        if s.recursive_check.isChecked():
+            return f"No images in {folder} nor its sub-folders."
+        return f"No images in {folder} itself. Tick Include sub-folders to caption the ones below it."
+
     def _start_trial(self, images: list[Path], problems: list[tuple[Path, str]]) -> None:
         if not images:
-            self._problem("No images found there.")
+            self._problem(self._nothing_found())
             return
         self.panel.setup.preview.setPlainText("")
         self.trial = ChatJob(turns=[ChatTurn("user", self.prompt(), (str(images[0]),))],
@@ -326,7 +336,7 @@ class BatchController(QObject):
         from ..batch import BatchSettings
 
         if not images and not problems:
-            self._problem("No images found there.")
+            self._problem(self._nothing_found())
             return
         self.offer_resume(None)  # a new batch replaces the offer; it comes back if still relevant
         s = self.panel.setup
