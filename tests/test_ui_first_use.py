@@ -286,3 +286,55 @@ def test_no_images_in_a_folder_says_where_and_goes_once_the_folder_changes(qtbot
     shoot_themes(window, "5-no-images-in-folder")
     setup.folder_edit.setText(str(only_below / "2024"))
     assert setup.preview.toPlainText() == "" and setup.preview.isHidden()
+
+
+# --- 6. the finished and cancelled pages -------------------------------------------------------
+
+def test_the_summary_lists_files_written_and_failures_once_and_retries_the_failed(
+        qtbot, tmp_path: Path) -> None:
+    window = open_window(qtbot, settings=small_settings())
+    photos = tmp_path / "photos"
+    make_image(photos / "a.png")
+    make_image(photos / "b.png")
+    broken = photos / "broken1.png"
+    broken.write_bytes(b"\x89PNG but not really")
+    window.show_batch()
+    setup, summary = window.batch_panel.setup, window.batch_panel.summary
+    setup.folder_edit.setText(str(photos))
+    setup.start_btn.click()
+    qtbot.waitUntil(lambda: window.batch_panel.currentWidget() is summary, timeout=TIMEOUT_MS)
+    failure = summary.failures.item(0).text()
+    assert failure.startswith("broken1.png: ") and failure.count("broken1.png") == 1, failure
+    written = sorted(summary.written.item(i).text() for i in range(summary.written.count()))
+    assert written == ["a.txt", "b.txt"]
+    assert summary.open_btn.isEnabled() and window.batch.output_folder() == photos
+    assert summary.retry_btn.isEnabled() and not summary.retry_btn.isHidden()
+    shoot_themes(window, "6-summary-with-failure")
+    make_image(broken)  # the user fixed the file
+    summary.retry_btn.click()
+    qtbot.waitUntil(lambda: window.batch_panel.currentWidget() is summary and window.batch.job is None
+                    and (photos / "broken1.txt").is_file(), timeout=TIMEOUT_MS)
+    assert summary.title.text().startswith("Finished: 1 captioned, 0 skipped, 0 failed")
+    assert summary.retry_btn.isHidden()
+
+
+def test_a_cancelled_batch_page_starts_at_the_top(qtbot, tmp_path: Path) -> None:
+    window = open_window(qtbot, settings=small_settings())
+    photos = tmp_path / "photos"
+    for name in ("a", "b", "c"):
+        make_image(photos / f"{name}.png")
+    window.show_batch()
+    window.batch_panel.setup.folder_edit.setText(str(photos))
+    gate = Gate()
+    window.worker.image_started.connect(gate)
+    window.batch_panel.setup.start_btn.click()
+    qtbot.waitUntil(gate.reached.is_set, timeout=TIMEOUT_MS)
+    window.batch_panel.run.cancel_btn.click()
+    gate.open()
+    summary = window.batch_panel.summary
+    qtbot.waitUntil(lambda: window.batch_panel.currentWidget() is summary, timeout=TIMEOUT_MS)
+    window.resize(1024, 700)
+    qtbot.waitUntil(lambda: summary.title.isVisible(), timeout=TIMEOUT_MS)
+    assert summary.title.text().startswith("Cancelled")
+    assert summary.title.y() < 40, "the heading sits at the top, not mid-page"
+    shoot_themes(window, "6-summary-cancelled")

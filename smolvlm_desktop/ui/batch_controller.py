@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtCore import QObject, QUrl, Signal, Slot
+from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QFileDialog, QListWidgetItem, QMessageBox
 
 from ..engine.types import GenerationResult, GenerationSettings
@@ -21,6 +22,7 @@ from ..settings import Settings
 from ..worker import BatchJob, ChatJob, ChatTurn, EngineWorker
 from .batch_panel import CUSTOM, BatchPanel
 from .tasks import TaskRunner
+from .text import reason_for
 
 PATH_ROLE = 0x0100  # Qt.UserRole
 
@@ -114,6 +116,8 @@ class BatchController(QObject):
         self.in_flight: dict[str, int] = {}  # started, not yet done: a group decodes together
         self._total = 0
         self.failures: list[tuple[str, str]] = []
+        self.written: list[Path] = []  # files the running or last batch wrote
+        self.run_folder: Path | None = None  # the folder the last batch captioned, if one
         self._problem_shown = False  # the trial box holds a complaint, not a caption
         self._connect()
         self._load_settings()
@@ -135,6 +139,8 @@ class BatchController(QObject):
         r.pause_btn.clicked.connect(self.toggle_pause)
         r.cancel_btn.clicked.connect(self.cancel)
         m.back_btn.clicked.connect(lambda: self.panel.setCurrentWidget(s))
+        m.open_btn.clicked.connect(self.open_output_folder)
+        m.retry_btn.clicked.connect(self.retry_failed)
         m.failures.itemActivated.connect(self._failure_clicked)
         m.failures.itemClicked.connect(self._failure_clicked)
         w = self.worker
@@ -347,6 +353,7 @@ class BatchController(QObject):
         self.counts = {"done": 0, "skipped": 0, "failed": len(problems)}
         self.in_flight = {}
         self.failures = [(str(p), r) for p, r in problems]
+        self.written, self.run_folder = [], folder
         self.started_at = time.monotonic()
         self._show_run_page(len(images))
         self.job = BatchJob(paths=images, settings=settings)
@@ -415,6 +422,8 @@ class BatchController(QObject):
         self.counts = {k: c.get(k, 0) for k in ("done", "skipped", "failed")}
         self.in_flight = {}
         self.failures = []
+        agg = job.settings.get("aggregate_dir")
+        self.written, self.run_folder = [], Path(agg) if agg else None
         self.started_at = time.monotonic()
         self._show_run_page(c.get("total", 0))
         self.panel.run.title.setText(f"Resuming a batch of {c.get('total', 0)} images…")
@@ -511,6 +520,7 @@ class BatchController(QObject):
     def _on_image_done(self, job_id: int, event: Any) -> None:
         if self._mine(job_id):
             self.counts["done"] += 1
+            self.written.extend(f for f in event.files if f not in self.written)
             self._finished_one(str(event.path))
             self.panel.run.caption.setPlainText(event.text)
 
@@ -564,16 +574,15 @@ class BatchController(QObject):
     def _on_job_finished(self, job_id: int) -> None:
         if self._is_trial(job_id):
             self.trial = None
+            self.update_actions()
         elif self._mine(job_id):
-            if self.refused is not None:
-                self._show_refusal(self.refused)
+            refused, self.job, self.refused = self.refused, None, None
+            self.update_actions()  # first: it clears old complaints, not the refusal below
+            if refused is not None:
+                self._show_refusal(refused)
             else:
                 self._show_summary()
-            self.job, self.refused = None, None
             self.job_ended.emit()
-        else:
-            return
-        self.update_actions()
 
     def _show_refusal(self, reason: str) -> None:
         """The batch never started (another process runs it): back to the set-up page with
@@ -593,21 +602,50 @@ class BatchController(QObject):
         verb = "Cancelled" if cancelled else "Finished"
         m.title.setText(f"{verb}: {done} captioned, {skipped} skipped, {failed} failed")
         elapsed = summary.elapsed_s if summary is not None else time.monotonic() - self.started_at
-        m.details.setText(f"Took {format_duration(elapsed)}. "
-                          + ("Click a failed image to select it in the gallery." if failed else
-                             "Every caption was written next to its image or in the chosen files."))
-        m.failures.clear()
-        m.failures.setVisible(bool(failed))
-        for path, reason in self.failures:
-            item = QListWidgetItem(f"{Path(path).name if path else 'Batch'}: {reason}")
-            item.setData(PATH_ROLE, path)
-            item.setToolTip(path)
-            m.failures.addItem(item)
+        folder = self.output_folder()
+        where = f" in {folder}" if folder else ""
+        m.details.setText(f"Took {format_duration(elapsed)}. " + (
+            f"Captions were written next to each image{where}." if self.written else
+            "No file was written."))
+        base = folder or Path()
+        m.show_lists(
+            [(_relative(p, base), str(p)) for p in self.written],
+            [(f"{Path(p).name if p else 'Batch'}: {reason_for(p, r)}", p or r, p)
+             for p, r in self.failures])
+        m.open_btn.setEnabled(folder is not None)
         self.summary = None
         self.panel.setCurrentWidget(m)
         self.status.emit(m.title.text())
+
+    def output_folder(self) -> Path | None:
+        """Where the last batch wrote: its folder, else the deepest folder holding every file."""
+        if not self.written:
+            return None
+        from ..batch import common_parent
+
+        return self.run_folder or common_parent(self.written)
+
+    def open_output_folder(self) -> None:
+        folder = self.output_folder()
+        if folder is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+
+    def retry_failed(self) -> None:
+        """Caption again only the images that failed (the user may have fixed them), with the
+        settings on the set-up page."""
+        images = [Path(p) for p, _ in self.failures if p]
+        if images and not self.busy and self._ready(writing=True):
+            self._start_batch(images, [])
 
     def _failure_clicked(self, item: QListWidgetItem) -> None:
         path = item.data(PATH_ROLE)
         if path:
             self.reveal.emit(path)
+
+
+def _relative(path: Path, base: Path) -> str:
+    """a.txt, or sub/a.txt, for a file under the output folder; the full path otherwise."""
+    try:
+        return Path(path).relative_to(base).as_posix()
+    except ValueError:
+        return str(path)

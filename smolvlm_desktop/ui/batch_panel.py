@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFormLayout, QFrame,
-                               QHBoxLayout, QLabel, QLineEdit, QListWidget, QPlainTextEdit,
+                               QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
+                               QPlainTextEdit,
                                QProgressBar, QPushButton, QRadioButton, QScrollArea,
                                QStackedWidget, QVBoxLayout, QWidget)
 
@@ -207,7 +208,8 @@ class RunPage(QWidget):
 
 
 class SummaryPage(QWidget):
-    """How it went; each failure names its file and reason, and selects it when clicked."""
+    """How it went: the files written, each failure with its reason (a click selects the
+    image), and what to do next: open the output folder, retry the failed, a new batch."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -215,19 +217,55 @@ class SummaryPage(QWidget):
         self.title.setObjectName("SectionTitle")
         self.title.setWordWrap(True)
         self.details = _hint("")
+        self.written_label = QLabel()
+        self.written = QListWidget()
+        self.written.setAccessibleName("Files written")
+        self.failures_label = QLabel()
         self.failures = QListWidget()
         self.failures.setAccessibleName("Failed images")
         self.failures.setWordWrap(True)
+        self.open_btn = QPushButton("Open output folder")
+        self.open_btn.setToolTip("Show the folder the captions were written to")
+        self.retry_btn = QPushButton("Retry failed")
+        self.retry_btn.setToolTip("Caption only the images that failed, with the same settings")
         self.back_btn = QPushButton("New batch")
+        self.back_btn.setObjectName("Primary")
         row = QHBoxLayout()
+        row.addWidget(self.open_btn)
+        row.addWidget(self.retry_btn)
         row.addStretch()
         row.addWidget(self.back_btn)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(12, 12, 12, 12)
         layout.addWidget(self.title)
         layout.addWidget(self.details)
-        layout.addWidget(self.failures, 1)
+        for label, box in ((self.written_label, self.written), (self.failures_label, self.failures)):
+            layout.addWidget(label)
+            layout.addWidget(box, 1)
+        self.filler = QWidget()  # takes the height when there is no list: the heading stays on top
+        layout.addWidget(self.filler, 1)
         layout.addLayout(row)
+
+    def show_lists(self, written: list[tuple[str, str]], failures: list[tuple[str, str, str]]) -> None:
+        """written: (name shown, full path); failures: (line shown, tooltip, image path)."""
+        self.written.clear()
+        for name, path in written:
+            item = QListWidgetItem(name)
+            item.setToolTip(path)
+            self.written.addItem(item)
+        self.failures.clear()
+        for line, tip, path in failures:
+            item = QListWidgetItem(line)
+            item.setToolTip(tip)
+            item.setData(Qt.ItemDataRole.UserRole, path)
+            self.failures.addItem(item)
+        self.written_label.setText(f"Files written ({len(written)}):")
+        self.failures_label.setText(f"Failed ({len(failures)}): click one to select it in the gallery")
+        for widget, shown in ((self.written_label, written), (self.written, written),
+                              (self.failures_label, failures), (self.failures, failures),
+                              (self.retry_btn, failures)):
+            widget.setVisible(bool(shown))
+        self.filler.setVisible(not written and not failures)
 
 
 class BatchPanel(QStackedWidget):
