@@ -338,3 +338,47 @@ def test_a_cancelled_batch_page_starts_at_the_top(qtbot, tmp_path: Path) -> None
     assert summary.title.text().startswith("Cancelled")
     assert summary.title.y() < 40, "the heading sits at the top, not mid-page"
     shoot_themes(window, "6-summary-cancelled")
+
+
+# --- 8-10. what cannot be read -------------------------------------------------------------------
+
+def contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two #rrggbb colours."""
+    def luminance(colour: str) -> float:
+        channels = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+        lin = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    high, low = sorted((luminance(a), luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+@pytest.mark.parametrize("theme_name", ["light", "dark"])
+def test_every_text_run_of_a_selected_library_result_is_readable(qtbot, tmp_path: Path,
+                                                                 theme_name: str) -> None:
+    import re
+
+    from smolvlm_desktop.library.db import Library
+    from smolvlm_desktop.ui import theme
+
+    with Library() as library:
+        library.record_caption(make_image(tmp_path / "pond" / "heron.png"),
+                               "A grey heron stands in shallow water.", "SmolVLM-256M", "Describe.")
+    window = open_window(qtbot, settings=small_settings(theme=theme_name))
+    window.actions["library_search"].trigger()
+    window.library_panel.search.setText("heron")
+    window.library.search_now()
+    qtbot.waitUntil(lambda: window.tasks.pending == 0 and window.library_panel.hits.count() == 1,
+                    timeout=TIMEOUT_MS)
+    hits = window.library_panel.hits
+    hits.setCurrentRow(0)
+    label = hits.itemWidget(hits.item(0))
+    colours = theme.colours(theme_name)
+    html = label.text()
+    assert html.startswith("<div style=\"color:"), "no run falls back to the default dark text"
+    for colour in re.findall(r"(?<![-\w])color:\s*(#[0-9a-fA-F]{6})", html):
+        assert contrast(colour, colours["accent"]) >= 4.5, (colour, html)
+    hits.clearSelection()
+    assert colours["muted"] in hits.itemWidget(hits.item(0)).text(), "unselected: the usual colours"
+    hits.setCurrentRow(0)
+    shoot_themes(window, "8-library-selected")

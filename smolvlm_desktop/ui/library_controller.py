@@ -82,7 +82,9 @@ class LibraryController(QObject):
     def restyle(self) -> None:
         """The theme changed: the hits' HTML carries palette colours."""
         if self.last_hits:
+            row = self.panel.hits.currentRow()
             self.panel.show_hits(self.last_hits, self.colours())
+            self.panel.hits.setCurrentRow(row)  # the selection survives a theme change
 
     def _failed(self, number: int, exc: Exception) -> None:
         if number == self.searches:

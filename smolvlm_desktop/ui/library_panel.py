@@ -45,8 +45,15 @@ def snippet_html(snippet: str, mark_style: str) -> str:
     return "".join(out).replace("\n", " ")
 
 
-def hit_html(hit: SearchHit, colours: dict[str, str]) -> str:
-    mark = f"background:{colours['accent_soft']}; color:{colours['text']}; font-weight:600"
+def hit_html(hit: SearchHit, colours: dict[str, str], selected: bool = False) -> str:
+    """One result. A selected row sits on the accent colour: then every run (name, date,
+    path, match) takes the highlighted-text colour, or dark text vanished on #3451d1."""
+    if selected:
+        on = colours["highlight_text"]
+        colours = {**colours, "text": on, "muted": on}
+        mark = f"color:{on}; font-weight:600; text-decoration:underline"
+    else:
+        mark = f"background:{colours['accent_soft']}; color:{colours['text']}; font-weight:600"
     name = Path(hit.path).name if hit.path else "(a chat without an image)"
     more = len(hit.paths) - 1
     if more > 0:
@@ -55,9 +62,9 @@ def hit_html(hit: SearchHit, colours: dict[str, str]) -> str:
     when = hit.created_at.replace("T", " ")[:16]
     meta = html.escape(f"{kind} · {hit.model} · {when}")
     where = html.escape(str(Path(hit.path).parent)) if hit.path else ""
-    return (f'<div><b>{html.escape(name)}</b> <span style="color:{colours["muted"]}">— {meta}</span></div>'
+    return (f'<div style="color:{colours["text"]}"><div><b>{html.escape(name)}</b> <span style="color:{colours["muted"]}">— {meta}</span></div>'
             f'<div style="margin-top:2px">{snippet_html(hit.snippet, mark)}</div>'
-            f'<div style="color:{colours["muted"]}; font-size:small">{where}</div>')
+            f'<div style="color:{colours["muted"]}; font-size:small">{where}</div></div>')
 
 
 class LibraryPanel(QWidget):
@@ -91,6 +98,8 @@ class LibraryPanel(QWidget):
         self.hits.setAccessibleName("Search results")
         self.hits.setSpacing(2)
         self.hits.setVerticalScrollMode(QListWidget.ScrollMode.ScrollPerPixel)
+        self.hits.itemSelectionChanged.connect(self._restyle_selection)
+        self._colours: dict[str, str] = {}
         self.hits.itemActivated.connect(self._chosen)
         self.hits.itemClicked.connect(self._chosen)
         self.count = QLabel()
@@ -116,6 +125,7 @@ class LibraryPanel(QWidget):
         self.pages.setCurrentIndex(0)
 
     def show_hits(self, hits: list[SearchHit], colours: dict[str, str]) -> None:
+        self._colours = colours
         self.hits.clear()
         for hit in hits:
             label = QLabel(hit_html(hit, colours))
@@ -134,6 +144,14 @@ class LibraryPanel(QWidget):
         n = len(hits)
         self.count.setText(f"{n} result{'s' if n != 1 else ''}: click one to show its image")
         self.pages.setCurrentIndex(1)
+
+    def _restyle_selection(self) -> None:
+        """Selected rows in the highlighted-text colour, the others in the usual ones."""
+        for row in range(self.hits.count()):
+            item = self.hits.item(row)
+            label = self.hits.itemWidget(item)
+            if isinstance(label, QLabel):
+                label.setText(hit_html(item.data(HIT_ROLE), self._colours, item.isSelected()))
 
     def _chosen(self, item: QListWidgetItem) -> None:
         self.hit_chosen.emit(item.data(HIT_ROLE))
