@@ -382,3 +382,34 @@ def test_every_text_run_of_a_selected_library_result_is_readable(qtbot, tmp_path
     assert colours["muted"] in hits.itemWidget(hits.item(0)).text(), "unselected: the usual colours"
     hits.setCurrentRow(0)
     shoot_themes(window, "8-library-selected")
+
+
+def indicator_contrast(widget, background: str) -> float:
+    """The strongest contrast of any pixel of a check box's or radio's indicator against the
+    window colour: its border (unchecked) or its fill (checked) must stand out."""
+    from PySide6.QtWidgets import QStyle, QStyleOptionButton
+
+    option = QStyleOptionButton()
+    option.initFrom(widget)
+    element = (QStyle.SubElement.SE_CheckBoxIndicator if widget.inherits("QCheckBox")
+               else QStyle.SubElement.SE_RadioButtonIndicator)
+    rect = widget.style().subElementRect(element, option, widget)
+    image = widget.grab().toImage()
+    return max(contrast(image.pixelColor(x, y).name(), background)
+               for x in range(rect.left(), rect.right() + 1)
+               for y in range(rect.top(), rect.bottom() + 1))
+
+
+@pytest.mark.parametrize("theme_name", ["light", "dark"])
+def test_check_boxes_and_radios_stand_out_in_both_themes(qtbot, theme_name: str) -> None:
+    from smolvlm_desktop.ui import theme
+
+    window = open_window(qtbot, settings=small_settings(theme=theme_name))
+    window.show_batch()
+    setup = window.batch_panel.setup
+    setup.recursive_check.setChecked(False)
+    background = theme.colours(theme_name)["window"]
+    for widget in (setup.recursive_check, setup.selection_radio, setup.folder_radio,
+                   setup.format_checks["txt"]):
+        assert indicator_contrast(widget, background) >= 3.0, (widget.text(), widget.isChecked())
+    shoot_themes(window, "9-indicators")
