@@ -413,3 +413,28 @@ def test_check_boxes_and_radios_stand_out_in_both_themes(qtbot, theme_name: str)
                    setup.format_checks["txt"]):
         assert indicator_contrast(widget, background) >= 3.0, (widget.text(), widget.isChecked())
     shoot_themes(window, "9-indicators")
+
+
+def pixels_near(widget, colour: str, tolerance: int = 40) -> int:
+    from PySide6.QtGui import QColor
+
+    target = QColor(colour)
+    image = widget.grab().toImage()
+    return sum(1 for x in range(image.width()) for y in range(image.height())
+               if max(abs(image.pixelColor(x, y).red() - target.red()),
+                      abs(image.pixelColor(x, y).green() - target.green()),
+                      abs(image.pixelColor(x, y).blue() - target.blue())) < tolerance)
+
+
+@pytest.mark.parametrize("theme_name", ["light", "dark"])
+def test_a_disabled_stop_does_not_look_like_a_live_one(qtbot, theme_name: str) -> None:
+    from smolvlm_desktop.ui import theme
+
+    window = open_window(qtbot, settings=small_settings(theme=theme_name))
+    stop = window.chat_panel.stop_btn
+    danger = theme.colours(theme_name)["danger"]
+    assert not stop.isEnabled() and pixels_near(stop, danger) == 0, "greyed like any disabled button"
+    window.chat_panel.set_busy(True)
+    assert stop.isEnabled() and pixels_near(stop, danger) > 10, "red while it can stop something"
+    window.chat_panel.set_busy(False)
+    shoot_themes(window, "10-stop-disabled")
