@@ -438,3 +438,41 @@ def test_a_disabled_stop_does_not_look_like_a_live_one(qtbot, theme_name: str) -
     assert stop.isEnabled() and pixels_near(stop, danger) > 10, "red while it can stop something"
     window.chat_panel.set_busy(False)
     shoot_themes(window, "10-stop-disabled")
+
+
+# --- 11. keyboard --------------------------------------------------------------------------------
+
+def test_tab_leaves_the_question_box_and_focus_is_plain_to_see(qtbot) -> None:
+    from PySide6.QtCore import Qt
+
+    from smolvlm_desktop.ui import theme
+
+    window = open_window(qtbot, settings=small_settings(theme="light"))
+    window.activateWindow()
+    prompt, panel = window.chat_panel.prompt, window.chat_panel
+    prompt.setFocus()
+    qtbot.waitUntil(prompt.hasFocus, timeout=TIMEOUT_MS)
+    qtbot.keyClicks(prompt, "two words")
+    qtbot.keyClick(prompt, Qt.Key.Key_Tab)
+    assert "\t" not in prompt.toPlainText()
+    assert QApplication_focus() is panel.send_btn, "Tab reaches Send"
+    qtbot.keyClick(panel.send_btn, Qt.Key.Key_Tab)
+    assert QApplication_focus() is panel.stop_btn or not panel.stop_btn.isEnabled()
+    prompt.setFocus()
+    qtbot.keyClick(prompt, Qt.Key.Key_Tab, Qt.KeyboardModifier.ControlModifier)
+    assert prompt.toPlainText() == "two words\t", "Ctrl+Tab types a literal tab"
+    accent = theme.colours("light")["accent"]
+    clear = panel.clear_btn
+    window.setFocus()
+    unfocused = pixels_near(clear, accent)
+    clear.setFocus()
+    qtbot.waitUntil(clear.hasFocus, timeout=TIMEOUT_MS)
+    assert pixels_near(clear, accent) > unfocused + 2 * (clear.width() + clear.height()), \
+        "a 2-px accent outline all round"
+    shoot_themes(window, "11-focus-on-clear")
+
+
+def QApplication_focus():  # noqa: N802 - reads like the Qt call it wraps
+    from PySide6.QtWidgets import QApplication
+
+    return QApplication.focusWidget()

@@ -13,14 +13,22 @@ from ..presets import PRESETS
 
 
 class PromptEdit(QPlainTextEdit):
-    """Multi-line question box: Enter sends, Shift+Enter starts a new line."""
+    """Multi-line question box: Enter sends, Shift+Enter starts a new line, Tab moves on to
+    Send and Stop (a keyboard user could not reach them), Ctrl+Tab types a tab."""
 
     submitted = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setTabChangesFocus(True)
 
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
         enter = event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
         if enter and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
             self.submitted.emit()
+            return
+        if event.key() == Qt.Key.Key_Tab and event.modifiers() & Qt.KeyboardModifier.ControlModifier:
+            self.insertPlainText("\t")
             return
         super().keyPressEvent(event)
 
@@ -42,7 +50,8 @@ class ChatPanel(QWidget):
         self.prompt = PromptEdit()
         self.prompt.setObjectName("PromptEdit")
         self.prompt.setAccessibleName("Question")
-        self.prompt.setPlaceholderText("Ask about the selected image… (Enter sends, Shift+Enter new line)")
+        self.prompt.setPlaceholderText("Ask about the selected image… (Enter sends, Shift+Enter "
+                                       "new line, Tab moves on)")
         self.prompt.setFixedHeight(64)
         self.send_btn = self._button("Send", "Send the question (Enter)", "Primary")
         self.stop_btn = self._button("Stop", "Stop the answer now (Esc)", "Danger")
