@@ -245,6 +245,7 @@ class SummaryPage(QWidget):
         self.filler = QWidget()  # takes the height when there is no list: the heading stays on top
         layout.addWidget(self.filler, 1)
         layout.addLayout(row)
+        self.show_lists([], [])
 
     def show_lists(self, written: list[tuple[str, str]], failures: list[tuple[str, str, str]]) -> None:
         """written: (name shown, full path); failures: (line shown, tooltip, image path)."""
