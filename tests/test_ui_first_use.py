@@ -476,3 +476,21 @@ def QApplication_focus():  # noqa: N802 - reads like the Qt call it wraps
     from PySide6.QtWidgets import QApplication
 
     return QApplication.focusWidget()
+
+
+# --- 12. crash details ---------------------------------------------------------------------------
+
+def test_crash_details_wrap_so_the_key_sentence_is_read_whole(qtbot, tmp_path: Path) -> None:
+    from smolvlm_desktop.ui.crash_dialog import error_dialog
+
+    window = open_window(qtbot, model=None)
+    key = ("RuntimeError: the vision encoder could not allocate 1.2 GB for 17 tiles at 2048 px; "
+           "choose a lower detail in Preferences or close other programs and try again")
+    dialog = error_dialog(f"Traceback (most recent call last):\n  File \"x.py\", line 1\n{key}\n",
+                          tmp_path, window)
+    qtbot.addWidget(dialog)
+    dialog.show()
+    dialog.toggle.setChecked(True)
+    qtbot.waitUntil(dialog.details.isVisible, timeout=TIMEOUT_MS)
+    assert dialog.details.horizontalScrollBar().maximum() == 0, "no line runs off the right edge"
+    shoot_themes(dialog, "12-crash-details", size=(720, 480))
