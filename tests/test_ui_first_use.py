@@ -494,3 +494,33 @@ def test_crash_details_wrap_so_the_key_sentence_is_read_whole(qtbot, tmp_path: P
     qtbot.waitUntil(dialog.details.isVisible, timeout=TIMEOUT_MS)
     assert dialog.details.horizontalScrollBar().maximum() == 0, "no line runs off the right edge"
     shoot_themes(dialog, "12-crash-details", size=(720, 480))
+
+
+# --- 4. paused looks like running ----------------------------------------------------------------
+
+def test_a_paused_batch_looks_paused_at_a_glance(qtbot, tmp_path: Path) -> None:
+    window = open_window(qtbot, settings=small_settings())
+    photos = tmp_path / "photos"
+    for name in ("a", "b", "c"):
+        make_image(photos / f"{name}.png")
+    window.show_batch()
+    window.batch_panel.setup.folder_edit.setText(str(photos))
+    gate = Gate()
+    window.worker.image_started.connect(gate)
+    window.batch_panel.setup.start_btn.click()
+    qtbot.waitUntil(gate.reached.is_set, timeout=TIMEOUT_MS)
+    run = window.batch_panel.run
+    qtbot.waitUntil(lambda: run.current.text().startswith("Now:"), timeout=TIMEOUT_MS)
+    run.stats.setText("0 captioned · 0 skipped · 0 failed · about 12 s left")  # as progress says it
+    run.pause_btn.click()
+    assert run.title.text() == "Paused after 0 of 3 images"
+    assert not run.current.text().startswith("Now:") and "Resume" in run.current.text()
+    assert "left" not in run.stats.text(), "no countdown while nothing counts down"
+    assert "paused" in run.progress.format()
+    shoot_themes(window, "4-batch-paused")
+    run.pause_btn.click()
+    assert run.title.text().startswith("Captioning 3 images")
+    assert "paused" not in run.progress.format()
+    gate.open()
+    qtbot.waitUntil(lambda: window.batch_panel.currentWidget() is window.batch_panel.summary,
+                    timeout=TIMEOUT_MS)

@@ -115,6 +115,7 @@ class BatchController(QObject):
         self.counts = {"done": 0, "skipped": 0, "failed": 0}
         self.in_flight: dict[str, int] = {}  # started, not yet done: a group decodes together
         self._total = 0
+        self._running_title = ""  # the run page's title while not paused
         self.failures: list[tuple[str, str]] = []
         self.written: list[Path] = []  # files the running or last batch wrote
         self.run_folder: Path | None = None  # the folder the last batch captioned, if one
@@ -426,14 +427,17 @@ class BatchController(QObject):
         self.written, self.run_folder = [], Path(agg) if agg else None
         self.started_at = time.monotonic()
         self._show_run_page(c.get("total", 0))
-        self.panel.run.title.setText(f"Resuming a batch of {c.get('total', 0)} images…")
+        self._running_title = f"Resuming a batch of {c.get('total', 0)} images…"
+        self.panel.run.title.setText(self._running_title)
         self.job = BatchJob(paths=[], settings=settings, resume_job_id=job.id)
         self.status.emit(f"Resuming the batch: {c.get('pending', 0)} images to go")
         self.worker.submit(self.job)
 
     def _show_run_page(self, total: int) -> None:
         r = self.panel.run
-        r.title.setText(f"Captioning {total} image{'s' if total != 1 else ''}…")
+        self._running_title = f"Captioning {total} image{'s' if total != 1 else ''}…"
+        r.title.setText(self._running_title)
+        r.progress.setFormat("%v / %m")
         r.progress.setRange(0, max(total, 1))
         r.progress.setValue(0)
         r.current.setText("Loading the model…" if total else "Nothing to caption.")
@@ -453,10 +457,20 @@ class BatchController(QObject):
         if self.job.pause.is_set():
             self.job.pause.clear()
             r.pause_btn.setText("Pause")
+            r.title.setText(self._running_title)
+            r.progress.setFormat("%v / %m")
+            r.current.setText("")
+            self._show_current()
             self.status.emit("Batch resumed")
         else:
             self.job.pause.set()
             r.pause_btn.setText("Resume")
+            finished = sum(self.counts.values())
+            r.title.setText(f"Paused after {finished} of {r.progress.maximum()} images")
+            r.progress.setFormat("%v / %m (paused)")
+            r.current.setText("Nothing is being captioned. Resume goes on where it stopped; "
+                              "Cancel keeps the captions already written.")
+            r.stats.setText(" · ".join(p for p in r.stats.text().split(" · ") if not p.endswith(" left")))
             self.status.emit("Batch paused")
 
     @property
@@ -488,7 +502,7 @@ class BatchController(QObject):
     def _show_current(self) -> None:
         """"Now: a.jpg (3 of 40)", or for a group decoded together "Now: d.jpg and 3 more
         (1–4 of 40)": the named one is the last started, whose words stream below."""
-        if not self.in_flight:
+        if not self.in_flight or self.paused:
             return
         name = Path(next(reversed(self.in_flight))).name
         first, last = min(self.in_flight.values()) + 1, max(self.in_flight.values()) + 1
@@ -539,7 +553,7 @@ class BatchController(QObject):
         parts = [f"{p.done} captioned", f"{p.skipped} skipped", f"{p.failed} failed"]
         if p.seconds_per_image:
             parts.append(f"{p.seconds_per_image:.1f} s per image")
-        if p.eta_seconds is not None:
+        if p.eta_seconds is not None and not self.paused:
             parts.append(f"about {format_duration(p.eta_seconds)} left")
         r.stats.setText(" · ".join(parts))
 
