@@ -524,3 +524,24 @@ def test_a_paused_batch_looks_paused_at_a_glance(qtbot, tmp_path: Path) -> None:
     gate.open()
     qtbot.waitUntil(lambda: window.batch_panel.currentWidget() is window.batch_panel.summary,
                     timeout=TIMEOUT_MS)
+
+
+# --- 3. the batch's main action and the gallery strip ---------------------------------------------
+
+def test_the_gallery_strip_gives_way_when_the_batch_reads_a_folder(qtbot, tmp_path: Path) -> None:
+    window = open_window(qtbot, settings=small_settings())
+    window.resize(1024, 700)
+    add_images(qtbot, window, [make_image(tmp_path / "a.png")])
+    setup = window.batch_panel.setup
+    window.show_batch()
+    setup.folder_radio.setChecked(True)
+    assert window.gallery.isHidden(), "a folder batch does not use the gallery"
+    setup.selection_radio.setChecked(True)
+    assert not window.gallery.isHidden(), "the gallery selection is the source: it shows"
+    setup.folder_radio.setChecked(True)
+    window.show_chat()
+    assert not window.gallery.isHidden(), "the chat asks about the gallery's images"
+    window.show_batch()
+    start = setup.start_btn
+    assert start.visibleRegion().boundingRect() == start.rect(), "Start batch is in view"
+    shoot_themes(window, "3-batch-folder-no-strip")

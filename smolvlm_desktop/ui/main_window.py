@@ -151,6 +151,9 @@ class MainWindow(QMainWindow):
         ws_layout.addWidget(self.gallery)
         ws_layout.addWidget(self.tabs, 1)
         self.workspace = workspace
+        self.tabs.currentChanged.connect(self._fit_gallery)
+        self.batch_panel.setup.folder_radio.toggled.connect(self._fit_gallery)
+        self.batch_panel.currentChanged.connect(self._fit_gallery)  # a failure shows in it
         self.no_model = NoModelPage()
         self.no_model.chooser.chosen.connect(self.choose_model)
         self.no_model.chooser.manage.connect(self.manage_models)
@@ -167,6 +170,15 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.pages, 1)
         self.setCentralWidget(central)
         self.resize(1100, 780)
+
+    def _fit_gallery(self) -> None:
+        """The gallery strip (190 px) gives way on the Batch tab when the batch reads a folder:
+        it is not the source there, and it pushed Start batch below the fold. The summary
+        shows it again: a click on a failure selects the image in it."""
+        folder_batch = (self.tabs.currentWidget() is self.batch_panel
+                        and self.batch_panel.setup.folder_radio.isChecked()
+                        and self.batch_panel.currentWidget() is not self.batch_panel.summary)
+        self.gallery.setVisible(not folder_batch)
 
     def _show_settings_problems(self) -> None:
         if self.settings.problems:
@@ -343,6 +355,8 @@ class MainWindow(QMainWindow):
         from ..engine.images import IMAGE_EXTENSIONS, readable_extensions
 
         images, problems = found
+        if self.gallery.isHidden():  # dropped on a folder batch: show where they went
+            self.show_chat()
         added = self.gallery.add_images([str(p) for p in images])
         for path, reason in problems:
             self.gallery.add_problem(str(path), reason)
