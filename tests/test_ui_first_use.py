@@ -545,3 +545,22 @@ def test_the_gallery_strip_gives_way_when_the_batch_reads_a_folder(qtbot, tmp_pa
     start = setup.start_btn
     assert start.visibleRegion().boundingRect() == start.rect(), "Start batch is in view"
     shoot_themes(window, "3-batch-folder-no-strip")
+
+
+# --- rough edges ---------------------------------------------------------------------------------
+
+def test_loading_is_said_once_in_the_status_bar(qtbot) -> None:
+    from smolvlm_desktop.ui.status_bar import StatusBar
+    from smolvlm_desktop.worker import LOADING
+
+    bar = StatusBar()
+    qtbot.addWidget(bar)
+    bar.set_model_state(LOADING, None, "Loading SmolVLM-256M-Instruct (int8)…")
+    assert "Loading" in bar.model_label.text()
+    assert "Loading" not in bar.currentMessage(), "said on the right already"
+    window = open_window(qtbot, model=None)
+    window._model_from_manager(str(TINY_MODEL), True)
+    assert "Loading" not in window.status.currentMessage()
+
+
+TINY_MODEL = Path(__file__).resolve().parent.parent / "smolvlm_desktop" / "data" / "tiny-smolvlm"

@@ -305,8 +305,7 @@ class MainWindow(QMainWindow):
         self.model_manager.open()
 
     def _model_from_manager(self, folder: str, demo: bool) -> None:
-        self.choose_model(folder, demo)
-        self.status.showMessage(f"Loading {Path(folder).name}…", 6000)
+        self.choose_model(folder, demo)  # the status bar's model label says "Loading …"
 
     def _default_from_manager(self, folder: str, demo: bool) -> None:
         """A new default: the saved choice gives way to it, now and at the next start."""
