@@ -564,3 +564,19 @@ def test_loading_is_said_once_in_the_status_bar(qtbot) -> None:
 
 
 TINY_MODEL = Path(__file__).resolve().parent.parent / "smolvlm_desktop" / "data" / "tiny-smolvlm"
+
+
+def test_presets_speak_of_these_images_when_several_are_attached(qtbot, tmp_path: Path) -> None:
+    from smolvlm_desktop.presets import preset_prompt
+
+    window = open_window(qtbot, settings=small_settings())
+    paths = [make_image(tmp_path / f"p{i}.png") for i in range(2)]
+    add_images(qtbot, window, paths)
+    window.select_all()
+    window.chat_panel.preset_buttons["caption"].click()
+    qtbot.waitUntil(lambda: not window.chat.busy, timeout=TIMEOUT_MS)
+    question = window.chat.histories[tuple(map(str, paths))][0].text
+    assert question == "Write a short, one-sentence caption for these 2 images."
+    assert "these 2 images" in window.chat_panel.preset_buttons["tags"].toolTip()
+    shoot_themes(window, "19-preset-two-images")
+    assert preset_prompt("caption") == "Write a short, one-sentence caption for this image."

@@ -70,6 +70,8 @@ class ChatController(QObject):
         """The gallery selection changed: show that image set's conversation."""
         self.key = tuple(paths)
         self.panel.context_label.setText(self._context(paths, self.unreadable()))
+        for key, button in self.panel.preset_buttons.items():
+            button.setToolTip(f"Ask: {preset_prompt(key, len(paths))}")
         self._render()
 
     @staticmethod
@@ -102,7 +104,7 @@ class ChatController(QObject):
 
     def ask_preset(self, key: str) -> None:
         if not self.busy:
-            self.ask(preset_prompt(key))
+            self.ask(preset_prompt(key, len(self.key)))
 
     def ask(self, text: str) -> bool:
         """Send a question; False when the user chose not to (unreadable images)."""
