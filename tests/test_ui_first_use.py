@@ -580,3 +580,18 @@ def test_presets_speak_of_these_images_when_several_are_attached(qtbot, tmp_path
     assert "these 2 images" in window.chat_panel.preset_buttons["tags"].toolTip()
     shoot_themes(window, "19-preset-two-images")
     assert preset_prompt("caption") == "Write a short, one-sentence caption for this image."
+
+
+def test_gallery_labels_line_up_whatever_the_image_size(qtbot, tmp_path: Path) -> None:
+    from smolvlm_desktop.ui.gallery import ICON
+
+    window = open_window(qtbot, settings=small_settings(theme="light"))
+    small = make_image(tmp_path / "a_long_holiday_name_0001_small.png", size=(30, 20))
+    large = make_image(tmp_path / "a_long_holiday_name_0001_large.png", size=(400, 300))
+    add_images(qtbot, window, [small, large])
+    items = [window.gallery.item_for(str(p)) for p in (small, large)]
+    for item in items:
+        assert item.icon().actualSize(ICON) == ICON, "every thumbnail fills the same square"
+    window.gallery.list.setCurrentItem(items[1])  # clicked: selected and current
+    window.gallery.list.setFocus()
+    shoot_themes(window, "15-gallery-labels")

@@ -27,7 +27,8 @@ ICON = QSize(112, 112)
 def square_icon(image: QImage) -> QIcon:
     """Centre a thumbnail on a square transparent canvas, so every label lines up, and use
     it for the selected state too (Qt would otherwise tint the photo with the selection colour)."""
-    edge = max(image.width(), image.height())
+    edge = max(image.width(), image.height(), ICON.width())  # a tiny image is not enlarged,
+    # but sits on a full-size square: its label lines up with the others
     canvas = QPixmap(edge, edge)
     canvas.fill(Qt.GlobalColor.transparent)
     painter = QPainter(canvas)
