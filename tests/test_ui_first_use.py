@@ -595,3 +595,41 @@ def test_gallery_labels_line_up_whatever_the_image_size(qtbot, tmp_path: Path) -
     window.gallery.list.setCurrentItem(items[1])  # clicked: selected and current
     window.gallery.list.setFocus()
     shoot_themes(window, "15-gallery-labels")
+
+
+def test_menus_put_preferences_and_theme_where_people_look_and_ctrl_3_opens_the_library(qtbot) -> None:
+    from PySide6.QtGui import QAction, QKeySequence
+
+    window = open_window(qtbot)
+    menus = {a.text(): a.menu() for a in window.menuBar().actions()}
+    assert window.actions["preferences"] in menus["&Edit"].actions()
+    assert window.actions["preferences"].menuRole() == QAction.MenuRole.PreferencesRole
+    themes = next(a.menu() for a in menus["&View"].actions() if a.menu() is not None)
+    assert window.actions["theme_dark"] in themes.actions()
+    assert window.actions["show_library"].shortcut() == QKeySequence("Ctrl+3")
+    window.actions["show_library"].trigger()
+    assert window.tabs.currentWidget() is window.library_panel
+
+
+def test_forget_everything_is_styled_as_destructive(qtbot) -> None:
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    from smolvlm_desktop.ui import theme
+
+    window = open_window(qtbot, settings=small_settings(theme="light"))
+    qtbot.waitUntil(lambda: window.worker.library is not None, timeout=TIMEOUT_MS)
+    seen: list[str] = []
+
+    def look_and_cancel() -> None:
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(10, look_and_cancel)
+            return
+        seen.extend(pixels_near(b, danger) > 10 for b in box.buttons() if b.text() == "Forget everything")
+        box.button(QMessageBox.StandardButton.Cancel).click()
+
+    danger = theme.colours(window.settings.theme)["danger"]
+    QTimer.singleShot(0, look_and_cancel)
+    window.forget_everything()
+    assert seen == [True], "the button's text is red"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QTimer, Signal
-from PySide6.QtWidgets import QMessageBox, QWidget
+from PySide6.QtWidgets import QMessageBox, QPushButton, QWidget
 
 from .. import paths as app_paths
 from ..worker import EngineWorker
@@ -146,7 +146,9 @@ class LibraryController(QObject):
     def _confirm(parent: QWidget, title: str, text: str, action: str) -> bool:
         box = QMessageBox(QMessageBox.Icon.Warning, title, text, QMessageBox.StandardButton.Cancel,
                           parent)
-        forget = box.addButton(action, QMessageBox.ButtonRole.DestructiveRole)
+        forget = QPushButton(action)
+        forget.setObjectName("Danger")  # red, like Stop and Cancel: this cannot be undone
+        box.addButton(forget, QMessageBox.ButtonRole.DestructiveRole)
         box.setDefaultButton(QMessageBox.StandardButton.Cancel)
         box.exec()
         return box.clickedButton() is forget

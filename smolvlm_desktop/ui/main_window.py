@@ -279,7 +279,7 @@ class MainWindow(QMainWindow):
         if wanted is None or have is None or wanted in have:
             return wanted
         self.show_notice(f"{Path(folder).name} has no {wanted} variant ({', '.join(sorted(have))} "
-                         "only): it is loaded with the automatic choice. Model ▸ Preferences "
+                         "only): it is loaded with the automatic choice. Edit ▸ Preferences "
                          "offers its variants.")
         return None
 
@@ -516,6 +516,9 @@ class MainWindow(QMainWindow):
 
     def show_batch(self) -> None:
         self.tabs.setCurrentWidget(self.batch_panel)
+
+    def show_library(self) -> None:
+        self.tabs.setCurrentWidget(self.library_panel)
 
     def batch_start(self) -> None:
         self.show_batch()
