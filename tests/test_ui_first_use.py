@@ -633,3 +633,34 @@ def test_forget_everything_is_styled_as_destructive(qtbot) -> None:
     QTimer.singleShot(0, look_and_cancel)
     window.forget_everything()
     assert seen == [True], "the button's text is red"
+
+
+def test_the_resume_offer_quotes_the_folder_says_local_time_and_the_form_follows_it(
+        qtbot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+    from types import SimpleNamespace
+
+    from smolvlm_desktop.ui.batch_controller import describe_job
+    from test_ui_library import unfinished_job
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        job = SimpleNamespace(created_at="2026-12-04T15:05:00.000+00:00", state="running",
+                              settings={"aggregate_dir": "/data/holiday photos"},
+                              counts={"done": 20, "total": 30})
+        said = describe_job(job)
+        assert "“holiday photos”" in said and "2026-12-05 00:05" in said and "UTC" not in said, said
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    folder = tmp_path / "shoot"
+    unfinished_job(folder)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    window = open_window(qtbot, settings=small_settings(last_folder=str(elsewhere)))
+    setup = window.batch_panel.setup
+    qtbot.waitUntil(lambda: not setup.resume_bar.isHidden(), timeout=TIMEOUT_MS)
+    assert setup.folder_edit.text() == str(folder), "the form shows the unfinished job's folder"
+    window.show_batch()
+    shoot_themes(window, "17-resume-offer")

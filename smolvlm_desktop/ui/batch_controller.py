@@ -22,7 +22,7 @@ from ..settings import Settings
 from ..worker import BatchJob, ChatJob, ChatTurn, EngineWorker
 from .batch_panel import CUSTOM, BatchPanel
 from .tasks import TaskRunner
-from .text import reason_for
+from .text import local_time, reason_for
 
 PATH_ROLE = 0x0100  # Qt.UserRole
 
@@ -85,11 +85,10 @@ def describe_job(job: Any) -> str:
     """One sentence about an unfinished library job (JobInfo) for the resume bar."""
     c = job.counts
     finished = c.get("done", 0) + c.get("skipped", 0) + c.get("failed", 0)
-    when = str(job.created_at).replace("T", " ")[:16]
     folder = job.settings.get("aggregate_dir")
-    where = f" in {Path(folder).name or folder}" if folder else ""
+    where = f" of “{Path(folder).name or folder}”" if folder else ""
     verb = "was cancelled" if job.state == "cancelled" else "did not finish"
-    return (f"A batch{where} started {when} (UTC) {verb}: {finished} of {c.get('total', 0)} "
+    return (f"A batch{where} started {local_time(job.created_at)} {verb}: {finished} of {c.get('total', 0)} "
             f"images are done, {c.get('total', 0) - finished} still to caption.")
 
 
@@ -120,6 +119,7 @@ class BatchController(QObject):
         self.written: list[Path] = []  # files the running or last batch wrote
         self.run_folder: Path | None = None  # the folder the last batch captioned, if one
         self._problem_shown = False  # the trial box holds a complaint, not a caption
+        self._folder_typed = False  # the user chose a folder this session: never replaced
         self._connect()
         self._load_settings()
         self._preset_changed()
@@ -132,6 +132,7 @@ class BatchController(QObject):
         s.start_btn.clicked.connect(self.start)
         s.try_btn.clicked.connect(self.try_one)
         s.folder_edit.textChanged.connect(lambda: s.folder_radio.setChecked(True))
+        s.folder_edit.textEdited.connect(lambda: setattr(self, "_folder_typed", True))
         for changed in (s.folder_edit.textChanged, s.folder_radio.toggled, s.recursive_check.toggled,
                         s.prompt_edit.textChanged, *(c.toggled for c in s.format_checks.values())):
             changed.connect(self.update_actions)
@@ -203,6 +204,7 @@ class BatchController(QObject):
         start = self.panel.setup.folder_edit.text() or str(Path.home())
         folder = QFileDialog.getExistingDirectory(self.panel, "Folder to caption", start)
         if folder:
+            self._folder_typed = True
             self.panel.setup.folder_edit.setText(folder)
 
     # --- starting --------------------------------------------------------------------------
@@ -402,6 +404,9 @@ class BatchController(QObject):
         self.resumable = job if job is not None and not self.busy else None
         if self.resumable is not None:
             bar.text.setText(describe_job(job))
+            folder = job.settings.get("aggregate_dir")
+            if folder and not self._folder_typed and Path(folder).is_dir():
+                self.panel.setup.folder_edit.setText(folder)  # the form matches the offer
             bar.setToolTip(f"Job #{job.id}\nPrompt: {job.settings.get('prompt', '')}\n"
                            f"Model then: {job.settings.get('model', 'unknown')}")
         bar.setVisible(self.resumable is not None)

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (QLabel, QLineEdit, QListWidget, QListWidgetItem, 
                                QVBoxLayout, QWidget)
 
 from ..library.db import SNIPPET_END, SNIPPET_START, SearchHit
+from .text import local_time
 
 HIT_ROLE = Qt.ItemDataRole.UserRole
 
@@ -59,7 +60,7 @@ def hit_html(hit: SearchHit, colours: dict[str, str], selected: bool = False) ->
     if more > 0:
         name += f" and {more} more"
     kind = "Chat" if hit.kind == "chat" else "Caption"
-    when = hit.created_at.replace("T", " ")[:16]
+    when = local_time(hit.created_at)
     meta = html.escape(f"{kind} · {hit.model} · {when}")
     where = html.escape(str(Path(hit.path).parent)) if hit.path else ""
     return (f'<div style="color:{colours["text"]}"><div><b>{html.escape(name)}</b> <span style="color:{colours["muted"]}">— {meta}</span></div>'

@@ -16,3 +16,17 @@ def reason_for(path: str, reason: str) -> str:
 def plural(n: int, noun: str) -> str:
     """'1 image', '2 images'."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def local_time(iso: str) -> str:
+    """'2026-12-05 00:05' in this computer's time zone, from the library's UTC ISO stamp (a
+    stamp without a zone is taken as UTC, as the library writes them)."""
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(str(iso).replace("Z", "+00:00"))
+    except ValueError:
+        return str(iso).replace("T", " ")[:16]
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone().strftime("%Y-%m-%d %H:%M")
