@@ -664,3 +664,26 @@ def test_the_resume_offer_quotes_the_folder_says_local_time_and_the_form_follows
     assert setup.folder_edit.text() == str(folder), "the form shows the unfinished job's folder"
     window.show_batch()
     shoot_themes(window, "17-resume-offer")
+
+
+def test_the_model_manager_shows_sizes_names_the_2b_clears_old_errors_and_use_now_closes(qtbot) -> None:
+    window = open_window(qtbot, settings=small_settings(variant=None), model=None)
+    window.manage_models()
+    dialog = window.model_manager
+    qtbot.waitUntil(lambda: dialog.isVisible() and dialog.table.rowCount() > 0 and
+                    window.tasks.pending == 0, timeout=TIMEOUT_MS)
+    rows = {r.name: i for i, r in enumerate(dialog.rows)}
+    cell = lambda name, column: dialog.table.item(rows[name], column).text()  # noqa: E731
+    assert cell("SmolVLM-Instruct", 0) == "SmolVLM-Instruct (2.2B)"
+    assert "MB" in cell("SmolVLM-256M-Instruct", 2) and "download" in cell("SmolVLM-256M-Instruct", 2)
+    assert "KB" in cell("demo", 2) or "MB" in cell("demo", 2), "the bundled model's size on disk"
+    assert cell("SmolVLM-500M-Instruct", 2), "unknown sizes are said, not left blank"
+    dialog.table.selectRow(rows["SmolVLM-256M-Instruct"])
+    dialog.show_error("Download failed: the network is off")
+    dialog.table.selectRow(rows["demo"])
+    assert dialog.error.isHidden(), "an old error does not stay on another row"
+    shoot_themes(dialog, "13-model-manager", size=(760, 500))
+    chosen: list[str] = []
+    dialog.chosen.connect(lambda folder, demo: chosen.append(folder))
+    dialog.use_btn.click()
+    assert chosen and not dialog.isVisible(), "Use now closes the dialog"
