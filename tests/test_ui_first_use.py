@@ -687,3 +687,22 @@ def test_the_model_manager_shows_sizes_names_the_2b_clears_old_errors_and_use_no
     dialog.chosen.connect(lambda folder, demo: chosen.append(folder))
     dialog.use_btn.click()
     assert chosen and not dialog.isVisible(), "Use now closes the dialog"
+
+
+def test_each_detail_level_says_what_it_costs_and_buys(qtbot) -> None:
+    from smolvlm_desktop.ui.settings_dialog import SettingsDialog
+
+    window = open_window(qtbot)
+    combo = window.batch_panel.setup.detail_combo
+    labels = {combo.itemData(i): combo.itemText(i) for i in range(combo.count())}
+    assert "1 tile" in labels[512] and "17 tiles" in labels[2048]
+    assert "fastest" in labels[512] and "slowest" in labels[2048]
+    edge = window.model_info.longest_edge
+    assert f"{edge} px" in labels[None] and "recommended" not in labels[None]
+    assert combo.toolTip() and "small" in combo.toolTip().lower()
+    dialog = SettingsDialog(window.settings, window)
+    qtbot.addWidget(dialog)
+    assert [dialog.detail.itemText(i) for i in range(1, dialog.detail.count())] == \
+        [labels[v] for v in (512, 1024, 1536, 2048)], "one wording in both places"
+    window.show_batch()
+    shoot_themes(window, "21-detail-levels")

@@ -20,7 +20,7 @@ from ..library.writers import AGGREGATE_NAMES
 from ..presets import preset_prompt
 from ..settings import Settings
 from ..worker import BatchJob, ChatJob, ChatTurn, EngineWorker
-from .batch_panel import CUSTOM, BatchPanel
+from .batch_panel import CUSTOM, DETAIL_LEVEL_TEXT, BatchPanel, model_detail_text, vision_passes
 from .tasks import TaskRunner
 from .text import local_time, reason_for
 
@@ -38,13 +38,7 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-DETAIL_LEVELS = (512, 1024, 1536, 2048)
-
-
-def vision_passes(longest_edge: int, tile: int = 512) -> int:
-    """Tiles of a square image at this detail: 512 -> 1, 1024 -> 5, 1536 -> 10, 2048 -> 17."""
-    n = -(-longest_edge // tile)
-    return 1 if n <= 1 else n * n + 1
+DETAIL_LEVELS = tuple(DETAIL_LEVEL_TEXT)  # 512, 1024, 1536, 2048
 
 
 class SpeedEstimate:
@@ -377,6 +371,8 @@ class BatchController(QObject):
             if edge != self.model_edge and self.model_edge is not None:
                 self.speed = SpeedEstimate()  # another model: earlier timings say nothing
             self.model_edge = edge
+            combo = self.panel.setup.detail_combo
+            combo.setItemText(combo.findData(None), model_detail_text(edge))
             self._show_estimate()
 
     def _show_estimate(self) -> None:

@@ -11,8 +11,34 @@ from PySide6.QtWidgets import (QButtonGroup, QCheckBox, QComboBox, QFormLayout, 
 
 from ..presets import PRESETS
 
-DETAIL_CHOICES = [(None, "The model's own (recommended)"), (512, "512 px: fastest, one pass"),
-                  (1024, "1024 px"), (1536, "1536 px"), (2048, "2048 px: finest, slowest")]
+# What each detail level costs (512-px tiles, one vision pass each) and what it buys. The
+# model's own level is named with its size once the model is loaded (model_detail_text).
+DETAIL_LEVEL_TEXT = {
+    512: "512 px · 1 tile: fastest; the whole scene and large text",
+    1024: "1024 px · 5 tiles (5× the image work): smaller things and text",
+    1536: "1536 px · 10 tiles (10×): fine text",
+    2048: "2048 px · 17 tiles (17×, slowest): the finest print",
+}
+MODEL_DETAIL = "The model's own size"
+DETAIL_CHOICES = [(None, MODEL_DETAIL), *DETAIL_LEVEL_TEXT.items()]
+DETAIL_TIP = ("How finely the image is read. Each 512-px tile is one pass of the vision encoder: "
+              "more tiles read smaller text and details and take longer (the times measured on "
+              "this computer appear below once the model has answered). A small image gains "
+              "nothing from a level above its own size.")
+
+
+def vision_passes(longest_edge: int, tile: int = 512) -> int:
+    """Tiles of a square image at this detail: 512 -> 1, 1024 -> 5, 1536 -> 10, 2048 -> 17."""
+    n = -(-longest_edge // tile)
+    return 1 if n <= 1 else n * n + 1
+
+
+def model_detail_text(edge: int | None) -> str:
+    """The first choice, once the model says its own size: "The model's own: 2048 px · 17 tiles"."""
+    if not edge:
+        return MODEL_DETAIL
+    tiles = vision_passes(edge)
+    return f"The model's own: {edge} px · {tiles} tile{'s' if tiles != 1 else ''}"
 FORMAT_LABELS = {"txt": ".txt next to each image", "caption": ".caption next to each image",
                  "jsonl": "one metadata.jsonl file", "csv": "one captions.csv file",
                  "xmp": "photo.jpg.xmp sidecar (photo apps read it)",
@@ -85,6 +111,7 @@ class SetupPage(QWidget):
         self.detail_combo.setAccessibleName("Detail level")
         for value, label in DETAIL_CHOICES:
             self.detail_combo.addItem(label, value)
+        self.detail_combo.setToolTip(DETAIL_TIP)
         self.estimate = _hint("")  # expected time per image, once this machine has been measured
         self.estimate.setAccessibleName("Expected time per image")
         self.estimate.setWordWrap(False)  # two set lines

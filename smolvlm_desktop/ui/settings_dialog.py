@@ -14,14 +14,14 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QDoubleSpin
                                QGroupBox, QLabel, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
 from ..settings import PROVIDERS, THEMES, Settings, SettingsError
+from .batch_panel import DETAIL_CHOICES, DETAIL_TIP
 
 VARIANTS = [(None, "Automatic (int8 on CPU)"), ("int8", "int8"), ("uint8", "uint8"),
             ("q4", "q4"), ("fp16", "fp16"), ("fp32", "fp32 (largest, exact)")]
 PROVIDER_LABELS = {"auto": "Automatic (the fastest this computer has)", "cpu": "CPU",
                    "cuda": "CUDA (NVIDIA graphics)", "dml": "DirectML (Windows graphics)",
                    "coreml": "Core ML (Apple)"}
-DETAILS = [(None, "The model's own"), (512, "512 px"), (1024, "1024 px"), (1536, "1536 px"),
-           (2048, "2048 px")]
+
 
 
 def _combo(name: str, items: list[tuple[object, str]], current: object) -> QComboBox:
@@ -94,7 +94,8 @@ class SettingsDialog(QDialog):
         self._offer_only_what_works(model_folder)
         self.threads = _spin("Threads", 0, 256, s.threads or 0, "Automatic")
         self.idle = _spin("Unload when idle (minutes)", 0, 1440, s.idle_unload_minutes, "Never", "min")
-        self.detail = _combo("Detail", DETAILS, s.detail)
+        self.detail = _combo("Detail", DETAIL_CHOICES, s.detail)
+        self.detail.setToolTip(DETAIL_TIP)
         self.max_tokens = _spin("Longest answer (tokens)", 1, 8192, s.max_new_tokens, unit="tokens")
         self.temperature = _dspin("Temperature", 0, 5, 0.1, s.temperature)
         self.top_p = _dspin("Top p", 0.01, 1, 0.05, s.top_p)
