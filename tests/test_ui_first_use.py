@@ -706,3 +706,30 @@ def test_each_detail_level_says_what_it_costs_and_buys(qtbot) -> None:
         [labels[v] for v in (512, 1024, 1536, 2048)], "one wording in both places"
     window.show_batch()
     shoot_themes(window, "21-detail-levels")
+
+
+def test_regenerate_samples_another_answer_and_keeps_the_earlier_ones(qtbot, tmp_path: Path) -> None:
+    window = open_window(qtbot, settings=small_settings(max_new_tokens=6))
+    assert window.settings.temperature == 0, "greedy by default: the same answer every time"
+    add_images(qtbot, window, [make_image(tmp_path / "a.png")])
+    window.chat.ask("What is in the picture?")
+    qtbot.waitUntil(lambda: not window.chat.busy, timeout=TIMEOUT_MS)
+    key = tuple(window.gallery.selected_paths())
+    first = window.chat.histories[key][-1].text
+    panel = window.chat_panel
+    assert panel.prev_btn.isHidden() and panel.next_btn.isHidden()
+    panel.regen_btn.click()
+    assert window.chat.job.settings.temperature > 0 and window.chat.job.settings.seed is None
+    qtbot.waitUntil(lambda: not window.chat.busy, timeout=TIMEOUT_MS)
+    second = window.chat.histories[key][-1].text
+    assert "answer 2 of 2" in panel.transcript.toPlainText()
+    assert not panel.prev_btn.isHidden() and panel.prev_btn.isEnabled() and not panel.next_btn.isEnabled()
+    shoot_themes(window, "20-two-answers")
+    panel.prev_btn.click()
+    assert window.chat.histories[key][-1].text == first, "the earlier answer is back, for follow-ups too"
+    assert "answer 1 of 2" in panel.transcript.toPlainText()
+    panel.next_btn.click()
+    assert window.chat.histories[key][-1].text == second
+    window.chat.ask("And then?")
+    qtbot.waitUntil(lambda: not window.chat.busy, timeout=TIMEOUT_MS)
+    assert panel.prev_btn.isHidden(), "a new question starts with one answer"

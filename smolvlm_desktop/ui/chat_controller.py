@@ -6,6 +6,7 @@ as the engine expects); later turns are text only and carry the whole history.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,7 @@ from .chat_panel import ChatPanel
 from .text import plural, reason_for
 
 Key = tuple[str, ...]
+REGENERATE_TEMPERATURE = 0.7  # Regenerate samples when answers are greedy (temperature 0)
 
 
 class ChatController(QObject):
@@ -44,6 +46,9 @@ class ChatController(QObject):
         self.job_key: Key = ()
         self.live_text = ""
         self.replaced: ChatTurn | None = None  # the answer a running Regenerate would replace
+        # Every answer Regenerate gave to a conversation's last question, and the one shown.
+        self.answers: dict[Key, list[str]] = {}
+        self.shown: dict[Key, int] = {}
         self.last_result: GenerationResult | None = None
         self._connect()
         self.set_images([])
@@ -54,6 +59,8 @@ class ChatController(QObject):
         p.prompt.submitted.connect(self.send_typed)
         p.stop_btn.clicked.connect(self.stop)
         p.regen_btn.clicked.connect(self.regenerate)
+        p.prev_btn.clicked.connect(lambda: self.show_answer(-1))
+        p.next_btn.clicked.connect(lambda: self.show_answer(+1))
         p.copy_btn.clicked.connect(self.copy_answer)
         p.clear_btn.clicked.connect(self.clear)
         p.preset_clicked.connect(self.ask_preset)
@@ -113,6 +120,7 @@ class ChatController(QObject):
         if first and not self._go_without_unreadable():
             return False
         history = self.histories.setdefault(self.key, [])
+        self._forget_answers(self.key)  # a new question: its own answers
         images = self.key if first else ()
         history.append(ChatTurn("user", text, images))
         self.errors.pop(self.key, None)
@@ -142,7 +150,25 @@ class ChatController(QObject):
         if self.busy or not history or history[-1].role != "assistant":
             return
         replaced = history.pop()
-        self._submit(history, replacing=replaced)
+        settings = self.generation()
+        if settings.temperature == 0:  # greedy gives the same words again: sample another answer
+            settings = dataclasses.replace(settings, temperature=REGENERATE_TEMPERATURE, seed=None)
+        self._submit(history, replacing=replaced, settings=settings)
+
+    def show_answer(self, step: int) -> None:
+        """Another of the answers Regenerate gave; follow-up questions build on the one shown."""
+        answers = self.answers.get(self.key, [])
+        history = self.histories.get(self.key, [])
+        shown = self.shown.get(self.key, 0) + step
+        if self.busy or not (0 <= shown < len(answers)) or not history:
+            return
+        self.shown[self.key] = shown
+        history[-1] = ChatTurn("assistant", answers[shown])
+        self._render()
+
+    def _forget_answers(self, key: Key) -> None:
+        self.answers.pop(key, None)
+        self.shown.pop(key, None)
 
     def stop(self) -> None:
         if self.job is not None:
@@ -162,14 +188,16 @@ class ChatController(QObject):
             self.histories.pop(self.key, None)
             self.errors.pop(self.key, None)
             self.chat_ids.pop(self.key, None)  # a new conversation gets its own library row
+            self._forget_answers(self.key)
             self._render()
 
     # --- jobs ------------------------------------------------------------------------------
 
-    def _submit(self, history: list[ChatTurn], replacing: ChatTurn | None = None) -> None:
+    def _submit(self, history: list[ChatTurn], replacing: ChatTurn | None = None,
+                settings: GenerationSettings | None = None) -> None:
         """Ask the worker; `replacing` is the answer a Regenerate replaces only once the new
         one is complete (Stop or an error gives it back)."""
-        self.job = ChatJob(turns=list(history), settings=self.generation(),
+        self.job = ChatJob(turns=list(history), settings=settings or self.generation(),
                            chat_id=self.chat_ids.get(self.key), regenerate=replacing is not None)
         self.job_key, self.live_text, self.replaced = self.key, "", replacing
         self._render()
@@ -203,6 +231,10 @@ class ChatController(QObject):
             self._undo_question(history)
         else:
             history.append(ChatTurn("assistant", result.text.strip()))
+            if self.replaced is not None:  # a regenerated answer joins the earlier ones
+                answers = self.answers.setdefault(self.job_key, [self.replaced.text])
+                answers.append(history[-1].text)
+                self.shown[self.job_key] = len(answers) - 1
         if result.stop_reason != "cancelled":
             self.answered.emit(result)
         else:
@@ -245,6 +277,9 @@ class ChatController(QObject):
     def _render(self) -> None:
         history = self.histories.get(self.key, [])
         turns = [(t.role, t.text, self._note(t)) for t in history]
+        count, shown = len(self.answers.get(self.key, [])), self.shown.get(self.key, 0)
+        if count > 1 and turns and turns[-1][0] == "assistant" and not self.busy:
+            turns[-1] = ("assistant", turns[-1][1], f"answer {shown + 1} of {count}")
         if self.key in self.errors:
             turns.append(("error", self.errors[self.key], ""))
         streaming_here = self.busy and self.key == self.job_key
@@ -255,6 +290,7 @@ class ChatController(QObject):
                 self.panel.append_answer(self.live_text)
         has_answer = any(t.role == "assistant" for t in history)
         self.panel.set_busy(self.busy, has_answer)
+        self.panel.set_alternatives(shown, count, self.busy)
 
     @staticmethod
     def _note(turn: ChatTurn) -> str:

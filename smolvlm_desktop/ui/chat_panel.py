@@ -55,12 +55,18 @@ class ChatPanel(QWidget):
         self.prompt.setFixedHeight(64)
         self.send_btn = self._button("Send", "Send the question (Enter)", "Primary")
         self.stop_btn = self._button("Stop", "Stop the answer now (Esc)", "Danger")
-        self.regen_btn = self._button("Regenerate", "Answer the last question again (Ctrl+R)")
+        self.regen_btn = self._button("Regenerate", "Another answer to the last question, sampled; the "
+                                      "earlier ones stay a click away (Ctrl+R)")
+        self.prev_btn = self._button("‹", "Show the earlier answer to this question")
+        self.prev_btn.setAccessibleName("Earlier answer")
+        self.next_btn = self._button("›", "Show the later answer to this question")
+        self.next_btn.setAccessibleName("Later answer")
         self.copy_btn = self._button("Copy answer", "Copy the last answer (Ctrl+Shift+C)")
         self.clear_btn = self._button("Clear", "Forget this conversation (Ctrl+L)")
         self.preset_buttons = {key: self._preset_button(key, label) for key, (label, _) in PRESETS.items()}
         self._lay_out()
         self.set_busy(False)
+        self.set_alternatives(0, 1, False)
 
     def _button(self, text: str, tip: str, name: str = "") -> QPushButton:
         btn = QPushButton(text)
@@ -90,6 +96,8 @@ class ChatPanel(QWidget):
         entry.addLayout(sends)
         actions = QHBoxLayout()
         actions.addWidget(self.regen_btn)
+        actions.addWidget(self.prev_btn)
+        actions.addWidget(self.next_btn)
         actions.addWidget(self.copy_btn)
         actions.addStretch()
         actions.addWidget(self.clear_btn)
@@ -101,6 +109,13 @@ class ChatPanel(QWidget):
         layout.addLayout(actions)
         layout.addLayout(presets)
         layout.addLayout(entry)
+
+    def set_alternatives(self, shown: int, count: int, busy: bool) -> None:
+        """‹ › between the answers Regenerate gave to the last question (hidden with one)."""
+        for button in (self.prev_btn, self.next_btn):
+            button.setVisible(count > 1)
+        self.prev_btn.setEnabled(not busy and shown > 0)
+        self.next_btn.setEnabled(not busy and shown < count - 1)
 
     def set_busy(self, busy: bool, has_answer: bool = False) -> None:
         self.send_btn.setEnabled(not busy)
