@@ -733,3 +733,28 @@ def test_regenerate_samples_another_answer_and_keeps_the_earlier_ones(qtbot, tmp
     window.chat.ask("And then?")
     qtbot.waitUntil(lambda: not window.chat.busy, timeout=TIMEOUT_MS)
     assert panel.prev_btn.isHidden(), "a new question starts with one answer"
+
+
+def test_library_results_show_a_thumbnail_of_their_image(qtbot, tmp_path: Path) -> None:
+    from smolvlm_desktop.library.db import Library
+
+    with Library() as library:
+        library.record_caption(make_image(tmp_path / "pond" / "heron.png", (90, 140, 90)),
+                               "A grey heron stands in shallow water.", "SmolVLM-256M", "Describe.")
+        library.record_caption(tmp_path / "gone.png", "A heron that was deleted since.",
+                               "SmolVLM-256M", "Describe.")
+    window = open_window(qtbot, settings=small_settings())
+    window.library_search()
+    window.library_panel.search.setText("heron")
+    window.library.search_now()
+    hits = window.library_panel.hits
+    qtbot.waitUntil(lambda: window.tasks.pending == 0 and hits.count() == 2, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.tasks.pending == 0, timeout=TIMEOUT_MS)
+    shown = {Path(hits.item(i).data(0x0100).path).name: hits.item(i) for i in range(2)}
+    assert not shown["heron.png"].icon().isNull(), "a thumbnail of the heron"
+    label = hits.itemWidget(shown["heron.png"])
+    text_left = label.x() + label.contentsMargins().left()
+    icon_right = hits.visualItemRect(shown["heron.png"]).left() + hits.iconSize().width()
+    assert text_left >= icon_right, "the text leaves the thumbnail room"
+    assert not shown["gone.png"].icon().isNull(), "a missing image gets the broken-image icon"
+    shoot_themes(window, "16-library-thumbnails")

@@ -11,12 +11,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QMessageBox, QPushButton, QWidget
 
 from .. import paths as app_paths
 from ..worker import EngineWorker
+from . import theme
+from .gallery import square_icon
 from .library_panel import LibraryPanel
 from .tasks import TaskRunner
+from .thumbnails import make_thumbnail
 
 SEARCH_DELAY_MS = 200  # wait for a pause in typing before searching
 SEARCH_LIMIT = 50
@@ -34,6 +38,7 @@ class LibraryController(QObject):
         self.panel, self.worker, self.tasks, self.colours = panel, worker, tasks, colours
         self.searches = 0  # sequence number: a late answer to an older query is dropped
         self.last_hits: list[Any] = []
+        self._icons: dict[str, QIcon] = {}  # result thumbnails by image path
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(SEARCH_DELAY_MS)
@@ -74,6 +79,7 @@ class LibraryController(QObject):
         self.last_hits = hits
         if hits:
             self.panel.show_hits(hits, self.colours())
+            self._thumbnails(hits)
         else:
             self.panel.show_message(f"Nothing found for “{query}”",
                                     "No caption or chat contains every one of these words. "
@@ -84,7 +90,21 @@ class LibraryController(QObject):
         if self.last_hits:
             row = self.panel.hits.currentRow()
             self.panel.show_hits(self.last_hits, self.colours())
+            self._thumbnails(self.last_hits)
             self.panel.hits.setCurrentRow(row)  # the selection survives a theme change
+
+    def _thumbnails(self, hits: list[Any]) -> None:
+        """Each result's image, small: decoded once in the task pool, then kept."""
+        for path in dict.fromkeys(h.path for h in hits if h.path):
+            if path in self._icons:
+                self.panel.set_thumbnail(path, self._icons[path])
+            else:
+                self.tasks.run(lambda p=path: make_thumbnail(p, 96), self._thumbnail_ready)
+
+    def _thumbnail_ready(self, thumb: Any) -> None:
+        icon = (square_icon(thumb.image) if thumb.image is not None else theme.icon("broken-image"))
+        self._icons[thumb.path] = icon
+        self.panel.set_thumbnail(thumb.path, icon)
 
     def _failed(self, number: int, exc: Exception) -> None:
         if number == self.searches:

@@ -16,13 +16,16 @@ import html
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import (QLabel, QLineEdit, QListWidget, QListWidgetItem, QStackedWidget,
                                QVBoxLayout, QWidget)
 
 from ..library.db import SNIPPET_END, SNIPPET_START, SearchHit
+from . import theme
 from .text import local_time
 
 HIT_ROLE = Qt.ItemDataRole.UserRole
+THUMB = QSize(48, 48)  # a result's thumbnail
 
 
 def snippet_html(snippet: str, mark_style: str) -> str:
@@ -99,6 +102,7 @@ class LibraryPanel(QWidget):
         self.hits.setAccessibleName("Search results")
         self.hits.setSpacing(2)
         self.hits.setVerticalScrollMode(QListWidget.ScrollMode.ScrollPerPixel)
+        self.hits.setIconSize(THUMB)  # drawn by the list under the label, left of its text
         self.hits.itemSelectionChanged.connect(self._restyle_selection)
         self._colours: dict[str, str] = {}
         self.hits.itemActivated.connect(self._chosen)
@@ -134,17 +138,25 @@ class LibraryPanel(QWidget):
             label.setWordWrap(True)
             label.setContentsMargins(8, 6, 8, 6)
             label.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
-            item = QListWidgetItem()
+            item = QListWidgetItem(theme.icon("image-placeholder"), "")
             item.setData(HIT_ROLE, hit)
             item.setToolTip("\n".join(hit.paths) or hit.path)
             width = max(self.hits.viewport().width() - 8, 200)
             height = label.heightForWidth(width)
-            item.setSizeHint(QSize(0, (height if height > 0 else label.sizeHint().height()) + 4))
+            height = max(height if height > 0 else label.sizeHint().height(), THUMB.height() + 8)
+            item.setSizeHint(QSize(0, height + 4))
             self.hits.addItem(item)
             self.hits.setItemWidget(item, label)
         n = len(hits)
         self.count.setText(f"{n} result{'s' if n != 1 else ''}: click one to show its image")
         self.pages.setCurrentIndex(1)
+
+    def set_thumbnail(self, path: str, icon: QIcon) -> None:
+        """The image of every result about `path` (decoded in the task pool)."""
+        for row in range(self.hits.count()):
+            item = self.hits.item(row)
+            if item.data(HIT_ROLE).path == path:
+                item.setIcon(icon)
 
     def _restyle_selection(self) -> None:
         """Selected rows in the highlighted-text colour, the others in the usual ones."""
