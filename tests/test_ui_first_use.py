@@ -758,3 +758,22 @@ def test_library_results_show_a_thumbnail_of_their_image(qtbot, tmp_path: Path) 
     assert text_left >= icon_right, "the text leaves the thumbnail room"
     assert not shown["gone.png"].icon().isNull(), "a missing image gets the broken-image icon"
     shoot_themes(window, "16-library-thumbnails")
+
+
+def test_at_wide_sizes_the_selected_image_shows_with_the_tiles_the_model_reads(qtbot, tmp_path: Path) -> None:
+    from smolvlm_desktop.ui.preview import tile_grid
+
+    window = open_window(qtbot, settings=small_settings())
+    info = window.model_info  # the demo model: 256 px, tiles of 64 px
+    photo = make_image(tmp_path / "wide.png", size=(800, 600))
+    add_images(qtbot, window, [photo])
+    window.gallery.select_paths([str(photo)])
+    preview = window.chat_panel.preview
+    window.resize(1600, 1000)
+    qtbot.waitUntil(lambda: preview.has_image and window.tasks.pending == 0, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(preview.isVisible, timeout=TIMEOUT_MS)
+    assert preview.canvas.grid == tile_grid(800, 600, info.tile_size, info.longest_edge) == (3, 4)
+    assert "12 tiles of 64 px" in preview.caption.text()
+    shoot_themes(window, "beyond-wide-preview", size=(1600, 1000))
+    window.resize(1024, 700)
+    qtbot.waitUntil(lambda: not preview.isVisible(), timeout=TIMEOUT_MS)

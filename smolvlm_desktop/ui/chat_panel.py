@@ -5,11 +5,12 @@ from __future__ import annotations
 import html
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QFont, QKeyEvent, QPalette, QTextBlockFormat, QTextCharFormat, QTextCursor
+from PySide6.QtGui import QFont, QKeyEvent, QPalette, QResizeEvent, QTextBlockFormat, QTextCharFormat, QTextCursor
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QTextBrowser,
                                QVBoxLayout, QWidget)
 
 from ..presets import PRESETS
+from .preview import WIDE, TilePreview
 
 
 class PromptEdit(QPlainTextEdit):
@@ -64,6 +65,8 @@ class ChatPanel(QWidget):
         self.copy_btn = self._button("Copy answer", "Copy the last answer (Ctrl+Shift+C)")
         self.clear_btn = self._button("Clear", "Forget this conversation (Ctrl+L)")
         self.preset_buttons = {key: self._preset_button(key, label) for key, (label, _) in PRESETS.items()}
+        self.preview = TilePreview()  # only at wide sizes, with one image selected
+        self.preview.hide()
         self._lay_out()
         self.set_busy(False)
         self.set_alternatives(0, 1, False)
@@ -105,10 +108,21 @@ class ChatPanel(QWidget):
         layout.setContentsMargins(10, 10, 10, 10)
         layout.setSpacing(8)
         layout.addWidget(self.context_label)
-        layout.addWidget(self.transcript, 1)
+        middle = QHBoxLayout()
+        middle.addWidget(self.transcript, 3)
+        middle.addWidget(self.preview, 2)
+        layout.addLayout(middle, 1)
         layout.addLayout(actions)
         layout.addLayout(presets)
         layout.addLayout(entry)
+
+    def fit_preview(self) -> None:
+        """The large preview shows when there is room for it and one image to show."""
+        self.preview.setVisible(self.width() >= WIDE and self.preview.has_image)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self.fit_preview()
 
     def set_alternatives(self, shown: int, count: int, busy: bool) -> None:
         """‹ › between the answers Regenerate gave to the last question (hidden with one)."""

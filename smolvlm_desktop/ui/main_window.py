@@ -138,6 +138,7 @@ class MainWindow(QMainWindow):
         self.library.files_deleted.connect(self.gallery.remove_paths)
         self.gallery.selection_changed.connect(self.chat.set_images)
         self.gallery.selection_changed.connect(self.batch.update_actions)
+        self.gallery.selection_changed.connect(self._preview_selection)
         self.batch.reveal.connect(self.reveal)
         self.status = StatusBar()
         self.setStatusBar(self.status)
@@ -170,6 +171,30 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.pages, 1)
         self.setCentralWidget(central)
         self.resize(1100, 780)
+
+    def _preview_selection(self, selected: list[str]) -> None:
+        """One image selected: decode it larger (in the pool) for the chat's wide preview."""
+        from .thumbnails import make_thumbnail
+
+        preview = self.chat_panel.preview
+        if len(selected) != 1:
+            preview.set_image(None, None)
+            self.chat_panel.fit_preview()
+            return
+        path = selected[0]
+
+        def show(thumb: Any) -> None:
+            if self.gallery.selected_paths() == [path]:  # still the selection
+                preview.set_image(thumb.image, thumb.original)
+                self.chat_panel.fit_preview()
+
+        self.tasks.run(lambda: make_thumbnail(path, 1024), show)
+
+    def _preview_tiling(self) -> None:
+        """The loaded model's tiles at the detail in use, for the preview's grid."""
+        info = self.model_info
+        detail = self.settings.detail or (info.longest_edge if info else None)
+        self.chat_panel.preview.set_tiling(info.tile_size if info else None, detail)
 
     def _fit_gallery(self) -> None:
         """The gallery strip (190 px) gives way on the Batch tab when the batch reads a folder:
@@ -288,6 +313,7 @@ class MainWindow(QMainWindow):
         self.model_info = info if isinstance(info, ModelInfo) else None
         self.status.set_model_state(state, self.model_info, message,
                                     fallback if isinstance(fallback, dict) else {})
+        self._preview_tiling()
         if state == ERROR and not self.chat.busy and not self.batch.busy:
             self.show_no_model(f"The model could not be loaded: {message}")
         elif state == READY and message and not fallback:
@@ -329,6 +355,7 @@ class MainWindow(QMainWindow):
         settings (it stayed on "Choose a model" before), a loaded one reloads if they changed."""
         self.save_settings()
         self.apply_theme()
+        self._preview_tiling()  # the detail may have changed
         self.worker.set_idle_unload(self.settings.idle_unload_minutes * 60_000)
         after = (self.settings.variant, self.settings.provider, self.settings.threads)
         failed = self.pages.currentWidget() is self.no_model
