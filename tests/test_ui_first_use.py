@@ -777,3 +777,21 @@ def test_at_wide_sizes_the_selected_image_shows_with_the_tiles_the_model_reads(q
     shoot_themes(window, "beyond-wide-preview", size=(1600, 1000))
     window.resize(1024, 700)
     qtbot.waitUntil(lambda: not preview.isVisible(), timeout=TIMEOUT_MS)
+
+
+@pytest.mark.parametrize("theme_name", ["light", "dark"])
+def test_text_fields_get_a_two_pixel_focus_outline(qtbot, theme_name: str) -> None:
+    from smolvlm_desktop.ui import theme
+
+    window = open_window(qtbot, settings=small_settings(theme=theme_name))
+    window.activateWindow()
+    accent = theme.colours(theme_name)["accent"]
+    for field in (window.chat_panel.prompt, window.library_panel.search):
+        window.tabs.setCurrentWidget(field.parentWidget() if field is window.library_panel.search
+                                     else window.chat_panel)
+        window.setFocus()
+        before = pixels_near(field, accent, tolerance=24)
+        field.setFocus()
+        qtbot.waitUntil(field.hasFocus, timeout=TIMEOUT_MS)
+        after = pixels_near(field, accent, tolerance=24)
+        assert after - before >= 2 * (field.width() + field.height()), (field.accessibleName(), before, after)
