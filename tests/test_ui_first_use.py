@@ -795,3 +795,22 @@ def test_text_fields_get_a_two_pixel_focus_outline(qtbot, theme_name: str) -> No
         qtbot.waitUntil(field.hasFocus, timeout=TIMEOUT_MS)
         after = pixels_near(field, accent, tolerance=24)
         assert after - before >= 2 * (field.width() + field.height()), (field.accessibleName(), before, after)
+
+
+def test_a_folder_dropped_on_a_folder_batch_becomes_its_folder(qtbot, tmp_path: Path) -> None:
+    from ui_helpers import drag_and_drop
+
+    window = open_window(qtbot, settings=small_settings())
+    photos = tmp_path / "photos"
+    make_image(photos / "a.png")
+    window.show_batch()
+    setup = window.batch_panel.setup
+    assert window.gallery.isHidden()
+    assert drag_and_drop(window, [photos])
+    assert setup.folder_edit.text() == str(photos) and setup.start_btn.isEnabled()
+    assert window.tabs.currentWidget() is window.batch_panel and window.gallery.paths(False) == []
+    loose = make_image(tmp_path / "loose.png")
+    assert drag_and_drop(window, [loose])  # a file is not a folder to caption: the gallery takes it
+    qtbot.waitUntil(lambda: window.gallery.paths() == [str(loose)] and window.tasks.pending == 0,
+                    timeout=TIMEOUT_MS)
+    assert window.tabs.currentWidget() is window.chat_panel, "shown where it went"

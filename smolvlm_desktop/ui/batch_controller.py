@@ -198,8 +198,12 @@ class BatchController(QObject):
         start = self.panel.setup.folder_edit.text() or str(Path.home())
         folder = QFileDialog.getExistingDirectory(self.panel, "Folder to caption", start)
         if folder:
-            self._folder_typed = True
-            self.panel.setup.folder_edit.setText(folder)
+            self.set_folder(folder)
+
+    def set_folder(self, folder: str) -> None:
+        """The user's choice of folder (Browse…, or a folder dropped on the batch page)."""
+        self._folder_typed = True
+        self.panel.setup.folder_edit.setText(folder)
 
     # --- starting --------------------------------------------------------------------------
 

@@ -418,7 +418,11 @@ class MainWindow(QMainWindow):
         self.gallery.drop_zone.set_drag_active(False)
         mime = event.mimeData()
         local = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()]
-        if local:
+        on_folder_setup = (self.gallery.isHidden()
+                           and self.batch_panel.currentWidget() is self.batch_panel.setup)
+        if len(local) == 1 and Path(local[0]).is_dir() and on_folder_setup:
+            self.batch.set_folder(local[0])  # a folder batch is showing: caption this one
+        elif local:
             self.add_paths(local)
         elif mime.hasImage():
             self._add_image_data(mime.imageData())
