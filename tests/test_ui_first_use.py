@@ -814,3 +814,15 @@ def test_a_folder_dropped_on_a_folder_batch_becomes_its_folder(qtbot, tmp_path: 
     qtbot.waitUntil(lambda: window.gallery.paths() == [str(loose)] and window.tasks.pending == 0,
                     timeout=TIMEOUT_MS)
     assert window.tabs.currentWidget() is window.chat_panel, "shown where it went"
+
+
+def test_preferences_say_when_a_saved_choice_cannot_work_here(qtbot) -> None:
+    from smolvlm_desktop import paths
+    from smolvlm_desktop.ui.settings_dialog import SettingsDialog
+
+    dialog = SettingsDialog(small_settings(variant="fp16", provider="dml"),
+                            model_folder=paths.demo_model_dir())
+    qtbot.addWidget(dialog)
+    assert dialog.variant.currentData() is None and dialog.provider.currentData() == "auto"
+    note = dialog.note.text()
+    assert "fp16" in note and "DirectML" in note and "Automatic" in note, note

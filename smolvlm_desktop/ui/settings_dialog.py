@@ -91,6 +91,10 @@ class SettingsDialog(QDialog):
         self.variant = _combo("Variant", VARIANTS, s.variant)
         self.provider = _combo("Provider", [(p, PROVIDER_LABELS.get(p, p)) for p in PROVIDERS],
                                s.provider)
+        self.note = QLabel()  # a saved choice that cannot work here, replaced by Automatic
+        self.note.setObjectName("Hint")
+        self.note.setWordWrap(True)
+        self.note.hide()
         self._offer_only_what_works(model_folder)
         self.threads = _spin("Threads", 0, 256, s.threads or 0, "Automatic")
         self.idle = _spin("Unload when idle (minutes)", 0, 1440, s.idle_unload_minutes, "Never", "min")
@@ -122,6 +126,7 @@ class SettingsDialog(QDialog):
             ("Temperature:", self.temperature), ("Top p:", self.top_p), ("Top k:", self.top_k),
             ("Repetition penalty:", self.repetition), ("Seed:", self.seed)]))
         layout.addWidget(self._group("Appearance", [("Theme:", self.theme)]))
+        layout.addWidget(self.note)
         layout.addWidget(self.error)
         layout.addWidget(buttons)
 
@@ -138,9 +143,15 @@ class SettingsDialog(QDialog):
         for value in PROVIDERS:
             if value != "auto" and value not in usable:
                 _grey_out(self.provider, value, "not on this computer")
+        replaced = []
         for combo in (self.variant, self.provider):
             if not combo.model().item(combo.currentIndex()).isEnabled():
+                replaced.append(combo.currentText().split("  (")[0])
                 combo.setCurrentIndex(0)  # Automatic: the saved choice cannot work here
+        if replaced:
+            self.note.setText(f"Your saved choice of {' and '.join(replaced)} cannot be used here, "
+                              "so Automatic is shown; OK saves it.")
+            self.note.show()
 
     def reset(self) -> None:
         """Every control to the default value (applied, like any change, only by OK)."""
