@@ -826,3 +826,18 @@ def test_preferences_say_when_a_saved_choice_cannot_work_here(qtbot) -> None:
     assert dialog.variant.currentData() is None and dialog.provider.currentData() == "auto"
     note = dialog.note.text()
     assert "fp16" in note and "DirectML" in note and "Automatic" in note, note
+
+
+def test_tab_leaves_the_batch_prompt_too(qtbot) -> None:
+    from PySide6.QtCore import Qt
+
+    window = open_window(qtbot, settings=small_settings())
+    window.activateWindow()
+    window.show_batch()
+    setup = window.batch_panel.setup
+    setup.preset_combo.setCurrentIndex(setup.preset_combo.findData("custom"))
+    setup.prompt_edit.setFocus()
+    qtbot.waitUntil(setup.prompt_edit.hasFocus, timeout=TIMEOUT_MS)
+    qtbot.keyClicks(setup.prompt_edit, "Name the bird")
+    qtbot.keyClick(setup.prompt_edit, Qt.Key.Key_Tab)
+    assert "\t" not in setup.prompt_edit.toPlainText() and not setup.prompt_edit.hasFocus()

@@ -107,6 +107,7 @@ class SetupPage(QWidget):
         self.prompt_edit.setObjectName("BatchPrompt")
         self.prompt_edit.setAccessibleName("Batch prompt")
         self.prompt_edit.setFixedHeight(54)
+        self.prompt_edit.setTabChangesFocus(True)  # keyboard users move on with Tab
         self.detail_combo = QComboBox()
         self.detail_combo.setAccessibleName("Detail level")
         for value, label in DETAIL_CHOICES:
