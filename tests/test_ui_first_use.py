@@ -517,10 +517,11 @@ def test_a_paused_batch_looks_paused_at_a_glance(qtbot, tmp_path: Path) -> None:
     assert not run.current.text().startswith("Now:") and "Resume" in run.current.text()
     assert "left" not in run.stats.text(), "no countdown while nothing counts down"
     assert "paused" in run.progress.format()
+    assert run.pause_btn.objectName() == "Primary", "Resume is the main action now"
     shoot_themes(window, "4-batch-paused")
     run.pause_btn.click()
     assert run.title.text().startswith("Captioning 3 images")
-    assert "paused" not in run.progress.format()
+    assert "paused" not in run.progress.format() and run.pause_btn.objectName() == ""
     gate.open()
     qtbot.waitUntil(lambda: window.batch_panel.currentWidget() is window.batch_panel.summary,
                     timeout=TIMEOUT_MS)

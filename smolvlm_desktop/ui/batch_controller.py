@@ -449,6 +449,7 @@ class BatchController(QObject):
         r.caption.clear()
         r.stats.setText("")
         r.pause_btn.setText("Pause")
+        _restyle(r.pause_btn, "")
         r.pause_btn.setEnabled(True)
         r.cancel_btn.setEnabled(True)
         self.panel.setCurrentWidget(r)
@@ -462,6 +463,7 @@ class BatchController(QObject):
         if self.job.pause.is_set():
             self.job.pause.clear()
             r.pause_btn.setText("Pause")
+            _restyle(r.pause_btn, "")
             r.title.setText(self._running_title)
             r.progress.setFormat("%v / %m")
             r.current.setText("")
@@ -470,6 +472,7 @@ class BatchController(QObject):
         else:
             self.job.pause.set()
             r.pause_btn.setText("Resume")
+            _restyle(r.pause_btn, "Primary")  # the way on, at a glance
             finished = sum(self.counts.values())
             r.title.setText(f"Paused after {finished} of {r.progress.maximum()} images")
             r.progress.setFormat("%v / %m (paused)")
@@ -660,6 +663,13 @@ class BatchController(QObject):
         path = item.data(PATH_ROLE)
         if path:
             self.reveal.emit(path)
+
+
+def _restyle(widget: Any, name: str) -> None:
+    """Give a widget another style-sheet object name and let the style see it."""
+    widget.setObjectName(name)
+    widget.style().unpolish(widget)
+    widget.style().polish(widget)
 
 
 def _relative(path: Path, base: Path) -> str:
