@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = (1024, 700)  # the smallest window size the app promises to lay out well
+WIDE_SIZE = (1600, 1000)  # wide enough for the image preview beside the chat
 THEMES = ("light", "dark")
 PAGES = ("chat", "batch", "library", "no-model")
 SAMPLES = ROOT / "resources" / "samples"
@@ -89,12 +90,12 @@ def stage(window: Any, page: str, work: Path) -> Any:
     raise ValueError(f"unknown page {page!r}; pages: {', '.join(PAGES)}")
 
 
-def photograph(window: Any, theme_name: str) -> Any:
-    """The window at SIZE in this theme, as a QImage."""
+def photograph(window: Any, theme_name: str, size: tuple[int, int] = SIZE) -> Any:
+    """The window at `size` in this theme, as a QImage."""
     from PySide6.QtWidgets import QApplication
 
     window.set_theme(theme_name)
-    window.resize(*SIZE)
+    window.resize(*size)
     QApplication.processEvents()
     return window.grab().toImage()
 
@@ -129,6 +130,10 @@ def render_all(out_dir: Path) -> list[Path]:
                 for theme_name in THEMES:
                     target = out_dir / f"{page}-{theme_name}.png"
                     save_small(photograph(window, theme_name), target)
+                    saved.append(target)
+                if page == "chat":  # wide: the selected image and its tiles beside the chat
+                    target = out_dir / "chat-wide-light.png"
+                    save_small(photograph(window, "light", WIDE_SIZE), target)
                     saved.append(target)
         finally:
             for window in windows.values():
