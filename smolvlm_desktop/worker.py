@@ -75,6 +75,7 @@ class ChatJob(Job):
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     record: bool = True  # remember the answer in the library (not for a batch trial)
     chat_id: int | None = None  # the library row of this conversation, once it has one
+    regenerate: bool = False  # a new answer to the last question: if stopped, the old one stays
 
 
 @dataclass
@@ -368,7 +369,7 @@ class EngineWorker(QObject):
                  if p in self._image_cache]
         self._measure(model, sizes, job.settings.detail, self._with_read_ahead(job.turns, result.timings),
                       result.stop_reason)
-        if job.record and result.text.strip():
+        if job.record and result.text.strip() and not (job.regenerate and result.stop_reason == "cancelled"):
             self._record_chat(job, result.text, model.info.name)
 
     def _run_read_ahead(self, job: ReadAheadJob) -> None:

@@ -167,9 +167,11 @@ def test_gallery_selection_as_the_source(qtbot, window, folder: Path) -> None:
 
 def test_a_missing_folder_is_explained_not_started(qtbot, window, tmp_path: Path) -> None:
     set_up(window, tmp_path / "nope")
-    window.batch_panel.setup.start_btn.click()
+    setup = window.batch_panel.setup
+    assert not setup.start_btn.isEnabled()
+    window.batch_start()  # Ctrl+B
     assert window.batch.job is None
-    assert "folder" in window.batch_panel.setup.preview.toPlainText()
+    assert "folder" in setup.destination.text() and str(tmp_path / "nope") in setup.destination.text()
 
 
 def test_expected_time_per_detail_level_appears_once_measured(qtbot, window, tmp_path: Path) -> None:
