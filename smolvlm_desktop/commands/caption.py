@@ -59,13 +59,19 @@ def run_caption(args: argparse.Namespace) -> int:
     images, problems = expand_paths(args)
     if args.embed_metadata and not args.write:
         raise UsageError("--embed-metadata goes with --write")
-    model = load_model(args)
+    step = None
+    if args.cluster:  # the same batch, its captions made on a Ray cluster
+        from ..cluster import prepare
+
+        model, step = prepare(args, prompt, settings)
+    else:
+        model = load_model(args)
     reporter = Reporter(args, model)
     for path, reason in problems:
         reporter.failed(path, reason)
     if args.write:
         try:
-            failed = run_batch(args, model, images, prompt, settings, reporter)
+            failed = run_batch(args, model, images, prompt, settings, reporter, step)
         except JobBusy as exc:
             return refuse(exc)
     else:
@@ -189,7 +195,7 @@ def open_library_quietly():  # type: ignore[no-untyped-def]
 
 
 def run_batch(args: argparse.Namespace, model: VisionLanguageModel, images: list[Path],
-              prompt: str, settings: GenerationSettings, reporter: Reporter) -> int:
+              prompt: str, settings: GenerationSettings, reporter: Reporter, step=None) -> int:  # type: ignore[no-untyped-def]
     from ..batch import BatchSettings
 
     batch_settings = BatchSettings(
@@ -202,7 +208,7 @@ def run_batch(args: argparse.Namespace, model: VisionLanguageModel, images: list
         job_id = resumable_job(library, batch_settings, images, model.info.name)
         if job_id is not None:
             print(f"resuming job #{job_id} where it stopped", file=sys.stderr)
-        return drive(model, batch_settings, library, images, job_id, reporter)
+        return drive(model, batch_settings, library, images, job_id, reporter, step)
     finally:
         if library is not None:
             library.close()
@@ -227,7 +233,7 @@ def resumable_job(library, settings, images: list[Path], model_name: str) -> int
 
 
 def drive(model: VisionLanguageModel, settings, library, images: list[Path], job_id: int | None,  # type: ignore[no-untyped-def]
-          reporter: Reporter) -> int:
+          reporter: Reporter, step=None) -> int:  # type: ignore[no-untyped-def]
     from ..batch import BatchRunner, ImageDone, ImageFailed, ImageSkipped, Progress
 
     many = True
@@ -247,7 +253,7 @@ def drive(model: VisionLanguageModel, settings, library, images: list[Path], job
                   end="", file=sys.stderr, flush=True)
 
     runner = BatchRunner(model, settings, library=library, on_event=on_event,
-                         model_name=model.info.name)
+                         model_name=model.info.name, step=step)
     summary = runner.run(images, job_id=job_id)
     if show_progress:
         print(file=sys.stderr)
