@@ -21,7 +21,7 @@ python3 -m venv .venv
 if [ "$dev" = 1 ]; then
   # torch first and pinned: an unpinned torch pulls gigabytes of CUDA wheels.
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[test,export]"
+  .venv/bin/python -m pip install -q -e ".[test,export,cluster]"
 else
   .venv/bin/python -m pip install -q .
 fi

@@ -254,7 +254,15 @@ class _CaptionActor:
                  variant: str, threads: int, prompt: str, generation: GenerationSettings) -> None:
         from .engine.model import VisionLanguageModel
 
-        local = folder if has_model(folder, listing) else unpack_model(listing, shipped, folder)
+        if has_model(folder, listing):
+            local = folder
+        elif shipped is None:
+            raise FileNotFoundError(f"the model folder {folder} is not on cluster node "
+                                    f"{socket.gethostname()}, and was not shipped")
+        else:
+            import ray
+
+            local = unpack_model(listing, lambda rel: ray.get(shipped[rel]))
         self.model = VisionLanguageModel.load(local, variant=variant, provider="cpu",
                                               threads=threads)
         self.prompt = prompt
@@ -294,24 +302,20 @@ class _CaptionActor:
                 ("path", "text", "error", "timings", "token_ids", "notes")}
 
 
-def unpack_model(listing: Mapping[str, int], shipped: Mapping[str, Any] | None, folder: str) -> str:
-    """The model's files from the object store, in a folder of this node's temp dir named by
-    their listing (so a second actor on the node reuses it). Written to a scratch folder and
-    renamed into place, so a half-written copy is never loaded."""
-    if shipped is None:
-        raise FileNotFoundError(f"the model folder {folder} is not on cluster node "
-                                f"{socket.gethostname()}, and was not shipped")
-    import ray
-
+def unpack_model(listing: Mapping[str, int], fetch: Callable[[str], bytes],
+                 root: Path | None = None) -> str:
+    """The model's files (fetch: from the object store), in a folder of this node's temp dir
+    named by their listing, so a second actor on the node reuses it. Written to a scratch
+    folder and renamed into place, so a half-written copy is never loaded."""
     key = hashlib.sha256(repr(sorted(listing.items())).encode()).hexdigest()[:16]
-    target = Path(tempfile.gettempdir()) / "smolvlm-cluster-models" / key
+    target = (root or Path(tempfile.gettempdir()) / "smolvlm-cluster-models") / key
     if has_model(target, listing):
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
     for rel in listing:
         (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
-        (scratch / rel).write_bytes(ray.get(shipped[rel]))
+        (scratch / rel).write_bytes(fetch(rel))
     try:
         os.rename(scratch, target)
     except OSError:  # another actor on this node got there first
