@@ -8,6 +8,7 @@ process, as a user would. Slow (a cluster takes ~10 s to start): `-m "not cluste
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -24,8 +25,7 @@ N_IMAGES = 40
 KILL_AFTER = 8  # results received before the worker node is killed
 
 
-@pytest.fixture
-def cluster():
+def started_cluster():  # type: ignore[no-untyped-def]
     pytest.importorskip("ray", reason="the 'cluster' extra is not installed")
     started = LoopbackCluster(workers=1)
     try:
@@ -33,6 +33,10 @@ def cluster():
     finally:
         started.stop()
     assert not started.pids(), "a Ray process of the test cluster outlived it"
+
+
+cluster = pytest.fixture(scope="module")(started_cluster)  # shared by the tests that keep it whole
+doomed_cluster = pytest.fixture(started_cluster)  # its own, for the test that kills a node
 
 
 def caption_command(tiny_model_dir: Path, folder: Path, *extra: str) -> list[str]:
@@ -80,24 +84,44 @@ def test_a_two_node_cluster_captions_like_one_machine(cluster: LoopbackCluster, 
     assert len(written(tmp_path / "cluster")) == N_IMAGES
 
 
+def run_until(command: list[str], results: int, action) -> tuple[int, list[str], str]:  # type: ignore[no-untyped-def]
+    """Run the command; `action(child)` once the first `results` answers are out (a count of
+    results, not a sleep, so the test does not depend on timing)."""
+    with subprocess.Popen(command, env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as child:
+        assert child.stdout is not None and child.stderr is not None
+        lines = []
+        for line in child.stdout:
+            lines.append(line)
+            if len(lines) == results:
+                action(child)
+        stderr = child.stderr.read()
+        return child.wait(timeout=120), lines, stderr
+
+
 def test_a_node_killed_mid_job_loses_nothing_and_writes_nothing_twice(
+        doomed_cluster: LoopbackCluster, tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    make_images(folder, N_IMAGES)
+    command = caption_command(tiny_model_dir, folder, "--cluster", doomed_cluster.address)
+    rc, lines, stderr = run_until(command, KILL_AFTER, lambda child: doomed_cluster.kill_worker_node())
+    assert rc == 0, stderr
+    assert len(lines) > KILL_AFTER, "the job ended before the node was killed"
+    assert len(answers("".join(lines))) == N_IMAGES
+    assert len(written(folder)) == N_IMAGES
+
+
+def test_ctrl_c_stops_a_cluster_batch_and_the_same_command_finishes_it(
         cluster: LoopbackCluster, tiny_model_dir: Path, tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     make_images(folder, N_IMAGES)
     command = caption_command(tiny_model_dir, folder, "--cluster", cluster.address)
-    with subprocess.Popen(command, env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as child:
-        assert child.stdout is not None
-        lines = []
-        for line in child.stdout:  # kill after the first KILL_AFTER results, not after a sleep
-            lines.append(line)
-            if len(lines) == KILL_AFTER:
-                cluster.kill_worker_node()
-        stderr = child.stderr.read() if child.stderr else ""
-        rc = child.wait(timeout=120)
-    assert rc == 0, stderr
-    assert len(lines) >= KILL_AFTER + 1, "the job ended before the node was killed"
-    assert len(answers("".join(lines))) == N_IMAGES
+    rc, first, _ = run_until(command, KILL_AFTER, lambda child: child.send_signal(signal.SIGINT))
+    assert rc == 130 and len(first) < N_IMAGES
+    again = subprocess.run(command, env=ray_env(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "resuming job" in again.stderr
+    answers("".join(first) + again.stdout)  # no image reported twice over both runs
     assert len(written(folder)) == N_IMAGES
 
 
