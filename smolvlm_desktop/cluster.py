@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import secrets
 import socket
 import sys
 import tempfile
@@ -79,16 +80,18 @@ class ClusterModel:
     folder: Path
     variant: str
     threads: int  # ONNX Runtime threads per actor, and the CPUs each actor reserves
+    provider: str = "auto"
 
     @classmethod
-    def describe(cls, folder: Path, variant: str | None, threads: int | None) -> "ClusterModel":
+    def describe(cls, folder: Path, variant: str | None, threads: int | None,
+                 provider: str = "auto") -> "ClusterModel":
         files = load_model_files(folder)
         chosen = files.choose_variant(variant)
         info = ModelInfo(name=files.name, folder=str(files.folder), variant=chosen,
                          providers={}, tile_size=files.image_processor.tile_size,
                          longest_edge=files.image_processor.longest_edge,
                          image_seq_len=files.image_seq_len)
-        return cls(info, Path(files.folder).resolve(), chosen, max(1, threads or 1))
+        return cls(info, Path(files.folder).resolve(), chosen, max(1, threads or 1), provider)
 
 
 def model_listing(folder: Path, variant: str) -> dict[str, int]:
@@ -131,12 +134,15 @@ class RayCaptionStep:
         connect(ray, self.address)
         try:
             actor_args = self._actor_args(ray)
-            remaining = dict.fromkeys(Path(p) for p in paths)
+            # workers get absolute paths (their working folder is not ours); answers come
+            # back under the path the runner knows
+            remaining = {os.path.abspath(p): Path(p) for p in paths}
             for attempt in range(STREAM_RETRIES + 1):
                 try:
                     for outcome in self._stream(ray, list(remaining), actor_args):
-                        if outcome.path in remaining:  # not one a failed stream delivered
-                            del remaining[outcome.path]
+                        key = str(outcome.path)
+                        if key in remaining:  # not one a failed stream delivered already
+                            outcome.path = remaining.pop(key)
                             yield outcome
                         if cancel.cancelled:
                             return
@@ -159,15 +165,16 @@ class RayCaptionStep:
             shipped = {rel: ray.put((self.model.folder / rel).read_bytes()) for rel in listing}
         return {"folder": str(self.model.folder), "listing": listing, "shipped": shipped,
                 "variant": self.model.variant, "threads": self.model.threads,
+                "provider": self.model.provider,
                 "prompt": self.prompt, "generation": self.generation}
 
-    def _stream(self, ray: Any, paths: list[Path], actor_args: dict[str, Any]
+    def _stream(self, ray: Any, paths: list[str], actor_args: dict[str, Any]
                 ) -> Iterator[Captioned | NotCaptioned]:
         """One Ray Data pass over `paths`; outcomes in the order they finish."""
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver shows its own
         blocks = max(1, min(MAX_BLOCKS, math.ceil(len(paths) / self.group_size)))
-        dataset = ray.data.from_items([{"path": str(p)} for p in paths], override_num_blocks=blocks)
+        dataset = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
         total_cpus = int(ray.cluster_resources().get("CPU", 1))
         actors = max(1, total_cpus // self.model.threads)
         captions = dataset.map_batches(
@@ -186,6 +193,11 @@ def connect(ray: Any, address: str) -> None:
         # Ray's switch for single-machine clusters: the node's address is then 127.0.0.1,
         # not the outward address Ray otherwise finds with a UDP "connect" to 8.8.8.8.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        # Ray >= 2.5x protects a new local cluster with a token it saves in ~/.ray/auth_token
+        # for good; a token of this run only, in the environment, leaves no file behind.
+        if "RAY_AUTH_MODE" not in os.environ:
+            os.environ["RAY_AUTH_MODE"] = "token"
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     try:
         if address == "local":
             ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
@@ -251,7 +263,8 @@ class _CaptionActor:
     row's error, so the batch goes on."""
 
     def __init__(self, folder: str, listing: dict[str, int], shipped: dict[str, Any] | None,
-                 variant: str, threads: int, prompt: str, generation: GenerationSettings) -> None:
+                 variant: str, threads: int, prompt: str, generation: GenerationSettings,
+                 provider: str = "auto") -> None:
         from .engine.model import VisionLanguageModel
 
         if has_model(folder, listing):
@@ -263,7 +276,7 @@ class _CaptionActor:
             import ray
 
             local = unpack_model(listing, lambda rel: ray.get(shipped[rel]))
-        self.model = VisionLanguageModel.load(local, variant=variant, provider="cpu",
+        self.model = VisionLanguageModel.load(local, variant=variant, provider=provider,
                                               threads=threads)
         self.prompt = prompt
         self.generation = generation
@@ -340,5 +353,6 @@ def prepare(args: Any, prompt: str, generation: GenerationSettings) -> tuple[Clu
         ray_module()
     except ClusterUnavailable as exc:
         raise UsageError(str(exc)) from None
-    model = ClusterModel.describe(resolve_model(args.model), args.variant, args.threads)
+    model = ClusterModel.describe(resolve_model(args.model), args.variant, args.threads,
+                                  args.provider)
     return model, RayCaptionStep(args.cluster, model, prompt, generation)

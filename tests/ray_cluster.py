@@ -14,6 +14,7 @@ command lines (`ray stop` would stop every Ray process of the user).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -23,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# Token authentication, the token in the environment only: Ray would otherwise read (or, for
+# ray.init, write) ~/.ray/auth_token, and a token left there by anything else breaks a join.
+TOKEN = secrets.token_hex(32)
 _SELF = {os.getpid(), os.getppid()}  # their command lines may name the temp dir too
 # `ray start`, with Ray's "127.0.0.1 means the machine's outward address" rule switched off
 RAY_START = [sys.executable, "-c",
@@ -35,6 +39,7 @@ def ray_env() -> dict[str, str]:
     """The environment of every Ray process and driver in the tests."""
     env = dict(os.environ)
     env.update(RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN,
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
     return env
 

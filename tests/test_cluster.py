@@ -65,15 +65,15 @@ def written(folder: Path) -> dict[str, str]:
 
 def test_a_two_node_cluster_captions_like_one_machine(cluster: LoopbackCluster, tiny_model_dir: Path,
                                                       tmp_path: Path) -> None:
+    """Relative paths too: the workers' working folder is not the command's."""
     make_images(tmp_path / "local", N_IMAGES)
     make_images(tmp_path / "cluster", N_IMAGES)
     env = ray_env()
-    local = subprocess.run(caption_command(tiny_model_dir, tmp_path / "local"), env=env,
+    local = subprocess.run(caption_command(tiny_model_dir, Path("local")), env=env, cwd=tmp_path,
                            capture_output=True, text=True, timeout=120)
     assert local.returncode == 0, local.stderr
-    remote = subprocess.run(caption_command(tiny_model_dir, tmp_path / "cluster",
-                                            "--cluster", cluster.address),
-                            env=env, capture_output=True, text=True, timeout=120)
+    remote = subprocess.run(caption_command(tiny_model_dir, Path("cluster"), "--cluster", cluster.address),
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert remote.returncode == 0, remote.stderr
 
     here, there = answers(local.stdout), answers(remote.stdout)
