@@ -52,9 +52,20 @@ class ClusterError(OSError):
     it in one line (exit 1); the job stays unfinished and the same command resumes it."""
 
 
-def ray_module() -> Any:
-    """Ray, imported with its usage statistics off; a ClusterUnavailable if not installed."""
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # before the import: Ray reads it then
+def ray_module(address: str | None = None) -> Any:
+    """Ray, imported with its usage statistics off; a ClusterUnavailable if not installed.
+
+    For a local cluster (address "local") also, before the import (Ray reads them then):
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, Ray's switch for single-machine clusters, under which
+    the node's address is 127.0.0.1, not the outward address Ray otherwise finds with a UDP
+    "connect" to 8.8.8.8; and token authentication with a token of this run only, in the
+    environment, where Ray would otherwise save one in ~/.ray/auth_token for good."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    if address == "local":
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        if "RAY_AUTH_MODE" not in os.environ:
+            os.environ["RAY_AUTH_MODE"] = "token"
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     try:
         import ray
     except ImportError:
@@ -130,7 +141,7 @@ class RayCaptionStep:
     def __call__(self, paths: Sequence[Path], cancel: CancelToken) -> Iterator[Captioned | NotCaptioned]:
         if not paths:
             return
-        ray = ray_module()
+        ray = ray_module(self.address)
         connect(ray, self.address)
         try:
             actor_args = self._actor_args(ray)
@@ -189,15 +200,6 @@ def connect(ray: Any, address: str) -> None:
     """ray.init for `--cluster ADDRESS`: "local" starts a private cluster on this machine
     (no dashboard, no usage statistics, on 127.0.0.1 only); anything else joins an existing
     one. Workers' logs stay on their nodes: stdout carries the answers (--json)."""
-    if address == "local":
-        # Ray's switch for single-machine clusters: the node's address is then 127.0.0.1,
-        # not the outward address Ray otherwise finds with a UDP "connect" to 8.8.8.8.
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-        # Ray >= 2.5x protects a new local cluster with a token it saves in ~/.ray/auth_token
-        # for good; a token of this run only, in the environment, leaves no file behind.
-        if "RAY_AUTH_MODE" not in os.environ:
-            os.environ["RAY_AUTH_MODE"] = "token"
-            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     try:
         if address == "local":
             ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
@@ -350,7 +352,7 @@ def prepare(args: Any, prompt: str, generation: GenerationSettings) -> tuple[Clu
     if not args.write:
         raise UsageError("--cluster goes with --write (the captions are written as files)")
     try:
-        ray_module()
+        ray_module(args.cluster)
     except ClusterUnavailable as exc:
         raise UsageError(str(exc)) from None
     model = ClusterModel.describe(resolve_model(args.model), args.variant, args.threads,

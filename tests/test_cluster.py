@@ -8,9 +8,11 @@ process, as a user would. Slow (a cluster takes ~10 s to start): `-m "not cluste
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -138,3 +140,25 @@ def test_cluster_without_ray_installed_is_a_one_line_usage_error(
     assert err.strip().splitlines() == ["smolvlm-desktop: --cluster needs Ray: pip install "
                                         "'smolvlm-desktop[cluster]'"]
     assert not image.with_suffix(".txt").exists()
+
+
+def test_a_local_cluster_captions_and_leaves_no_ray_token_in_the_home_folder(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`--cluster local`: Ray's own single-machine cluster, on 127.0.0.1 (no address given
+    to point anywhere), with the token of this run kept in the environment."""
+    pytest.importorskip("ray", reason="the 'cluster' extra is not installed")
+    folder, home = tmp_path / "photos", tmp_path / "home"
+    make_images(folder, 4)
+    home.mkdir()
+    ray_tmp = tempfile.mkdtemp(prefix="smr", dir="/tmp")  # short: Ray's socket paths
+    env = {**ray_env(), "HOME": str(home), "RAY_TMPDIR": ray_tmp}
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
+        env.pop(name)  # the app sets them itself for a local cluster
+    try:
+        done = subprocess.run(caption_command(tiny_model_dir, folder, "--cluster", "local"),
+                              env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr
+    assert len(written(folder)) == 4
+    assert not (home / ".ray").exists()
