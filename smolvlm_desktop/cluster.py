@@ -22,8 +22,11 @@ streamed again, up to STREAM_RETRIES times. The runner ignores a second result f
 so none is written twice.
 
 Privacy: Ray's usage statistics are switched off before Ray is imported
-(RAY_USAGE_STATS_ENABLED=0), and a local cluster starts with no dashboard. Ray is optional
+(RAY_USAGE_STATS_ENABLED=0); a local cluster starts with no dashboard, on 127.0.0.1, with a
+token of this run only (see ray_module). This is the one module besides hub.py allowed a
+network module (Ray), and only `caption --cluster` imports it. Ray is optional
 (`pip install 'smolvlm-desktop[cluster]'`); without it `--cluster` is a one-line usage error.
+An address where nothing answers: Ray keeps trying to join for minutes (Ctrl+C stops it).
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import platform
 import secrets
-import socket
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -273,7 +276,7 @@ class _CaptionActor:
             local = folder
         elif shipped is None:
             raise FileNotFoundError(f"the model folder {folder} is not on cluster node "
-                                    f"{socket.gethostname()}, and was not shipped")
+                                    f"{platform.node()}, and was not shipped")
         else:
             import ray
 
@@ -282,7 +285,7 @@ class _CaptionActor:
                                               threads=threads)
         self.prompt = prompt
         self.generation = generation
-        self.node = socket.gethostname()
+        self.node = platform.node()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         import json

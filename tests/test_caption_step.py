@@ -5,6 +5,8 @@ in this process on the tiny model (Ray is not needed for either)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +116,16 @@ def test_a_node_without_the_model_folder_unpacks_the_shipped_files_once(
     assert len(fetched) == len(listing)  # the second actor on the node reuses the copy
     model = VisionLanguageModel.load(folder, variant="fp32", provider="cpu", threads=1)
     assert model.info.variant == "fp32"
+
+
+def test_a_batch_without_cluster_never_imports_ray(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Ray is a network module: only `--cluster` may load it (see test_privacy.py)."""
+    image = make_images(tmp_path, 1)[0]
+    code = ("import sys; from smolvlm_desktop.cli import main; "
+            f"rc = main(['caption', {str(image)!r}, '--model', {str(tiny_model_dir)!r}, "
+            "'--write', 'txt', '--max-new-tokens', '2', '--no-library']); "
+            "assert rc == 0, rc; assert 'ray' not in sys.modules, 'ray was imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    assert image.with_suffix(".txt").exists()
