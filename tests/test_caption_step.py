@@ -129,3 +129,36 @@ def test_a_batch_without_cluster_never_imports_ray(tiny_model_dir: Path, tmp_pat
                           cwd=Path(__file__).resolve().parent.parent)
     assert done.returncode == 0, done.stderr
     assert image.with_suffix(".txt").exists()
+
+
+def test_a_failed_ray_stream_is_streamed_again_for_what_did_not_come_back_simulated(
+        monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The stream itself failing (results held on a dead node) cannot be arranged on purpose
+    with a real cluster: the Ray Data pass is replaced by one that fails after two answers
+    and a second that repeats one of them. Real Ray exceptions, real step and runner."""
+    ray = pytest.importorskip("ray", reason="the 'cluster' extra is not installed")
+    from smolvlm_desktop import cluster
+
+    images = make_images(tmp_path, 5)
+    passes: list[list[str]] = []
+
+    def stream(self, ray_, paths, actor_args):  # type: ignore[no-untyped-def]
+        passes.append(list(paths))
+        if len(passes) == 1:
+            yield from (caption(Path(p)) for p in paths[:2])
+            raise ray.exceptions.ObjectLostError("0" * 56, "owner", "node died")
+        yield caption(Path(passes[0][1]))  # a repeat: already delivered by the first pass
+        yield from (caption(Path(p)) for p in paths)
+
+    monkeypatch.setattr(cluster, "connect", lambda ray_, address: None)
+    monkeypatch.setattr(cluster.RayCaptionStep, "_actor_args", lambda self, ray_: {})
+    monkeypatch.setattr(cluster.RayCaptionStep, "_stream", stream)
+    notes: list[str] = []
+    model = cluster.ClusterModel.describe(tiny_model_dir, "fp32", 1)
+    step = cluster.RayCaptionStep("127.0.0.1:1", model, "Describe.", GEN, on_note=notes.append)
+    summary = BatchRunner(model, SETTINGS, model_name="tiny", step=step).run(images)
+    assert (summary.done, summary.cancelled) == (5, False)
+    assert passes[1] == [str(p) for p in images[2:]]  # only what had not come back
+    assert len(notes) == 1 and "3 images go again" in notes[0]
+    names = jsonl_names(tmp_path)
+    assert sorted(names) == sorted(p.name for p in images)
