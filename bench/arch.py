@@ -30,8 +30,8 @@ BUNDLED_TINY = REPO / "smolvlm_desktop" / "data" / "tiny-smolvlm"
 # Bump when the build recipe changes in a way the config hash cannot see. The exporter's own
 # source is hashed in as well (EXPORTER_SOURCES), so a new graph recipe rebuilds the model.
 BUILD_RECIPE = 1
-EXPORTER_SOURCES = ("smolvlm_desktop/export.py", "smolvlm_desktop/export_decoder.py",
-                    "smolvlm_desktop/export_vision.py", "smolvlm_desktop/tiny_model.py")
+EXPORTER_SOURCES = tuple(p.relative_to(REPO).as_posix()
+                         for p in sorted((REPO / "smolvlm_desktop" / "export").glob("*.py")))
 SEED = 256_000_001
 # Tokens a greedy run would stop at (<|endoftext|>, <|im_end|>, <end_of_utterance>). Their
 # embedding rows are zeroed: with tied embeddings their logit is then exactly 0 while the best
@@ -76,7 +76,7 @@ def exporter_digest() -> str:
 
 def smolvlm_256m() -> Arch:
     """SmolVLM-256M-Instruct: SmolLM2-135M text model + SigLIP B/16 at 512 px, pixel shuffle x4."""
-    from smolvlm_desktop.tiny_model import IMAGE_TOKEN_ID, VOCAB_SIZE
+    from smolvlm_desktop.export.tiny import IMAGE_TOKEN_ID, VOCAB_SIZE
 
     tile, patch, scale = 512, 16, 4
     config = {
@@ -114,8 +114,8 @@ def smolvlm_500m() -> Arch:
 
 
 def tiny() -> Arch:
-    """The bundled demo model's architecture (read from tiny_model, which built it)."""
-    from smolvlm_desktop import tiny_model as tm
+    """The bundled demo model's architecture (read from export.tiny, which built it)."""
+    from smolvlm_desktop.export import tiny as tm
 
     return Arch("tiny", tm.tiny_config_dict(), tile=tm.TILE, longest_edge=tm.LONGEST_EDGE,
                 image_seq_len=tm.IMAGE_SEQ_LEN)
@@ -158,7 +158,7 @@ def build_checkpoint(arch: Arch, out_dir: Path) -> Path:
     import torch
     from transformers import GenerationConfig, Idefics3Config, Idefics3ForConditionalGeneration
 
-    from smolvlm_desktop import tiny_model as tm
+    from smolvlm_desktop.export import tiny as tm
     from smolvlm_desktop.export import quiet_progress_bars
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +177,7 @@ def build_checkpoint(arch: Arch, out_dir: Path) -> Path:
 
 def write_processor_files(arch: Arch, out_dir: Path) -> None:
     """The image processor and chat template in the official flat form, sized for `arch`."""
-    from smolvlm_desktop.tiny_model import CHAT_TEMPLATE
+    from smolvlm_desktop.export.tiny import CHAT_TEMPLATE
 
     def write(name: str, data: dict[str, Any]) -> None:
         (out_dir / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -242,7 +242,7 @@ def _load_torch_model(checkpoint: Path | None) -> Any:
     from transformers import Idefics3ForConditionalGeneration
 
     if checkpoint is None:  # the tiny arch: same seed, same weights as the bundled ONNX files
-        from smolvlm_desktop.tiny_model import build_tiny_model
+        from smolvlm_desktop.export.tiny import build_tiny_model
 
         return build_tiny_model()
     from smolvlm_desktop.export import quiet_progress_bars
@@ -323,6 +323,10 @@ def measure(args: argparse.Namespace) -> Measurement:
     log(f"{args.config}: first caption done {since_spawn():.1f} s after start; timing stages")
     m.stages_ms, stage_info = measure_stages(runner, args, one, five)
     m.info.update(stage_info)
+    log(f"{args.config}: a chat about a 13-tile photo (cold, read ahead, follow-up, Regenerate)")
+    conversation, conversation_info = measure_conversation(runner, args)
+    m.stages_ms.update(conversation)
+    m.info.update(conversation_info)
     if isinstance(runner, OnnxRunner) and args.batch_images > 1:
         log(f"{args.config}: {args.batch_images} photos as single captions, then as one batch")
         m.stages_ms.update(measure_batch(runner, args))
@@ -379,6 +383,60 @@ def measure_batch(runner: "OnnxRunner", args: argparse.Namespace) -> dict[str, l
         repeats = max(1, min(args.repeats, 2))
         return {"single_captions_per_image": [t / n for t in timed(singles, repeats, warmup=0)],
                 "batch_per_image": [t / n for t in timed(batch, repeats, warmup=0)]}
+
+
+FOLLOW_UP = "What else is in it?"
+
+
+def conversation_photo(tile: int) -> tuple[Image.Image, int]:
+    """A 4:3 photo and the detail at which it is 13 tiles (4 x 3 and the whole image), as a
+    2048x1536 photo is at SmolVLM-256M's own detail; the image and the detail."""
+    photo = bench_image(4 * tile).resize((4 * tile, 3 * tile))
+    return photo, 4 * tile
+
+
+def measure_conversation(runner: Runner, args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Milliseconds to the first token in a chat about a 13-tile photo (the engine's own
+    Timings.first_token_ms, from the call): the first question cold (nothing read before),
+    the first question after the photo was read ahead (while the person typed: not timed),
+    a follow-up with the answer in the history, Regenerate of that follow-up, and the same
+    follow-up with nothing kept (what every turn cost before conversations were kept).
+    transformers: its cold first question only (processor + generate up to one token)."""
+    photo, detail = conversation_photo(args.tile)
+    reps = max(1, min(args.repeats, 3))
+    if isinstance(runner, TorchRunner):
+        return {"conversation_cold": timed(lambda: runner.caption(photo, detail, 1), reps)}, {}
+    assert isinstance(runner, OnnxRunner)
+    from smolvlm_desktop.engine.types import GenerationSettings, Message
+
+    model = runner.model
+    settings = GenerationSettings(max_new_tokens=args.new_tokens, detail=detail)
+    ask = [Message("user", QUESTION, images=(photo,))]
+    keys = ("conversation_cold", "conversation_read_ahead", "conversation_follow_up",
+            "conversation_regenerate", "conversation_follow_up_uncached")
+    samples: dict[str, list[float]] = {k: [] for k in keys}
+    info: dict[str, Any] = {}
+    for rep in range(reps + 1):  # the first is a warm-up
+        model.features.clear()
+        chat = model.conversation()
+        first = chat.generate(ask, settings)
+        follow = ask + [Message("assistant", first.text.lstrip()), Message("user", FOLLOW_UP)]  # as the window
+        up = chat.generate(follow, settings)
+        again = chat.generate(follow, settings)
+        info.update(conversation_tiles=first.timings.tiles_read,
+                    conversation_prompt_tokens=first.timings.prompt_tokens,
+                    conversation_follow_up_tokens_read=up.timings.prompt_tokens - up.timings.cached_tokens,
+                    conversation_cache_mb=round(chat.nbytes / 2**20, 1))
+        model.features.clear()
+        ahead = model.conversation()
+        ahead.read_ahead([Message("user", "", images=(photo,))], settings)
+        after = ahead.generate(ask, settings)
+        model.features.clear()
+        uncached = model.generate(follow, settings)
+        if rep:
+            for key, result in zip(keys, (first, after, up, again, uncached)):
+                samples[key].append(result.timings.first_token_ms)
+    return samples, info
 
 
 def timed_decode(runner: Runner, prepared: Any, features: Any, steps: int, repeats: int) -> list[float]:

@@ -14,6 +14,10 @@ configuration in its own process (bench/child.py) with the same number of thread
 * prefill: embedding + image splice + one decoder pass over the ~80-token prompt;
 * decode: ms per token over 32 greedy steps with the KV cache;
 * end to end: a 512-px PIL image to 32 new tokens, preprocessing included;
+* conversation: a chat about a 13-tile photo (4x3 tiles and the whole, as a 2048x1536 photo
+  on SmolVLM-256M), time to first token: the first question cold, the first question after
+  the photo was read ahead, a follow-up, Regenerate, and the follow-up with nothing kept;
+  transformers' cold first question in the same run;
 * batch: N one-tile JPEG photos (--batch-images, default 8) captioned one at a time (load +
   generate) and then as one batch (BatchRunner), per image; and the ratio of the two rates;
 * cold start: process start -> imports -> sessions/model loaded -> first token (a fresh
@@ -93,6 +97,16 @@ def stages(arch: Arch, prompt_tokens: int | str, new_tokens: int, batch_images: 
               _median_of("single_captions_per_image")),
         Stage("batch_per_image", f"the same {batch_images} photos as one batch, per image", "ms",
               _median_of("batch_per_image")),
+        Stage("conversation_cold", f"chat, 13-tile photo: first question, first token ({4 * tile}-px detail)", "ms",
+              _median_of("conversation_cold")),
+        Stage("conversation_read_ahead", "chat: first question after the photo was read ahead", "ms",
+              _median_of("conversation_read_ahead")),
+        Stage("conversation_follow_up", "chat: follow-up question, first token", "ms",
+              _median_of("conversation_follow_up")),
+        Stage("conversation_regenerate", "chat: Regenerate, first token", "ms",
+              _median_of("conversation_regenerate")),
+        Stage("conversation_follow_up_uncached", "chat: the follow-up with nothing kept, first token", "ms",
+              _median_of("conversation_follow_up_uncached")),
         Stage("cold_first_token", "cold start to first token (new process)", "s",
               lambda r: r["cold"].get("first_token_s")),
         Stage("peak_rss_caption", "peak RSS, load + one caption", "MB",
@@ -190,6 +204,13 @@ def print_report(report: dict[str, Any]) -> None:
         made = result["info"].get("new_tokens")
         if made != report["new_tokens"]:
             print(f"warning: {LABELS[config]} stopped after {made} of {report['new_tokens']} tokens")
+    for config, result in report["results"].items():
+        info = result["info"]
+        if "conversation_tiles" in info:
+            print(f"chat, {LABELS[config]}: {info['conversation_tiles']} tiles, a "
+                  f"{info['conversation_prompt_tokens']}-token first prompt; the follow-up read "
+                  f"{info['conversation_follow_up_tokens_read']} tokens; the kept cache held "
+                  f"{info['conversation_cache_mb']} MB")
     for row in batch_rates(report["table"]):
         print(f"batch rate, {row['config']}: {row['ratio']:.2f}x the images per second of single captions "
               "(same run, same photos)")

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/build_tiny_model.py [--out FOLDER]
 
-Builds the PyTorch checkpoint (smolvlm_desktop.tiny_model) in a temporary folder, exports it
+Builds the PyTorch checkpoint (smolvlm_desktop.export.tiny) in a temporary folder, exports it
 to the official ONNX layout (smolvlm_desktop.export: fp32 + int8, and uint8 only if the
 folder stays within the size budget) and replaces FOLDER with the result. Running it twice
 gives byte-identical files; the sha256 of every file is printed so that is easy to check.
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from smolvlm_desktop.export import GRAPHS, export_checkpoint, quantize_graph  # noqa: E402
-from smolvlm_desktop.tiny_model import SIZE_BUDGET, build_tiny_checkpoint  # noqa: E402
+from smolvlm_desktop.export.tiny import SIZE_BUDGET, build_tiny_checkpoint  # noqa: E402
 
 DEFAULT_OUT = REPO / "smolvlm_desktop" / "data" / "tiny-smolvlm"
 

@@ -23,6 +23,11 @@ from typing import Callable, Sequence
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
+# Qt messages that tell a user nothing: the offscreen platform (--self-test, CI) warns on every
+# window that it cannot pass size hints to a window manager it does not have.
+HARMLESS_QT_MESSAGES = frozenset({"This plugin does not support propagateSizeHints()"})
+_qt_filter_installed = False
+
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="smolvlm-desktop", add_help=False)
@@ -45,6 +50,41 @@ def make_app(argv: Sequence[str]):  # -> QApplication
     app.setApplicationName(APP_NAME)
     app.setDesktopFileName(APP_ID)
     return app
+
+
+def missing_display() -> str | None:
+    """What stops the window from opening, said before Qt is asked: on Linux without a display
+    Qt's xcb plugin aborts the whole process (SIGABRT) with a page of advice about plugins."""
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return None
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    return ("no display to open the window on (neither DISPLAY nor WAYLAND_DISPLAY is set); "
+            "without one, use the commands (`smolvlm-desktop caption IMAGE`, see --help) or run "
+            "the window offscreen with QT_QPA_PLATFORM=offscreen")
+
+
+def drop_harmless_qt_messages() -> None:
+    """Drop the messages in HARMLESS_QT_MESSAGES; pass every other one on unchanged (to the
+    handler installed before, or to stderr as Qt's default handler prints it). Once per process."""
+    global _qt_filter_installed
+    if _qt_filter_installed:
+        return
+    _qt_filter_installed = True
+    from PySide6.QtCore import qInstallMessageHandler
+
+    previous = None
+
+    def handler(mode, context, message: str) -> None:  # type: ignore[no-untyped-def]
+        if message in HARMLESS_QT_MESSAGES:
+            return
+        if previous is not None:
+            previous(mode, context, message)
+            return
+        category = context.category if context.category not in (None, "", "default") else None
+        print(f"{category}: {message}" if category else message, file=sys.stderr, flush=True)
+
+    previous = qInstallMessageHandler(handler)
 
 
 def quit_on_signals(app) -> Callable[[], None]:  # app: QApplication
@@ -104,8 +144,15 @@ def log_dir() -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    drop_harmless_qt_messages()
     if args.self_test:
         return run_self_test(args.self_test_seconds)
+    missing = missing_display()
+    if missing:
+        from .commands.common import print_error
+
+        print_error(missing)
+        return EXIT_FAILED
     from . import crashlog
 
     app = make_app([])
@@ -191,7 +238,9 @@ def run_self_test(min_seconds: float = 0.0) -> int:
         try:
             report = _self_test(Path(tmp), min_seconds)
         except SelfTestFailed as exc:
-            print(f"self-test FAILED: {exc}", file=sys.stderr)
+            from .commands.common import print_error
+
+            print_error(f"self-test failed: {exc}")
             return EXIT_FAILED
     print(report)
     return EXIT_OK

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -41,7 +42,7 @@ from .engine.images import LoadedImage, load_image
 from .engine.types import CancelToken, EngineError, GenerationSettings, Message, Timings
 from .library import writers
 from .library.atomic import OutputError
-from .library.db import Library
+from .library.db import ItemGone, Library, LibraryError
 from .library.joblock import JobBusy, JobClaim  # JobBusy: what run() raises for a taken job
 
 Existing = Literal["skip", "overwrite", "append"]
@@ -134,6 +135,14 @@ class ImageSkipped:
 @dataclass
 class ImageFailed:
     path: Path  # the image, or an aggregate file that could not be saved
+    reason: str
+
+
+@dataclass
+class LibraryStopped:
+    """The library failed mid-batch (a full disk, made read-only, damaged): the batch goes on
+    writing caption files without recording them in the library. Sent once per run."""
+
     reason: str
 
 
@@ -239,6 +248,7 @@ class _Run:
     pause: threading.Event | None
     writer: Any = None
     complete: bool = True  # False when an output could not be saved: the job stays resumable
+    recording: bool = True  # False once the library failed mid-run (LibraryStopped)
     claim: AbstractContextManager[Any] = field(default_factory=nullcontext)  # JobClaim, held
 
 
@@ -291,9 +301,12 @@ class BatchRunner:
                     self._close_writer(run)
             finally:
                 run.summary.elapsed_s = time.monotonic() - started
-            if self.library is not None and run.job_id is not None and run.complete:
-                self.library.finish_job(run.job_id,
-                                        "cancelled" if run.summary.cancelled else "finished")
+            if self._records(run) and run.complete:
+                try:
+                    self.library.finish_job(run.job_id,
+                                            "cancelled" if run.summary.cancelled else "finished")
+                except LibraryError:
+                    pass  # every image of the job was forgotten meanwhile, the job with them
         return run.summary
 
     def _loop(self, run: _Run) -> None:
@@ -477,14 +490,14 @@ class BatchRunner:
     def _finish(self, run: _Run, item: _Item, result: tuple[str, Timings, list[int]], notes: list[str]) -> None:
         """Stage, write and record one caption."""
         text, timings, token_ids = result
-        if self.library is not None and run.job_id is not None:
-            self.library.stage_caption(run.job_id, item.path, text, timings)
+        if self._records(run):
+            self._mark(run, self.library.stage_caption, run.job_id, item.path, text, timings)
         try:
             files = run.writer.write(item.path, text, self._meta(timings))
         except OutputError as exc:
             self._failed(run, item.path, str(exc))
             return
-        self._done(run, item, text, timings, list(files), notes, token_ids)
+        self._done(run, item, text, timings, list(files), notes + run.writer.last_notes, token_ids)
 
     def _generate(self, run: _Run, paths: list[Path], images: list[Any], clock: "_Clock"
                   ) -> list[tuple[str, Timings, list[int]] | EngineError | None]:
@@ -513,27 +526,44 @@ class BatchRunner:
 
     def _done(self, run: _Run, item: _Item, text: str, timings: Timings, files: list[Path],
               notes: list[str], token_ids: list[int] | None = None) -> None:
-        if self.library is not None and run.job_id is not None:
-            self.library.mark_done(run.job_id, item.path, text, timings,
-                                   model=self.model_name, prompt=self.settings.prompt)
+        if self._records(run):
+            self._mark(run, self.library.mark_done, run.job_id, item.path, text, timings,
+                       model=self.model_name, prompt=self.settings.prompt)
         run.tally.done += 1
         run.summary.done += 1
         self.on_event(ImageDone(item.index, run.tally.total, item.path, text, timings, files, notes,
                                 token_ids or []))
 
     def _skipped(self, run: _Run, path: Path, reason: str) -> None:
-        if self.library is not None and run.job_id is not None:
-            self.library.mark_skipped(run.job_id, path, reason)
+        if self._records(run):
+            self._mark(run, self.library.mark_skipped, run.job_id, path, reason)
         run.tally.skipped += 1
         run.summary.skipped += 1
         self.on_event(ImageSkipped(path, reason))
 
     def _failed(self, run: _Run, path: Path, reason: str) -> None:
-        if self.library is not None and run.job_id is not None:
-            self.library.mark_failed(run.job_id, path, reason)
+        if self._records(run):
+            self._mark(run, self.library.mark_failed, run.job_id, path, reason)
         run.tally.failed += 1
         run.summary.failed.append((path, reason))
         self.on_event(ImageFailed(path, reason))
+
+    def _records(self, run: _Run) -> bool:
+        """Is this run recording its job in the library?"""
+        return self.library is not None and run.job_id is not None and run.recording
+
+    def _mark(self, run: _Run, mark: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        """One library mark of an image. If the image was forgotten from the job meanwhile
+        (`library forget` in a race it cannot see), the batch goes on without recording it;
+        if the library fails (SQLite: disk full, read-only, damaged), the batch goes on
+        without the library (said once). Caption files are written either way."""
+        try:
+            mark(*args, **kwargs)
+        except ItemGone:
+            pass
+        except sqlite3.Error as exc:
+            run.recording = False
+            self.on_event(LibraryStopped(str(exc)))
 
     @staticmethod
     def _wait_while_paused(pause: threading.Event | None, cancel: CancelToken) -> bool:

@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import BinaryIO, Callable
 
 from .oslock import try_lock
+from .paths import make_private, private_dir, private_opener
 
 CRASH_LOG = "crash.log"
 ERRORS_LOG = "errors.log"
@@ -79,8 +80,11 @@ def enable(log_dir: Path) -> bool:
         disable()
     log_dir = Path(log_dir)
     try:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        crash_file = open(log_dir / CRASH_LOG, "ab", buffering=0)  # append: never lose a report
+        private_dir(log_dir)  # tracebacks can quote prompts and file names: owner-only
+        for old in log_dir.iterdir():
+            make_private(old)
+        crash_file = open(log_dir / CRASH_LOG, "ab", buffering=0,  # append: never lose a report
+                          opener=private_opener)
     except OSError:
         return False
     try:
@@ -139,7 +143,7 @@ def _create_marker(log_dir: Path) -> tuple[str, Path, BinaryIO]:
     """A new marker file, created exclusively and locked for the life of the process."""
     session_id = f"{os.getpid()}-{secrets.token_hex(4)}"
     marker = log_dir / f"{MARKER_PREFIX}{session_id}"
-    handle = open(marker, "xb+")
+    handle = open(marker, "xb+", opener=private_opener)
     details = (f"started {_now()}\nprocess {os.getpid()}\npython {platform.python_version()}\n"
                f"platform {platform.platform()}\napp {_app_version()}\n")
     handle.write(details.encode("utf-8"))
@@ -222,7 +226,7 @@ def append_error(log_dir: Path, entry: str) -> None:
     size = path.stat().st_size if path.exists() else 0
     if size + len(data) > ERRORS_LOG_LIMIT:
         _trim(path, ERRORS_LOG_LIMIT // 2)
-    with open(path, "ab") as handle:
+    with open(path, "ab", opener=private_opener) as handle:
         handle.write(data)
 
 
@@ -235,7 +239,8 @@ def _trim(path: Path, keep: int) -> None:
     start = tail.find("\n=== ")
     kept = tail[start + 1:] if start >= 0 else ""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(kept.encode("utf-8"))
+    with open(temporary, "wb", opener=private_opener) as handle:
+        handle.write(kept.encode("utf-8"))
     os.replace(temporary, path)
 
 
@@ -312,7 +317,8 @@ def _archive(log_dir: Path, report: str) -> None:
     """Save the report as crash-<timestamp>.log and keep only the newest ARCHIVES_KEPT."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")  # sorts in time order
     try:
-        with open(log_dir / f"{ARCHIVE_PREFIX}{stamp}.log", "x", encoding="utf-8") as handle:
+        with open(log_dir / f"{ARCHIVE_PREFIX}{stamp}.log", "x", encoding="utf-8",
+                  opener=private_opener) as handle:
             handle.write(report + "\n")
     except OSError:
         pass  # the report is still returned; saying it once matters more than keeping it

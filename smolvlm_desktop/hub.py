@@ -25,6 +25,11 @@ Files on disk:
     models/NAME/                 an installed model, with manifest.json (what was installed from
                                  where: repo, resolved commit, every file's size and sha256)
     models/.partial/NAME/        a download in progress; `pull` resumes it, `remove` deletes it
+    models/.partial/.import-NAME-xxxxxxxx/(.lock)
+                                 an import's copy in progress, held under an OS lock: a killed
+                                 import's copy is removed by the next `models` command
+    models/.partial/NAME.weights/  the weights a pull builds the graphs from (and, in build/,
+                                 the graphs being written); kept until the model is installed
     models/default.txt           the default model's name (`set_default`)
 """
 
@@ -46,11 +51,20 @@ from pathlib import Path
 from typing import Any
 
 from . import paths
+from .oslock import is_current, try_lock
 
 CATALOG_PATH = Path(__file__).resolve().parent / "data" / "catalog.json"
 MANIFEST_NAME = "manifest.json"
 PARTIAL_DIR_NAME = ".partial"
-WEIGHTS_SUFFIX = ".weights"  # .partial/NAME.weights: PyTorch weights downloaded for `models build`
+IMPORT_PREFIX = ".import-"  # .partial/.import-NAME-xxxxxxxx: an import's copy, with a .lock beside it
+TRASH_PREFIX = ".old-"  # .partial/.old-NAME-xxxxxxxx: a replaced model on its way out
+WEIGHTS_SUFFIX = ".weights"  # .partial/NAME.weights: the weights a pull or `models build` builds from
+BUILD_DIR_NAME = "build"  # .partial/NAME.weights/build: the graphs being written from them
+BUILT_VARIANTS = ("fp32", "int8")  # what a pull that builds writes (export.build)
+# A pull builds only from weights up to this size: SmolVLM-256M's are 0.5 GB, 500M's 1 GB (bf16);
+# the 2.2B's 4.5 GB would make graphs too big for one ONNX file (export.build.MAX_GRAPH_BYTES),
+# so it gets the official files.
+MAX_BUILD_WEIGHTS_BYTES = 3_000_000_000
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_VARIANT = "int8"
 CHUNK_RETRIES = 3  # reconnects per file after the connection drops mid-body
@@ -153,6 +167,9 @@ class PullProgress:
     total: int
     files_done: int
     files_total: int
+    # "download", or "build": the graphs being written from the downloaded weights, where
+    # done/total count steps (graphs written, then quantised) and `file` says which.
+    stage: str = "download"
 
 
 ProgressCallback = Callable[[PullProgress], None]
@@ -318,13 +335,20 @@ def _remote_file(entry: CatalogEntry, sibling: Any) -> RemoteFile:
 
 
 def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback | None = None,
-         cancel: threading.Event | None = None, *, revision: str | None = None) -> Path:
-    """Download a catalog model into `paths.models_dir()/NAME` and return that folder.
+         cancel: threading.Event | None = None, *, revision: str | None = None, official: bool = False) -> Path:
+    """Get a catalog model into `paths.models_dir()/NAME` and return that folder.
+
+    When the release has its weights (model.safetensors, up to MAX_BUILD_WEIGHTS_BYTES) and
+    `variant` is one the app builds (BUILT_VARIANTS), those are downloaded and this app's graphs
+    are built from them here (`_build_and_install`): faster than the official ONNX files, and no
+    torch needed. Otherwise, or with official=True, the official ONNX files of `variant` are
+    downloaded.
 
     Resumes what an earlier, interrupted pull left behind; checks every file against the size and
     checksum the Hub reports; installs nothing unless every file is good and the folder loads as a
     model. Raises HubError subclasses with a message for the user. Safe to run in a worker
-    thread: `progress` is called from that thread, and setting `cancel` stops within one chunk.
+    thread: `progress` is called from that thread, and setting `cancel` stops within one chunk
+    (or one graph, while building).
     """
     entry = catalog_entry(name)
     if not entry.onnx:
@@ -333,16 +357,20 @@ def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback |
         raise HubError(f"{entry.name} has no {variant} release; available: {', '.join(entry.variants)}")
     entry.graph_files(variant)  # rejects an unknown variant name before any network access
     wanted_revision = revision or entry.revision or "main"
+    dest = paths.models_dir() / entry.name
     with _hub_online():
         info, endpoint = _model_info(entry, wanted_revision)
-        files = _plan(entry, variant, info)
-        dest = paths.models_dir() / entry.name
-        if _already_installed(dest, info.sha, variant, files):
+        weights = _weights_plan(entry, info) if _has_weights(info) else []
+        build = not official and variant in BUILT_VARIANTS and _small_enough_to_build(weights)
+        files = weights if build else _plan(entry, variant, info)
+        if _already_built(dest, info.sha, variant) if build else _already_installed(dest, info.sha, variant, files):
             _report_complete(progress, files)
             return dest
-        staging = _staging_dir(entry.name, entry.repo, info.sha)
+        staging = _staging_dir(entry.name + (WEIGHTS_SUFFIX if build else ""), entry.repo, info.sha)
         recorded = _fetch_all(entry.repo, info.sha, files, staging, endpoint, progress, cancel)
     manifest = _hub_manifest(entry, wanted_revision, info.sha, variant, recorded, endpoint)
+    if build:
+        return _build_and_install(staging, dest, manifest, progress, cancel)
     return _install_download(staging, dest, manifest, variant)
 
 
@@ -404,6 +432,74 @@ def _weights_plan(entry: CatalogEntry, info: Any) -> list[RemoteFile]:
     return [_remote_file(entry, by_name[name]) for name in wanted]
 
 
+def _has_weights(info: Any) -> bool:
+    """Whether the repo publishes the weights a build starts from (one file, or shards)."""
+    names = {s.rfilename for s in info.siblings or []}
+    return "model.safetensors" in names or any(_SHARD.fullmatch(n) for n in names)
+
+
+def _small_enough_to_build(weights: list[RemoteFile]) -> bool:
+    """Weights to build from, within MAX_BUILD_WEIGHTS_BYTES."""
+    size = sum(f.size for f in weights if f.path.endswith(".safetensors"))
+    return bool(weights) and size <= MAX_BUILD_WEIGHTS_BYTES
+
+
+def _already_built(dest: Path, commit: str, variant: str) -> bool:
+    """True when graphs built from this commit's weights are installed and every file still
+    has the size its manifest records."""
+    manifest = read_manifest(dest)
+    if not manifest or manifest.get("source") != "built" or manifest.get("revision") != commit:
+        return False
+    if variant not in manifest.get("variants", []):
+        return False
+    return all((dest / rel).is_file() and (dest / rel).stat().st_size == f.get("size")
+               for rel, f in manifest["files"].items())
+
+
+def build_from_weights(weights: Path, out: Path, progress: ProgressCallback | None = None,
+                       cancel: threading.Event | None = None) -> dict[str, dict[str, Any]]:
+    """Write this app's graphs (fp32 and int8) into `out` from the checkpoint folder `weights`
+    (model.safetensors read with numpy: no torch), check the result loads as a model, and
+    return every file's size and sha256 for a manifest.
+
+    `out` is emptied first: a build that was stopped starts again (a few seconds to a minute;
+    the download it needs is what resumes). ExportError and cancel become HubError."""
+    from .export import ExportError
+    from .export.build import build_from_safetensors
+
+    shutil.rmtree(out, ignore_errors=True)
+
+    def step(what: str, done: int, total: int) -> None:
+        _check_cancel(cancel, "the build")
+        if progress is not None:
+            progress(PullProgress(what, done, total, done, total, done, total, stage="build"))
+
+    try:
+        build_from_safetensors(weights, out, quantize=("int8",), on_step=step)
+    except ExportError as exc:
+        raise HubError(f"cannot build the graphs from {weights.name}: {exc}") from exc
+    _validate_folder(out, DEFAULT_VARIANT, cleanup=out)
+    return {p.relative_to(out).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def _build_and_install(weights: Path, dest: Path, manifest: dict[str, Any], progress: ProgressCallback | None,
+                       cancel: threading.Event | None) -> Path:
+    """Build the graphs from the downloaded weights and install them as `dest`; the weights
+    (models/.partial/NAME.weights) go once the model is installed and stay for a retry if the
+    build fails or is cancelled."""
+    out = weights / BUILD_DIR_NAME
+    files = build_from_weights(weights, out, progress, cancel)
+    manifest = {**manifest, "source": "built", "variants": sorted(BUILT_VARIANTS), "files": files,
+                "weights": manifest["files"],
+                "origin": f"built on this machine from the weights of {manifest['repo']}@{manifest['revision']}"}
+    write_manifest(out, manifest)
+    _move_into_place(out, dest)
+    shutil.rmtree(weights, ignore_errors=True)
+    _remove_if_empty(weights.parent)
+    return dest
+
+
 def install_built(folder: Path, name: str, repo: str, commit: str) -> Path:
     """Install a folder that `models build` exported (moved, not copied), with a manifest
     that says where its weights came from."""
@@ -448,7 +544,7 @@ def _staging_dir(name: str, repo: str, commit: str) -> Path:
             same = False
         if not same:
             shutil.rmtree(staging)
-    staging.mkdir(parents=True, exist_ok=True)
+    paths.private_dir(staging)  # a new data folder is owner-only from the start
     marker.write_text(json.dumps(state), encoding="utf-8")
     return staging
 
@@ -652,7 +748,7 @@ def _move_into_place(src: Path, dest: Path) -> None:
     """Swap `src` in as `dest` with renames, so a reader never sees half a model."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
-        trash = paths.models_dir() / PARTIAL_DIR_NAME / f".old-{dest.name}-{uuid.uuid4().hex[:8]}"
+        trash = paths.models_dir() / PARTIAL_DIR_NAME / f"{TRASH_PREFIX}{dest.name}-{uuid.uuid4().hex[:8]}"
         trash.parent.mkdir(parents=True, exist_ok=True)
         os.replace(dest, trash)
         os.replace(src, dest)
@@ -678,14 +774,15 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename, so a crash never leaves half a file."""
+    """The app's one atomic writer (library/atomic.py: synced to disk, the file's permission
+    bits kept), with its failure said as a HubError like every other model-manager failure."""
+    from .library.atomic import OutputError, atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        atomic_write_text(path, text)
+    except OutputError as exc:
+        raise HubError(str(exc)) from exc
 
 
 def sha256_file(path: Path) -> str:
@@ -738,15 +835,23 @@ def _installed_folder(name: str) -> Path:
 
 
 def import_folder(src: str | Path, name: str | None = None, copy: bool = True,
-                  progress: ProgressCallback | None = None) -> Path:
+                  progress: ProgressCallback | None = None, cancel: threading.Event | None = None) -> Path:
     """Check a model folder with the engine's reader and install it under `name` with a manifest.
 
     copy=True copies the configs, tokenizer and `onnx/` (not PyTorch weights or other clutter)
     and leaves the folder alone. copy=False moves the whole folder with one rename: instant, but
     only possible on the same disk.
+
+    A transformers checkpoint folder (config.json and model.safetensors, no onnx/: a fine-tune,
+    say) is built instead: this app's graphs are written from its weights (no torch) and
+    installed, and the folder is left alone.
     """
     src = Path(src).expanduser().resolve()
+    clean_stale_partials()
+    if is_checkpoint_folder(src):
+        return _import_checkpoint(src, name, progress, cancel)
     _validate_folder(src, None, cleanup=None)
+    _smoke_test(src)
     name = _check_name(name or src.name)
     dest = paths.models_dir() / name
     if dest.exists():
@@ -759,13 +864,113 @@ def import_folder(src: str | Path, name: str | None = None, copy: bool = True,
         recorded = {rel: _hash_in_place(dest / rel, rel, tracker) for rel in wanted}
         _write_import_manifest(dest, name, src, recorded)
         return dest
-    staging = paths.models_dir() / PARTIAL_DIR_NAME / f".import-{name}-{uuid.uuid4().hex[:8]}"
-    try:
+    with _import_staging(name) as staging:
         recorded = {rel: _copy_and_hash(src / rel, staging / rel, rel, tracker) for rel in wanted}
         _write_import_manifest(staging, name, src, recorded)
         _move_into_place(staging, dest)
+    return dest
+
+
+def _smoke_test(folder: Path) -> None:
+    """Load the folder as `caption` would by default (its default variant, on the CPU) and
+    generate one token about a small image: a folder whose graphs are swapped or broken is
+    refused here, not made the default that every later caption fails on. Other variants
+    are checked as `caption --variant` loads them."""
+    from PIL import Image
+
+    from .engine.model import VisionLanguageModel
+    from .engine.types import EngineError, GenerationSettings, Message
+
+    try:
+        model = VisionLanguageModel.load(folder, provider="cpu", threads=1)
+        try:
+            model.generate([Message("user", "Describe.", images=(Image.new("RGB", (32, 32)),))],
+                           GenerationSettings(max_new_tokens=1))
+        finally:
+            model.close()
+    except EngineError as exc:  # ModelFolderError included
+        raise HubError(f"the files do not form a usable SmolVLM model: {exc}") from exc
+
+
+@contextmanager
+def _import_staging(name: str) -> Iterator[Path]:
+    """A new .partial/.import-NAME-xxxxxxxx folder for an import's copy, held under an OS
+    lock (its .lock file) until the import ends, then removed. The OS drops the lock of a
+    killed import, which is how `clean_stale_partials` tells its copy from a running one."""
+    partial = paths.private_dir(paths.models_dir() / PARTIAL_DIR_NAME)
+    while True:
+        staging = partial / f"{IMPORT_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+        lock = staging.with_name(staging.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        if try_lock(fd) and is_current(fd, lock):
+            break
+        os.close(fd)  # a cleaner took this brand-new file for a stale one: take another name
+    try:
+        yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        _unlink_quietly(lock)  # before the lock goes, so nobody sees it free and stale
+        os.close(fd)
+        _remove_if_empty(partial)
+
+
+def clean_stale_partials() -> list[Path]:
+    """Remove what killed imports left in models/.partial (their copies: a lock file that no
+    process holds, or a copy with no lock file) and replaced models that a kill left on their
+    way out. Downloads to resume (.partial/NAME) are kept. Returns what was removed."""
+    partial = paths.models_dir() / PARTIAL_DIR_NAME
+    if not partial.is_dir():
+        return []
+    removed = []
+    for lock in sorted(partial.glob(f"{IMPORT_PREFIX}*.lock")):
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except OSError:
+            continue  # gone meanwhile
+        try:
+            if try_lock(fd):  # its import has ended: the OS let go of the lock
+                copy = lock.with_suffix("")
+                shutil.rmtree(copy, ignore_errors=True)
+                _unlink_quietly(lock)
+                removed.append(copy)
+        finally:
+            os.close(fd)
+    for folder in sorted(partial.iterdir()):
+        unlocked_copy = folder.name.startswith(IMPORT_PREFIX) and folder.is_dir() and \
+            not folder.with_name(folder.name + ".lock").exists()
+        if unlocked_copy or (folder.name.startswith(TRASH_PREFIX) and folder.is_dir()):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass  # already gone, or (Windows) still open elsewhere
+
+
+def is_checkpoint_folder(folder: Path) -> bool:
+    """A transformers checkpoint (weights to build from) rather than an ONNX model folder."""
+    weights = (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()
+    return weights and (folder / "config.json").is_file() and not (folder / "onnx").is_dir()
+
+
+def _import_checkpoint(src: Path, name: str | None, progress: ProgressCallback | None,
+                       cancel: threading.Event | None) -> Path:
+    name = _check_name(name or src.name)
+    dest = paths.models_dir() / name
+    if dest.exists():
+        raise HubError(f"a model named {name!r} is already installed; remove it first or choose "
+                       "another name with --name")
+    with _import_staging(name) as staging:  # locked: another process's clean-up leaves it alone
+        files = build_from_weights(src, staging, progress, cancel)
+        write_manifest(staging, {
+            "schema": MANIFEST_SCHEMA, "name": name, "source": "built", "origin": str(src),
+            "revision": None, "variants": sorted(BUILT_VARIANTS), "installed_at": _now(), "files": files,
+        })
+        _move_into_place(staging, dest)
     return dest
 
 
@@ -785,7 +990,7 @@ def _write_import_manifest(folder: Path, name: str, src: Path, files: dict[str, 
 
 
 def _move_folder(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    paths.private_dir(dest.parent)  # a new data folder is owner-only from the start
     try:
         os.rename(src, dest)
     except OSError as exc:
@@ -844,6 +1049,7 @@ def set_default(name: str) -> None:
     """Make `name` the model used when none is given (an installed model, or 'demo')."""
     if name != paths.DEMO_MODEL_NAME:
         name = _installed_folder(name).name
+    paths.private_dir(paths.models_dir())  # a new data folder is owner-only from the start
     _atomic_write(paths.default_model_file(), name + "\n")
 
 
@@ -864,7 +1070,9 @@ class ModelStatus:
 
 
 def list_models() -> list[ModelStatus]:
-    """Catalog models (installed or not), then other installed folders, then the bundled demo."""
+    """Catalog models (installed or not), then other installed folders, then the bundled demo.
+    What killed imports left behind is removed first (clean_stale_partials)."""
+    clean_stale_partials()
     installed = {p.name: p for p in paths.installed_models()}
     default = paths.default_model_name()
     rows = []
@@ -873,8 +1081,9 @@ def list_models() -> list[ModelStatus]:
         if folder is not None:
             rows.append(_installed_status(folder, default, entry))
             continue
-        partial = paths.models_dir() / PARTIAL_DIR_NAME / entry.name
-        state = "no-onnx" if not entry.onnx else "partial" if partial.is_dir() else "available"
+        partials = paths.models_dir() / PARTIAL_DIR_NAME
+        started = (partials / entry.name).is_dir() or (partials / (entry.name + WEIGHTS_SUFFIX)).is_dir()
+        state = "no-onnx" if not entry.onnx else "partial" if started else "available"
         rows.append(ModelStatus(entry.name, state, None, entry.summary, entry.repo, entry.revision,
                                 entry.variants or ()))
     rows += [_installed_status(folder, default, None) for folder in installed.values()]

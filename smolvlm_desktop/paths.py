@@ -6,7 +6,9 @@ Tests and portable installs redirect them with environment variables instead of 
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from pathlib import Path
 
 from platformdirs import user_cache_path, user_config_path, user_data_path
@@ -14,6 +16,12 @@ from platformdirs import user_cache_path, user_config_path, user_data_path
 APP_NAME = "SmolVLM Desktop"
 APP_ID = "smolvlm-desktop"
 DEMO_MODEL_NAME = "demo"
+
+
+# The data folder holds the private library (prompts, captions, chats) and the logs: only its
+# owner may read it. Files in it are created 0600 as well, in case the folder is opened up later.
+PRIVATE_DIR_MODE, PRIVATE_FILE_MODE = 0o700, 0o600
+_log = logging.getLogger(__name__)
 
 
 def data_dir() -> Path:
@@ -34,6 +42,55 @@ def ort_cache_dir() -> Path:
     override = os.environ.get("SMOLVLM_CACHE_DIR")
     root = Path(override) if override else user_cache_path(APP_ID, appauthor=False)
     return root / "ort-cache"
+
+
+def make_private(path: str | os.PathLike[str]) -> None:
+    """Take group and other access away from an existing file or folder that has any, and
+    say so once (a warning on stderr): other accounts must not read the library. The owner's
+    own bits stay as they are (a folder the user made read-only stays read-only). POSIX only
+    (Windows keeps a user's profile private by its ACLs). Missing paths are left alone."""
+    if os.name == "nt":
+        return
+    try:
+        current = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if not current & 0o077:
+        return
+    try:
+        os.chmod(path, current & ~0o077)
+    except OSError as exc:  # not the owner: say so, but never fail over it
+        _log.warning("%s is open to other users (mode %o) and could not be made private: %s",
+                     path, current, exc.strerror or exc)
+        return
+    _log.warning("%s was open to other users (mode %o); made it private (%o)",
+                 path, current, current & ~0o077)
+
+
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """Create the folder (and its missing parents, owner-only) if needed, and make the folder
+    itself private."""
+    folder = Path(path)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for parent in reversed(missing):  # a new data folder is private from its creation on
+        parent.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+    make_private(folder)
+    return folder
+
+
+def printable(text: str | os.PathLike[str]) -> str:
+    """A path (or a message naming one) fit to print or store as text: the bytes of a file
+    name that are not UTF-8 (held by Python as surrogates) shown escaped, b'\\xff' -> "\\xff"."""
+    text = os.fspath(text)
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no byte stands for (Windows names)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def private_opener(path: str, flags: int) -> int:
+    """`open(..., opener=private_opener)`: a file it creates is 0600 from its first byte."""
+    return os.open(path, flags, PRIVATE_FILE_MODE)
 
 
 def models_dir() -> Path:

@@ -25,6 +25,7 @@ there; if it cannot be opened (a newer schema, a broken file) the worker says so
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 from dataclasses import dataclass, field
@@ -77,6 +78,15 @@ class ChatJob(Job):
 
 
 @dataclass
+class ReadAheadJob(Job):
+    """Read the images of a chat about to be asked (their tiles, and the prompt up to them)
+    while the person types: background work that any other job stops (see submit)."""
+
+    turns: list[ChatTurn] = field(default_factory=list)  # as they will be asked, question empty
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+
+
+@dataclass
 class BatchJob(Job):
     """A folder or a selection, through the colleague's BatchRunner (no Qt in it)."""
 
@@ -125,7 +135,11 @@ class LibraryJob(Job):
     call: Callable[[Any], Any] | None = None
 
 
-AnyJob = Union[ChatJob, BatchJob, LoadJob, LibraryJob]
+AnyJob = Union[ChatJob, ReadAheadJob, BatchJob, LoadJob, LibraryJob]
+# Chats whose decoder cache the worker keeps (one per set of images): at most this many and
+# this much memory together (the oldest go first); the idle unload drops them all with the model.
+KEPT_CONVERSATIONS = 3
+KEPT_CONVERSATION_BYTES = 256 * 1024 * 1024
 
 
 class EngineWorker(QObject):
@@ -137,6 +151,8 @@ class EngineWorker(QObject):
     job_started = Signal(int)
     token = Signal(int, str)  # job id, new text
     chat_finished = Signal(int, object)  # job id, GenerationResult
+    reading = Signal(int, int, int)  # job id, image tiles read, tiles to read (chat or read-ahead)
+    kept_memory = Signal(int, int)  # bytes kept for follow-ups: conversations' caches, image features
     image_started = Signal(int, int, int, str)  # job id, index, total, path
     image_done = Signal(int, object)  # job id, batch.ImageDone
     image_skipped = Signal(int, str, str)  # job id, path, reason
@@ -167,6 +183,10 @@ class EngineWorker(QObject):
         self._active: dict[int, AnyJob] = {}  # submitted and not finished: cancel_all sees them
         self._closing = False
         self._image_cache: dict[str, Any] = {}  # path -> PIL image of the current chat
+        self._image_stamps: dict[str, Any] = {}  # path -> file (mtime, size) when it was decoded
+        # image paths of a chat -> its engine Conversation (kept decoder cache), oldest first
+        self._conversations: dict[tuple[str, ...], Any] = {}
+        self._read_ahead: dict[tuple[str, ...], Any] = {}  # chat images -> Timings of a whole read-ahead
         self._batch_showing: Any = None  # the batch image whose tokens the window streams
         self._idle_ms = idle_unload_ms
         self._idle_timer = QTimer(self)  # a child: moves to the worker thread with us
@@ -191,7 +211,14 @@ class EngineWorker(QObject):
             self._idle_changed.emit(ms)
 
     def submit(self, job: AnyJob) -> AnyJob:
+        """Queue a job. Anything but a read-ahead stops the read-aheads under way or queued:
+        they yield to what the person starts (within the tile being read; the tiles read so
+        far are kept, so a question on those images goes on from there)."""
         with self._lock:
+            if not isinstance(job, ReadAheadJob):
+                for other in self._active.values():
+                    if isinstance(other, ReadAheadJob):
+                        other.cancel.cancel()
             self._active[job.job_id] = job
         if self.synchronous:
             self._run(job)
@@ -210,9 +237,15 @@ class EngineWorker(QObject):
                 job.pause.clear()  # a paused batch must wake up to see the cancel
 
     @property
+    def closing(self) -> bool:
+        """cancel_all was called: the window is closing; start nothing more."""
+        with self._lock:
+            return self._closing
+
+    @property
     def busy(self) -> bool:
         with self._lock:
-            return any(not isinstance(j, (LoadJob, LibraryJob)) for j in self._active.values())
+            return any(not isinstance(j, (LoadJob, LibraryJob, ReadAheadJob)) for j in self._active.values())
 
     # --- runs in the worker thread ----------------------------------------------------------
 
@@ -227,6 +260,10 @@ class EngineWorker(QObject):
                 self._ensure_model(job.spec)
             elif isinstance(job, ChatJob):
                 self._run_chat(job)
+                self._bound_kept_memory()
+            elif isinstance(job, ReadAheadJob):
+                self._run_read_ahead(job)
+                self._bound_kept_memory()
             elif isinstance(job, BatchJob):
                 self._run_batch(job)
             elif isinstance(job, LibraryJob):
@@ -310,13 +347,18 @@ class EngineWorker(QObject):
             self._model.close()
             self._model, self._spec = None, None
             self._image_cache.clear()
+            self._image_stamps.clear()
+            self._conversations.clear()
+            self._read_ahead.clear()
 
     def _run_chat(self, job: ChatJob) -> None:
         model = self._ensure_model()
         messages = self._messages(job)
         if messages is None:
             return
-        generation = model.stream(messages, job.settings, cancel=job.cancel)
+        generation = self._conversation(model, job.turns).stream(
+            messages, job.settings, cancel=job.cancel,
+            on_progress=lambda read, total: self.reading.emit(job.job_id, read, total))
         for event in generation:
             if event.text:
                 self.token.emit(job.job_id, event.text)
@@ -324,17 +366,68 @@ class EngineWorker(QObject):
         self.chat_finished.emit(job.job_id, result)
         sizes = [self._image_cache[p].size for t in job.turns for p in t.image_paths
                  if p in self._image_cache]
-        self._measure(model, sizes, job.settings.detail, result.timings, result.stop_reason)
+        self._measure(model, sizes, job.settings.detail, self._with_read_ahead(job.turns, result.timings),
+                      result.stop_reason)
         if job.record and result.text.strip():
             self._record_chat(job, result.text, model.info.name)
+
+    def _run_read_ahead(self, job: ReadAheadJob) -> None:
+        """Read a chat's images ahead, with the model already loaded (a background job loads
+        nothing); a bad image is left for the question to report."""
+        model = self._model
+        if model is None or self._spec != self._wanted:
+            return
+        messages = self._messages(job, quiet=True)
+        if messages is None:
+            return
+        timings = self._conversation(model, job.turns).read_ahead(
+            messages, job.settings, cancel=job.cancel,
+            on_progress=lambda read, total: self.reading.emit(job.job_id, read, total))
+        if timings is not None and timings.tiles_read:
+            self._read_ahead[_images_of(job.turns)] = timings
+
+    def _with_read_ahead(self, turns: list[ChatTurn], timings: Any) -> Any:
+        """An answer's timings with the read-ahead's reading of its images added back (once),
+        so that the time estimates still learn from a question that was read ahead."""
+        ahead = self._read_ahead.pop(_images_of(turns), None)
+        if ahead is None or timings.tiles_read:
+            return timings
+        return dataclasses.replace(timings, image_ms=timings.image_ms + ahead.image_ms,
+                                   prefill_ms=timings.prefill_ms + ahead.prefill_ms,
+                                   tiles_read=ahead.tiles_read)
+
+    def _conversation(self, model: Any, turns: list[ChatTurn]) -> Any:
+        """The kept Conversation of the chat about these images (made, and the oldest
+        forgotten, as needed)."""
+        key = _images_of(turns)
+        chat = self._conversations.pop(key, None) or model.conversation(KEPT_CONVERSATION_BYTES)
+        self._conversations[key] = chat  # now the most recent
+        return chat
+
+    def _bound_kept_memory(self) -> None:
+        """Forget the oldest conversations beyond the bounds (the latest is always kept: it
+        bounds itself), then say what is kept."""
+        chats = self._conversations
+        while len(chats) > 1 and (len(chats) > KEPT_CONVERSATIONS
+                                  or sum(c.nbytes for c in chats.values()) > KEPT_CONVERSATION_BYTES):
+            del chats[next(iter(chats))]
+        model = self._model
+        self.kept_memory.emit(sum(c.nbytes for c in self._conversations.values()),
+                              model.features.nbytes if model is not None else 0)
+
+    @staticmethod
+    def _tiles(model: Any, sizes: list[tuple[int, int]], detail: int | None) -> int:
+        try:
+            return sum(tile_count(size, model.files.image_processor, detail) for size in sizes)
+        except Exception:  # noqa: BLE001 - an estimate is never worth an error
+            return 0
 
     def _measure(self, model: Any, sizes: list[tuple[int, int]], detail: int | None,
                  timings: Any, stop_reason: str = "") -> None:
         if not sizes or stop_reason == "cancelled" or timings.new_tokens < 1 or timings.image_ms <= 0:
             return
-        try:
-            tiles = sum(tile_count(size, model.files.image_processor, detail) for size in sizes)
-        except Exception:  # noqa: BLE001 - an estimate is never worth an error
+        tiles = self._tiles(model, sizes, detail)
+        if not tiles or timings.tiles_read != tiles:  # features kept from before: no estimate
             return
         self.measured.emit(Measurement(tiles, timings.image_ms, timings.prefill_ms,
                                        timings.decode_ms, timings.new_tokens))
@@ -360,8 +453,9 @@ class EngineWorker(QObject):
         if chat_id is not None:
             self.chat_recorded.emit(job.job_id, chat_id)
 
-    def _messages(self, job: ChatJob) -> list[Message] | None:
-        """Decode each image once (kept for later turns); None after reporting a bad image."""
+    def _messages(self, job: ChatJob | ReadAheadJob, quiet: bool = False) -> list[Message] | None:
+        """Decode each image once (kept for later turns); None after reporting a bad image
+        (`quiet`: without reporting it)."""
         from .engine.images import load_image
 
         wanted = {p for t in job.turns for p in t.image_paths}
@@ -371,14 +465,21 @@ class EngineWorker(QObject):
         for turn in job.turns:
             images = []
             for path in turn.image_paths:
-                if path not in self._image_cache:
-                    try:
+                stamp = _file_stamp(path)
+                if path not in self._image_cache or stamp is None or stamp != self._image_stamps.get(path):
+                    try:  # decoded again when the file changed (or went) since it was read ahead
                         self._image_cache[path] = load_image(path).image
+                        self._image_stamps[path] = stamp
                     except EngineError as exc:
-                        self.error.emit(job.job_id, path, str(exc))
+                        if not quiet:
+                            self.error.emit(job.job_id, path, str(exc))
                         return None
                 images.append(self._image_cache[path])
-            messages.append(Message(turn.role, turn.text, images=tuple(images)))  # type: ignore[arg-type]
+            # An answer starts with the space of its first token (" The"): the chat template puts
+            # "Assistant: " itself, so that space would make a double one, unlike what the model
+            # wrote, and the kept conversation would have to read the whole answer again.
+            text = turn.text.lstrip() if turn.role == "assistant" else turn.text
+            messages.append(Message(turn.role, text, images=tuple(images)))  # type: ignore[arg-type]
         return messages
 
     def _run_batch(self, job: BatchJob) -> None:
@@ -431,6 +532,10 @@ class EngineWorker(QObject):
             self.error.emit(job_id, str(event.path), event.reason)
         elif kind == "Progress":
             self.progress.emit(job_id, event)
+        elif kind == "LibraryStopped":
+            self.library_problem.emit(
+                "The library stopped working during the batch, so its captions are written to "
+                f"files but not remembered: {event.reason}")
 
     @Slot(int)
     def _apply_idle(self, ms: int) -> None:
@@ -451,6 +556,7 @@ class EngineWorker(QObject):
         if self._model is not None:
             minutes = self._idle_ms / 60000
             self._drop_model()
+            self._bound_kept_memory()
             self.model_state.emit(UNLOADED, None,
                                   f"unloaded after {minutes:g} min idle to free memory; "
                                   "it loads again when needed", {})
@@ -467,6 +573,20 @@ class EngineWorker(QObject):
             self.library.close()
             self.library = None
             self._library_state = "off"
+
+
+def _images_of(turns: list[ChatTurn]) -> tuple[str, ...]:
+    """The image paths of a chat, in order, each once: the key of its kept conversation."""
+    return tuple(dict.fromkeys(p for t in turns for p in t.image_paths))
+
+
+def _file_stamp(path: str) -> tuple[int, int] | None:
+    """(mtime, size) of a file, None if it cannot be read."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 class WorkerThread(QThread):

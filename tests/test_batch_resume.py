@@ -355,12 +355,12 @@ def test_cli_jobs_resume_refuses_a_job_another_process_runs(tmp_path: Path, caps
         holder = hold_in_another_process(library.path, job)
     try:
         assert main(["jobs"]) == EXIT_OK
-        assert f"#{job}  in use" in capsys.readouterr().out
+        assert f"#{job}  running " in capsys.readouterr().out  # a live process runs it
         assert main(["jobs", "resume", str(job), *MODEL]) == EXIT_ERROR
         out, err = capsys.readouterr()
     finally:
         kill(holder)
-    assert out == "" and err == f"smolvlm-desktop: {busy(job)}; wait for it to end (or stop " \
+    assert out == "" and err == f"smolvlm-desktop: error: {busy(job)}; wait for it to end (or stop " \
                                 "it there), then try again\n"
     assert written(tmp_path / "photos") == []
     assert main(["jobs", "resume", str(job), *MODEL]) == EXIT_OK
@@ -387,7 +387,7 @@ def test_cli_the_same_command_twice_refuses_instead_of_a_second_job(tmp_path: Pa
         err = capsys.readouterr().err
     finally:
         kill(holder)
-    assert err.startswith(f"smolvlm-desktop: {busy(job.id)}") and err.count("\n") == 1
+    assert err.startswith(f"smolvlm-desktop: error: {busy(job.id)}") and err.count("\n") == 1
     assert not images[2].with_suffix(".txt").exists()
     with Library() as library:
         assert [j.id for j in library.list_jobs()] == [job.id], "no second job was started"

@@ -79,7 +79,7 @@ def test_no_model_installed_says_what_to_do(tmp_path: Path, capsys: pytest.Captu
 def test_bad_usage_exits_2(capsys: pytest.CaptureFixture) -> None:
     assert main(["caption"]) == EXIT_USAGE
     assert main(["caption", "x.jpg", "--top-p", "0", "--model", "demo"]) == EXIT_USAGE
-    assert main(["caption", "x.jpg", "--prompt", "a", "--preset", "ocr"]) == EXIT_USAGE
+    assert main(["caption", "x.jpg", "--preset", "no-such-preset", "--model", "demo"]) == EXIT_USAGE
     capsys.readouterr()
 
 
@@ -122,3 +122,35 @@ def test_second_start_reuses_the_optimised_graphs(tmp_path: Path, capsys: pytest
     assert main(args) == EXIT_OK
     assert json_lines(capsys.readouterr().out)[0]["token_ids"] == first["token_ids"]
     assert not (paths.demo_model_dir() / "ort-cache").exists()
+
+
+def test_several_prompts_read_each_image_once_and_answer_each_as_alone(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 13: one JSON line per image and prompt, in the order given, each with its prompt;
+    the later prompts read no tiles; each answer is the one its prompt gets alone."""
+    from smolvlm_desktop.presets import preset_prompt
+
+    a = write_photo(tmp_path / "a.jpg", 1)
+    b = write_photo(tmp_path / "b.png", 2)
+    common = ["--model", "demo", "--json", "--max-new-tokens", "6", "--threads", "1", "--no-library"]
+    code = main(["caption", str(a), str(b), "--prompt", "What is this?", "--preset", "ocr", *common])
+    rows = json_lines(capsys.readouterr().out)
+    assert code == EXIT_OK
+    assert [(Path(r["path"]).name, r["prompt"]) for r in rows] == [
+        ("a.jpg", "What is this?"), ("a.jpg", preset_prompt("ocr")),
+        ("b.png", "What is this?"), ("b.png", preset_prompt("ocr"))]
+    assert [r["timings"]["tiles_read"] > 0 for r in rows] == [True, False, True, False]
+    for row in rows:
+        flag = ["--prompt", row["prompt"]] if row["prompt"] == "What is this?" else ["--preset", "ocr"]
+        assert main(["caption", row["path"], *flag, *common]) == EXIT_OK
+        alone, = json_lines(capsys.readouterr().out)
+        assert alone["token_ids"] == row["token_ids"]
+
+
+def test_several_prompts_cannot_be_written_as_one_caption_file(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    a = write_photo(tmp_path / "a.jpg")
+    code = main(["caption", str(a), "--prompt", "x", "--prompt", "y", "--write", "txt", "--model", "demo"])
+    assert code == EXIT_USAGE
+    assert "one caption per image" in capsys.readouterr().err
+    assert not (tmp_path / "a.txt").exists()

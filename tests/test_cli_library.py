@@ -122,7 +122,7 @@ def test_jobs_list_and_the_same_command_resumes_an_unfinished_job(tmp_path: Path
     images[2].with_suffix(".txt").unlink()
 
     assert main(["jobs"]) == EXIT_OK
-    assert "running" in capsys.readouterr().out
+    assert "interrupted" in capsys.readouterr().out  # its process is gone: not "running"
     assert main(args) == EXIT_OK
     err = capsys.readouterr().err
     assert f"resuming job #{job.id}" in err

@@ -137,7 +137,7 @@ def test_cluster_without_ray_installed_is_a_one_line_usage_error(
                "--cluster", "local"])
     err = capsys.readouterr().err
     assert rc == EXIT_USAGE
-    assert err.strip().splitlines() == ["smolvlm-desktop: --cluster needs Ray: pip install "
+    assert err.strip().splitlines() == ["smolvlm-desktop: error: --cluster needs Ray: pip install "
                                         "'smolvlm-desktop[cluster]'"]
     assert not image.with_suffix(".txt").exists()
 

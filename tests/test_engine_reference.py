@@ -36,7 +36,7 @@ def gradient_image(width: int, height: int, seed: int) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from smolvlm_desktop.tiny_model import build_tiny_checkpoint
+    from smolvlm_desktop.export.tiny import build_tiny_checkpoint
 
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ckpt"))
 

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from smolvlm_desktop import export
 from smolvlm_desktop.export import ExportError
-from smolvlm_desktop.tiny_model import SIZE_BUDGET
+from smolvlm_desktop.export.tiny import SIZE_BUDGET
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "smolvlm_desktop" / "data" / "tiny-smolvlm"
@@ -162,7 +162,7 @@ def torch_model(tmp_path_factory: pytest.TempPathFactory):
     from its seed, saved and loaded back the way export_checkpoint loads it."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from smolvlm_desktop.tiny_model import build_tiny_checkpoint
+    from smolvlm_desktop.export.tiny import build_tiny_checkpoint
 
     return export.load_checkpoint(build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ckpt")))
 
@@ -412,7 +412,7 @@ def test_smolvlm_checkpoints_export_to_the_same_graphs(tmp_path: Path) -> None:
     """model_type smolvlm (SmolVLM2's class) with the same seed exports to graphs that
     compute exactly what the committed idefics3 ones do."""
     pytest.importorskip("torch")
-    from smolvlm_desktop.tiny_model import build_tiny_checkpoint
+    from smolvlm_desktop.export.tiny import build_tiny_checkpoint
 
     checkpoint = build_tiny_checkpoint(tmp_path / "ckpt", model_type="smolvlm")
     assert json.loads((checkpoint / "config.json").read_text())["model_type"] == "smolvlm"

@@ -271,7 +271,7 @@ def test_build_downloads_the_weights_exports_them_here_and_installs_the_faster_m
     from smolvlm_desktop.engine.generate import InPlaceDecoderState
     from smolvlm_desktop.engine.model import VisionLanguageModel
     from smolvlm_desktop.engine.types import GenerationSettings, Message
-    from smolvlm_desktop.tiny_model import build_tiny_checkpoint
+    from smolvlm_desktop.export.tiny import build_tiny_checkpoint
 
     entry = next(e for e in hub.load_catalog() if e.name == MODEL)
     repo = FakeRepo.from_folder(entry.repo, catalog_revision(MODEL), build_tiny_checkpoint(tmp_path / "ckpt"))
@@ -452,3 +452,27 @@ def test_the_catalog_is_well_formed() -> None:
             assert known["sha256"] is None or len(known["sha256"]) == 64
         if entry.onnx:
             assert "config.json" in entry.common_files and len(entry.graph_files("int8")) == 3
+
+
+def test_manifest_and_default_writes_use_the_apps_atomic_writer(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """library/atomic.py (fsync'd, keeps the file's permission bits) is the one atomic writer:
+    a second copy here lost a manifest's mode on every rewrite and synced nothing."""
+    folder = hub.import_folder(tiny_model_dir, name="kept")
+    manifest = folder / hub.MANIFEST_NAME
+    manifest.chmod(0o600)
+    hub.write_manifest(folder, hub.read_manifest(folder) | {"note": "rewritten"})
+    assert (manifest.stat().st_mode & 0o777, hub.read_manifest(folder)["note"]) == (0o600, "rewritten")
+
+    hub.set_default("kept")
+    paths.default_model_file().chmod(0o640)
+    hub.set_default("demo")
+    assert paths.default_model_file().stat().st_mode & 0o777 == 0o640
+    assert not [p for p in folder.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_manifest_that_cannot_be_written_is_a_hub_error(tiny_model_dir: Path) -> None:
+    folder = hub.import_folder(tiny_model_dir, name="blocked")
+    (folder / hub.MANIFEST_NAME).unlink()
+    (folder / hub.MANIFEST_NAME).mkdir()  # a folder where the file goes: fails even as root
+    with pytest.raises(hub.HubError, match="could not write"):
+        hub.write_manifest(folder, {"files": {}})

@@ -130,3 +130,99 @@ def test_switching_images_while_streaming_keeps_the_answer_with_its_images(qtbot
     assert [t.role for t in window.chat.histories[(red,)]] == ["user", "assistant"]
     assert (blue,) not in window.chat.histories
     assert "About red" not in window.chat_panel.transcript.toPlainText()
+
+
+class HoldReadingAt(Gate):
+    """Holds the worker thread at the reading report (read, total) given, for as long as the
+    job reporting is not cancelled (choosing the image cancels the read-ahead of the drop's
+    own selection, which must then go on and end)."""
+
+    def __init__(self, worker, read: int) -> None:
+        super().__init__()
+        self.worker, self.read = worker, read
+
+    def __call__(self, job_id: int, read: int, total: int) -> None:  # type: ignore[override]
+        job = self.worker._active.get(job_id)
+        if read != self.read or job is None or self.opened.is_set():
+            return
+        self.reached.set()
+        while not self.opened.wait(0.01) and not job.cancel.cancelled:
+            pass
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_new_images_are_read_ahead_with_progress_then_a_follow_up_reads_only_itself(
+        qtbot, tmp_path: Path, theme: str) -> None:
+    window = open_window(qtbot, settings=settings(6))
+    window.actions[f"theme_{theme}"].trigger()
+    gate = HoldReadingAt(window.worker, 5)
+    window.worker.reading.connect(gate)  # holds the worker thread after 5 of 13 parts
+    add_images(qtbot, window, [make_image(tmp_path / "red.png")])
+    window.gallery.select_paths([str(tmp_path / "red.png")])
+    try:
+        label = window.chat_panel.reading_label
+        qtbot.waitUntil(lambda: label.text() == "Reading the image: 5 of 13 parts" and not label.isHidden(),
+                        timeout=TIMEOUT_MS)
+        assert not window.chat.busy and window.chat_panel.send_btn.isEnabled()  # reading ahead
+        shoot(window, f"13-chat-reading-the-image-{theme}")
+    finally:
+        gate.open()
+    qtbot.waitUntil(lambda: window.chat.ahead is None, timeout=TIMEOUT_MS)
+    assert label.isHidden()
+    results = []
+    window.chat.answered.connect(results.append)
+    window.chat.ask("What is this?")
+    qtbot.waitUntil(lambda: len(results) == 1, timeout=TIMEOUT_MS)
+    assert results[0].timings.tiles_read == 0  # read while the question was typed
+    window.chat.ask("And the colour?")
+    qtbot.waitUntil(lambda: len(results) == 2, timeout=TIMEOUT_MS)
+    assert results[1].timings.tiles_read == 0
+    assert results[1].timings.cached_tokens >= results[0].timings.prompt_tokens
+    speed = window.status.speed_label.text()
+    assert "image" in speed and "prompt" in speed
+    tip = window.status.speed_label.toolTip()
+    assert "0 parts read" in tip and "Kept for follow-ups:" in tip
+    shoot(window, f"13-chat-after-a-follow-up-{theme}")
+
+
+def test_a_read_ahead_yields_to_another_job_then_goes_on_from_where_it_stopped(
+        qtbot, tmp_path: Path) -> None:
+    from smolvlm_desktop.worker import LibraryJob
+
+    window = open_window(qtbot, settings=settings(6))
+    gate = HoldReadingAt(window.worker, 5)
+    window.worker.reading.connect(gate)
+    add_images(qtbot, window, [make_image(tmp_path / "red.png")])
+    window.gallery.select_paths([str(tmp_path / "red.png")])
+    try:
+        qtbot.waitUntil(lambda: window.chat_panel.reading_label.text() == "Reading the image: 5 of 13 parts"
+                        and not window.chat_panel.reading_label.isHidden(), timeout=TIMEOUT_MS)
+        first = window.chat.ahead
+        window.worker.submit(LibraryJob(call=lambda library: None))  # the person did something
+        assert first is not None and first.cancel.cancelled
+        qtbot.waitUntil(lambda: window.chat.ahead is not None and window.chat.ahead is not first,
+                        timeout=TIMEOUT_MS)  # started again once that job was queued ahead of it
+    finally:
+        gate.open()
+    qtbot.waitUntil(lambda: window.chat.ahead is None and not window.worker.busy, timeout=TIMEOUT_MS)
+    assert window.worker._model.vision_runs == 13  # no tile read twice
+    results = []
+    window.chat.answered.connect(results.append)
+    window.chat.ask("What is this?")
+    qtbot.waitUntil(lambda: len(results) == 1, timeout=TIMEOUT_MS)
+    assert results[0].timings.tiles_read == 0
+
+
+def test_images_chosen_while_another_answer_streams_are_read_once_it_ends(qtbot, window,
+                                                                           tmp_path: Path) -> None:
+    gate = Gate()
+    window.worker.token.connect(gate)
+    window.settings.max_new_tokens = 4
+    window.chat.ask("About red")
+    qtbot.waitUntil(gate.reached.is_set, timeout=TIMEOUT_MS)
+    window.gallery.select_paths([str(tmp_path / "blue.png")])
+    assert window.chat.ahead is None  # not while the answer runs
+    gate.open()
+    qtbot.waitUntil(lambda: not window.chat.busy, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: window.worker._model.vision_runs == 26 and window.chat.ahead is None,
+                    timeout=TIMEOUT_MS)  # red's 13 parts for the answer, then blue's 13 ahead

@@ -249,3 +249,154 @@ def test_a_batch_is_a_library_job_that_resumes_with_its_own_settings(qtbot, tmp_
     with Library(tmp_path / "lib.sqlite3") as library:
         assert library.latest_unfinished_job() is None
         assert all(library.captions_for(p) for p in images)
+
+
+# --- issue 13: kept conversations and reading ahead ----------------------------------------------
+
+def photo_file(path: Path) -> Path:
+    """A 300x200 image: 13 tiles on the tiny model."""
+    return make_image(path, size=(300, 200))
+
+
+def test_a_follow_up_in_the_window_reads_only_its_own_tokens(qtbot, tmp_path: Path, spec: ModelSpec) -> None:
+    worker = EngineWorker(synchronous=True, use_library=False)
+    rec = Recorder(worker)
+    worker.set_model(spec)
+    image = str(photo_file(tmp_path / "a.png"))
+    first = [ChatTurn("user", "Describe this image.", (image,))]
+    worker.submit(ChatJob(turns=first, settings=GenerationSettings(max_new_tokens=6)))
+    (_, one), = rec.of("chat_finished")
+    follow = first + [ChatTurn("assistant", one.text), ChatTurn("user", "And the colour?")]
+    worker.submit(ChatJob(turns=follow, settings=GenerationSettings(max_new_tokens=6)))
+    two = rec.of("chat_finished")[-1][1]
+    assert one.timings.tiles_read == 13 and two.timings.tiles_read == 0
+    assert two.timings.cached_tokens >= one.timings.prompt_tokens
+
+
+def test_an_answer_goes_back_to_the_model_without_its_leading_space(qtbot, tmp_path: Path) -> None:
+    """The template writes "Assistant: " itself; the space a SmolVLM answer starts with (its
+    first token is " The") would make it "Assistant:  The", which is neither what the model
+    wrote nor what a kept conversation holds (so the whole answer would be read again)."""
+    worker = EngineWorker(synchronous=True, use_library=False)
+    turns = [ChatTurn("user", "  Hi"), ChatTurn("assistant", " The cat."), ChatTurn("user", "Why?")]
+    messages = worker._messages(ChatJob(turns=turns))
+    assert [m.text for m in messages] == ["  Hi", "The cat.", "Why?"]
+
+
+def test_a_read_ahead_leaves_the_question_only_its_own_tokens(qtbot, tmp_path: Path, spec: ModelSpec) -> None:
+    from smolvlm_desktop.worker import ReadAheadJob
+
+    worker = EngineWorker(synchronous=True, use_library=False)
+    rec = Recorder(worker)
+    reading: list[tuple[int, int, int]] = []
+    worker.reading.connect(lambda *r: reading.append(r))
+    worker.set_model(spec)
+    image = str(photo_file(tmp_path / "a.png"))
+    ahead = worker.submit(ReadAheadJob(turns=[ChatTurn("user", "", (image,))]))
+    assert reading[0] == (ahead.job_id, 0, 13) and reading[-1] == (ahead.job_id, 13, 13)
+    worker.submit(ChatJob(turns=[ChatTurn("user", "Describe this image.", (image,))],
+                          settings=GenerationSettings(max_new_tokens=6)))
+    (_, result), = rec.of("chat_finished")
+    assert result.timings.tiles_read == 0
+    assert result.timings.prompt_tokens - result.timings.cached_tokens < 20
+
+
+def test_a_read_ahead_is_quiet_and_loads_nothing(qtbot, tmp_path: Path, spec: ModelSpec) -> None:
+    from smolvlm_desktop.worker import ReadAheadJob
+
+    worker = EngineWorker(synchronous=True, use_library=False)
+    rec = Recorder(worker)
+    image = str(photo_file(tmp_path / "a.png"))
+    worker.set_model(spec, load_now=False)
+    worker.submit(ReadAheadJob(turns=[ChatTurn("user", "", (image,))]))
+    assert rec.of("model_state") == []  # the person has not asked: no model is loaded for it
+    worker.set_model(spec)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    worker.submit(ReadAheadJob(turns=[ChatTurn("user", "", (str(bad),))]))
+    assert rec.of("error") == []  # told when the person asks about it, not before
+
+
+class SlowFakeVisionGraph:
+    """The real vision graph behind a turnstile: each tile waits until the test lets one more
+    through, so "the read-ahead is in the middle of a tile" is a fact, not a timing guess."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.turnstile = threading.Semaphore(0)
+        self.started = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+    def run(self, feeds: dict, run_options: object = None, outputs: object = None) -> list:
+        self.started += 1
+        assert self.turnstile.acquire(timeout=TIMEOUT_MS / 1000)
+        return self.real.run(feeds, run_options, outputs)  # type: ignore[attr-defined]
+
+
+def test_a_question_stops_a_read_ahead_within_the_tile_under_way_slow_fake_vision_graph(
+        qtbot, tmp_path: Path, spec: ModelSpec) -> None:
+    from smolvlm_desktop.worker import ReadAheadJob
+
+    worker = EngineWorker(use_library=False)
+    thread = WorkerThread(worker)
+    rec = Recorder(worker)
+    image = str(photo_file(tmp_path / "a.png"))
+    try:
+        worker.set_model(spec)
+        qtbot.waitUntil(lambda: ("ready",) == tuple(s[0] for s in rec.of("model_state"))[-1:],
+                        timeout=TIMEOUT_MS)
+        model = worker._model
+        slow = SlowFakeVisionGraph(model.graphs["vision_encoder"])
+        model.graphs["vision_encoder"] = slow
+        ahead = worker.submit(ReadAheadJob(turns=[ChatTurn("user", "", (image,))]))
+        slow.turnstile.release(3)
+        qtbot.waitUntil(lambda: slow.started == 4, timeout=TIMEOUT_MS)  # 3 read, the 4th under way
+        asked = worker.submit(ChatJob(turns=[ChatTurn("user", "Describe this image.", (image,))],
+                                      settings=GenerationSettings(max_new_tokens=6)))
+        assert ahead.cancel.cancelled  # asking stopped the read-ahead at once
+        slow.turnstile.release(100)  # the tile under way ends (terminated); the question goes on
+        qtbot.waitUntil(lambda: (asked.job_id,) in rec.of("job_finished"), timeout=TIMEOUT_MS)
+    finally:
+        slow.turnstile.release(100)
+        thread.shutdown()
+    (_, result), = rec.of("chat_finished")
+    assert model.vision_runs == 13  # every tile read once: the 3 read ahead were not read again
+    assert result.timings.tiles_read == 10
+    assert rec.of("error") == []
+
+
+def test_the_idle_unload_drops_the_kept_conversations_and_features(qtbot, tmp_path: Path,
+                                                                    spec: ModelSpec) -> None:
+    worker = EngineWorker(synchronous=True, use_library=False)
+    worker.set_model(spec)
+    image = str(photo_file(tmp_path / "a.png"))
+    worker.submit(ChatJob(turns=[ChatTurn("user", "Hi", (image,))], settings=GenerationSettings(max_new_tokens=3)))
+    model = worker._model
+    chat, = worker._conversations.values()
+    assert chat.nbytes > 0 and model.features.nbytes > 0
+    worker._unload_when_idle()
+    assert worker._model is None and worker._conversations == {}
+    assert model.features.nbytes == 0
+
+
+def test_kept_conversations_are_bounded_in_number_and_memory(qtbot, tmp_path: Path, spec: ModelSpec) -> None:
+    from smolvlm_desktop import worker as worker_mod
+
+    worker = EngineWorker(synchronous=True, use_library=False)
+    kept: list[tuple[int, int]] = []
+    worker.kept_memory.connect(lambda *m: kept.append(m))
+    worker.set_model(spec)
+    images = [str(make_image(tmp_path / f"{i}.png", (i * 50, 80, 40))) for i in range(4)]
+    for image in images:
+        worker.submit(ChatJob(turns=[ChatTurn("user", "Hi", (image,))], settings=GenerationSettings(max_new_tokens=3)))
+    assert list(worker._conversations) == [(p,) for p in images[1:]]  # three kept, the oldest gone
+    assert kept[-1][0] == sum(c.nbytes for c in worker._conversations.values()) > 0 and kept[-1][1] > 0
+    one = kept[0][0]
+    worker_mod.KEPT_CONVERSATION_BYTES, saved = one, worker_mod.KEPT_CONVERSATION_BYTES
+    try:
+        worker.submit(ChatJob(turns=[ChatTurn("user", "Hi", (images[0],))], settings=GenerationSettings(max_new_tokens=3)))
+    finally:
+        worker_mod.KEPT_CONVERSATION_BYTES = saved
+    assert list(worker._conversations) == [(images[0],)]  # room for one only

@@ -78,13 +78,15 @@ def test_new_file_gets_the_umask_default_not_a_private_temp_mode(tmp_path: Path)
     assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o640
 
 
-def test_writing_through_a_symlink_keeps_the_link(tmp_path: Path) -> None:
+def test_a_symlink_is_never_written_through(tmp_path: Path) -> None:
+    """Issue 12: it used to write through the link (`img0.txt -> img1.jpg` destroyed a photo)."""
     real = tmp_path / "real.txt"
     real.write_text("old")
     link = tmp_path / "link.txt"
     link.symlink_to(real)
-    atomic_write_text(link, "new")
-    assert link.is_symlink() and real.read_text() == "new"
+    with pytest.raises(OutputError, match="symbolic link"):
+        atomic_write_text(link, "new")
+    assert link.is_symlink() and real.read_text() == "old"
 
 
 @pytest.mark.parametrize(("patched", "code", "reason"), [
@@ -553,7 +555,7 @@ def test_process_killed_before_rename_leaves_a_valid_file_and_a_hidden_temp(
     rows = _aggregate_rows("jsonl", tmp_path / "metadata.jsonl")
     assert [r["file_name"] for r in rows] == ["0.jpg", "1.jpg", "2.jpg"]
     (leftover,) = _hidden_temps(tmp_path)
-    assert leftover.name.startswith(".metadata.jsonl.")
+    assert leftover.name.startswith(".smolvlm-")  # short: never longer than the target's name
     found, _ = discover_images([tmp_path])
     assert [p.name for p in found] == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
 

@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python=${PYTHON:-python3.11}
-version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' smolvlm_desktop/__init__.py)
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)  # the one place it is written
 app="dist/SmolVLM Desktop.app"
 dmg="dist/SmolVLM-Desktop-$version-macos-$(uname -m).dmg"
 

@@ -27,7 +27,7 @@ function Invoke-Checked {
     if ($LASTEXITCODE -ne 0) { throw "$Exe exited with $LASTEXITCODE" }
 }
 
-$version = (Select-String -Path smolvlm_desktop\__init__.py -Pattern '__version__ = "([^"]+)"').Matches[0].Groups[1].Value
+$version = (Select-String -Path pyproject.toml -Pattern '^version = "([^"]+)"').Matches[0].Groups[1].Value  # the one place it is written
 $venv = "build\installer-venv"
 $py = "$venv\Scripts\python.exe"
 

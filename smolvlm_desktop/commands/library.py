@@ -1,17 +1,24 @@
-"""`smolvlm-desktop search …`, `library forget …` and `jobs`: the private library, headless."""
+"""`smolvlm-desktop search …`, `library forget …` and `jobs`: the private library, headless.
+
+A library that cannot be used (damaged, read-only, a newer schema) or that refuses a forget
+(a running job holds the images) is one line on stderr and exit status 1, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
-from ..cli import EXIT_ERROR, EXIT_OK, UsageError, add_model_options
-from ..library.db import SNIPPET_END, SNIPPET_START, Library, LibraryError
+from .common import EXIT_ERROR, EXIT_OK, UsageError, add_model_options, positive_int
+from ..library.db import SNIPPET_END, SNIPPET_START, Library, LibraryError, LibraryUnusable
+from ..paths import printable
 
 BOLD, PLAIN = "\x1b[1m", "\x1b[0m"
 
@@ -19,7 +26,8 @@ BOLD, PLAIN = "\x1b[1m", "\x1b[0m"
 def add_library_parsers(sub: argparse._SubParsersAction) -> None:
     search = sub.add_parser("search", help="find images by what was said about them")
     search.add_argument("query", help='words to find, e.g. "red car" (all words must match)')
-    search.add_argument("--limit", type=int, default=50)
+    search.add_argument("--limit", type=positive_int, default=50, metavar="N",
+                        help="show at most N images, best matches first (default 50)")
     search.add_argument("--json", action="store_true", help="one JSON object per hit per line")
 
     library = sub.add_parser("library", help="what the app remembers about your images")
@@ -29,20 +37,41 @@ def add_library_parsers(sub: argparse._SubParsersAction) -> None:
     forget.add_argument("--all", action="store_true", help="erase everything")
     forget.add_argument("--yes", action="store_true", help="do not ask before --all")
     lsub.add_parser("where", help="print where the library file is")
+    lsub.add_parser("reset", help="keep the library file aside (renamed, not deleted) and start "
+                                  "a new, empty one: for a damaged or read-only library")
 
     jobs = sub.add_parser("jobs", help="batch jobs: list them, or resume one")
-    jobs.add_argument("--json", action="store_true")
+    jobs.add_argument("--json", action="store_true", help="one JSON object per job per line")
     jsub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
     resume = jsub.add_parser("resume", help="finish an interrupted batch job")
-    resume.add_argument("job_id", type=int)
+    resume.add_argument("job_id", type=int, metavar="N", help="the job's number, as `jobs` lists it")
     add_model_options(resume)
 
 
-def open_library() -> Library:
+def library_to_read() -> Library:
+    """The library for a search or a listing: a read-only one is opened for reading (with a
+    note that nothing new is recorded), a damaged one is refused (LibraryUnusable)."""
     try:
         return Library()
-    except LibraryError as exc:
-        raise UsageError(str(exc)) from None
+    except LibraryUnusable as exc:
+        if not exc.read_only:
+            raise
+        print(f"note: {exc}", file=sys.stderr)
+        return Library(read_only=True)
+
+
+def said_on_failure(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A library that cannot be opened or refuses the change: one line, exit status 1."""
+
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except LibraryError as exc:  # the message says why and what to do
+            print(f"smolvlm-desktop: error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+
+    return wrapper
 
 
 def wants_bold(stream: object) -> bool:
@@ -63,28 +92,32 @@ def snippet_text(snippet: str, bold: bool) -> str:
     return snippet.replace(SNIPPET_START, start).replace(SNIPPET_END, end).replace("\n", " ")
 
 
+@said_on_failure
 def run_search(args: argparse.Namespace) -> int:
-    with open_library() as library:
+    with library_to_read() as library:
         hits = library.search(args.query, limit=args.limit)
     bold = wants_bold(sys.stdout)
     for hit in hits:
         if args.json:
-            print(json.dumps({"path": hit.path, "kind": hit.kind, "text": hit.text,
+            print(json.dumps({"path": printable(hit.path), "kind": hit.kind, "text": hit.text,
                               "model": hit.model, "created_at": hit.created_at},
                              ensure_ascii=False))
         else:
-            print(f"{hit.path}\n    {snippet_text(hit.snippet, bold)}")
+            print(f"{printable(hit.path)}\n    {snippet_text(hit.snippet, bold)}")
     if not hits and not args.json:
         print(f"nothing found for {args.query!r}")
     return EXIT_OK
 
 
+@said_on_failure
 def run_library(args: argparse.Namespace) -> int:
     if args.library_command == "where":
         from ..paths import library_path
 
         print(library_path())
         return EXIT_OK
+    if args.library_command == "reset":
+        return reset_library()
     if args.all == bool(args.paths):
         raise UsageError("library forget takes PATH... or --all (not both)")
     if args.all and not args.yes:
@@ -96,7 +129,7 @@ def run_library(args: argparse.Namespace) -> int:
             print("nothing erased")
             return EXIT_ERROR
     totals: Counter[str] = Counter()
-    with open_library() as library:
+    with Library() as library:
         if args.all:
             totals.update(asdict(library.forget_all()))
         for path in args.paths:
@@ -107,24 +140,39 @@ def run_library(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def reset_library() -> int:
+    """Rename the library file (with its WAL and SHM) to library-<time>.sqlite3 beside it; the
+    next command starts a new one. Nothing is deleted: the old file can still be rescued."""
+    from ..library.db import set_library_aside
+
+    aside = set_library_aside()
+    if aside is None:
+        print("there is no library file yet; nothing to set aside")
+    else:
+        print(f"the old library is kept as {aside}; a new, empty library starts with the next command")
+    return EXIT_OK
+
+
+@said_on_failure
 def run_jobs(args: argparse.Namespace) -> int:
     if args.jobs_command == "resume":
         from .caption import resume_job
 
         return resume_job(args)
-    with open_library() as library:
+    with library_to_read() as library:
         jobs = library.list_jobs()
-        # "running" is also what a crashed job says; "in use" is one a live process runs now
-        in_use = {job.id for job in jobs if job.unfinished and library.job_claimed(job.id)}
+        # the stored "running" is also what a killed run left; the status tells them apart
+        status = {job.id: library.job_status(job) for job in jobs}
     for job in jobs:
         c = job.counts
         if args.json:
-            print(json.dumps({"id": job.id, "state": job.state, "in_use": job.id in in_use,
+            print(json.dumps({"id": job.id, "state": status[job.id],
+                              "in_use": status[job.id] == "running",
                               "created_at": job.created_at, "counts": c,
                               "prompt": job.settings.get("prompt")}, ensure_ascii=False))
         else:
-            state = "in use" if job.id in in_use else job.state
-            print(f"#{job.id}  {state:<9}  {c.get('done', 0)}/{c.get('total', 0)} done, "
+            state = status[job.id]
+            print(f"#{job.id}  {state:<11}  {c.get('done', 0)}/{c.get('total', 0)} done, "
                   f"{c.get('skipped', 0)} skipped, {c.get('failed', 0)} failed  "
                   f"{job.created_at}  {job.settings.get('prompt', '')[:50]!r}")
     if not jobs and not args.json:

@@ -14,7 +14,7 @@ import time
 from typing import Callable, TextIO, TypeVar
 
 from .. import hub, paths
-from ..cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from .common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, print_error
 from ..hub import PullProgress
 from ..paths import installed_models
 
@@ -29,10 +29,10 @@ def run_models(args: argparse.Namespace) -> int:
     try:
         return actions[args.models_command]()
     except hub.UnknownModelError as exc:
-        print(f"smolvlm-desktop: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return EXIT_USAGE
     except hub.HubError as exc:
-        print(f"smolvlm-desktop: error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return EXIT_ERROR
 
 
@@ -66,15 +66,21 @@ def download(fetch: Callable[[Callable[[PullProgress], None]], T]) -> T | None:
 
 def pull(args: argparse.Namespace) -> int:
     folder = download(lambda progress: hub.pull(args.name, variant=args.variant, progress=progress,
-                                                revision=args.revision))
+                                                revision=args.revision, official=args.official))
     if folder is None:
-        return 130
-    print(f"installed {args.name} ({args.variant}) in {folder}")
+        return EXIT_INTERRUPTED
+    manifest = hub.read_manifest(folder) or {}
+    how = ", built here from its weights" if manifest.get("source") == "built" else ""
+    print(f"installed {args.name} ({args.variant}{how}) in {folder}")
     return EXIT_OK
 
 
 def import_(args: argparse.Namespace) -> int:
-    folder = hub.import_folder(args.src, name=args.name, copy=not args.move)
+    bar = ProgressBar(sys.stderr)
+    try:
+        folder = hub.import_folder(args.src, name=args.name, copy=not args.move, progress=bar.update)
+    finally:
+        bar.close()
     print(f"imported {args.src} as {folder.name} ({folder})")
     return EXIT_OK
 
@@ -92,8 +98,7 @@ def verify(name: str | None) -> int:
             print(f"  {problem}")
         failed += bool(problems)
     if failed:
-        print(f"smolvlm-desktop: {failed} model(s) failed verification; `models pull` or "
-              "`models import` them again", file=sys.stderr)
+        print_error(f"{failed} model(s) failed verification; `models pull` or `models import` them again")
         return EXIT_ERROR
     return EXIT_OK
 
@@ -132,7 +137,7 @@ def build(args: argparse.Namespace) -> int:
                            "another name with --as")
     fetched = download(lambda progress: hub.pull_weights(entry.name, progress=progress, revision=args.revision))
     if fetched is None:
-        return 130
+        return EXIT_INTERRUPTED
     weights, commit = fetched
     print(f"exporting {entry.name} (checked against transformers; a few minutes)", file=sys.stderr)
     out = weights.with_name(f"{weights.name}.onnx")
@@ -160,12 +165,19 @@ class ProgressBar:
         self.files_reported = 0
 
     def update(self, p: PullProgress) -> None:
-        if self.tty:
+        if p.stage == "build":
+            self._build_step(p)
+        elif self.tty:
             self._draw(p)
         elif p.files_done > self.files_reported:
             self.files_reported = p.files_done
             print(f"  [{p.files_done}/{p.files_total}] {p.file} ({human_size(p.file_total)})",
                   file=self.stream, flush=True)
+
+    def _build_step(self, p: PullProgress) -> None:
+        """Building the graphs: steps, not bytes."""
+        self.close()  # the download's bar, if one is drawn
+        print(f"  building [{p.done}/{p.total}] {p.file}", file=self.stream, flush=True)
 
     def _draw(self, p: PullProgress) -> None:
         done, total = p.done, max(p.total, 1)

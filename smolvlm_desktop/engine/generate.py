@@ -91,6 +91,25 @@ class DecoderState:
         self.length = total
         return logits[0, -1].astype(np.float32, copy=False)
 
+    def rewind(self, length: int) -> None:
+        """Forget every position from `length` on, as if only the first `length` were fed
+        (a kept conversation going back to before a turn; the next forward overwrites them)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot rewind a cache of {self.length} positions to {length}")
+        self.past = {name: value[:, :, :length] for name, value in self.past.items()}
+        self.length = length
+
+    @property
+    def position_bytes(self) -> int:
+        """Bytes the cache takes per position (keys and values of every layer)."""
+        layout = self.layout
+        return layout.num_layers * 2 * layout.kv_heads * layout.head_dim * np.dtype(layout.dtype).itemsize
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the cache holds now."""
+        return self.length * self.position_bytes
+
 
 class BoundCache:
     """KV-cache buffers [batch, kv_heads, capacity, head_dim] that the decoder writes in place.
@@ -181,6 +200,15 @@ class InPlaceDecoderState(DecoderState):
             self.length += 1
         self.past = self.cache.views(self.length)
         return logits
+
+    def rewind(self, length: int) -> None:
+        super().rewind(length)
+        self.past = self.cache.views(length)
+
+    @property
+    def nbytes(self) -> int:
+        """The bound buffers, room to grow included."""
+        return sum(buffer.nbytes for buffer in self.cache.buffers.values())
 
 
 def updates_cache_in_place(decoder: GraphSession, layout: CacheLayout, hidden: int) -> bool:
@@ -310,6 +338,7 @@ class Answer:
     parts: list[str] = field(default_factory=list)
     stop_reason: StopReason = "max_tokens"
     done: bool = False
+    room: int | None = None  # new tokens that fit in the model's positions after the prompt
 
     def __post_init__(self) -> None:
         self.chooser = TokenChooser(self.settings)
@@ -328,6 +357,8 @@ class Answer:
         delta = self.streamer.push(token)
         self.parts.append(delta)
         self.done = len(self.token_ids) >= self.settings.max_new_tokens
+        if not self.done and self.room is not None and len(self.token_ids) >= self.room:
+            self.stop_reason, self.done = "length", True  # the next token has no position left
         return TokenEvent(token, delta)
 
     def cancel(self) -> None:

@@ -6,25 +6,31 @@
     print(gen.result.timings)
 
 The path of one answer: processor (tiles) -> prompt ids (refused if longer than the model
-reads) -> vision graph (one tile per call) -> embed graph -> image features spliced in at the
-<image> positions -> decoder with KV cache. `generate_many` answers several conversations,
-decoding them together where that changes no answer.
+reads) -> vision graph (one tile per call; features kept by image content, features.py) ->
+embed graph -> image features spliced in at the <image> positions -> decoder with KV cache.
+`conversation()` keeps that cache between the answers of one chat (conversation.py).
+`generate_many` answers several conversations, decoding them together where that changes no
+answer.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
 
 from .files import ModelFiles, load_model_files
 from .generate import (Answer, BatchDecoder, CacheLayout, DecoderState, InPlaceDecoderState,
                        decodes_batch_invariantly, updates_cache_in_place,
                        new_run_options)
-from .processor import preprocess
+from .conversation import DEFAULT_MAX_BYTES as DEFAULT_CONVERSATION_BYTES, Conversation
+from .features import FeatureCache, ImageFeatures, image_digest
+from .processor import ProcessedImages, preprocess
 from .prompt import PromptBuilder
 from .runtime import GraphSession, numpy_dtype, open_graph
 from .types import (
@@ -42,6 +48,32 @@ from .types import (
 GRAPHS = ("vision_encoder", "embed_tokens", "decoder_model_merged")
 # Tiles per vision-graph call: see VisionLanguageModel._vision for why not all at once.
 VISION_TILES_PER_CALL = 1
+# on_progress(tiles read, tiles to read) while an answer's images are read
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class ImageRead:
+    """One image of a prompt: its feature-cache key and grid, and either its features (kept
+    from before) or its tiles still to be read (`processed`)."""
+
+    key: str
+    grid: tuple[int, int]
+    tiles: int
+    processed: ProcessedImages | None
+    features: np.ndarray | None
+
+
+def image_spans(ids: np.ndarray, reads: Sequence[ImageRead], image_token_id: int,
+                seq_len: int) -> list[np.ndarray]:
+    """The prompt positions of each image's <image> tokens, in order."""
+    positions = np.flatnonzero(ids == image_token_id)
+    counts = [r.tiles * seq_len for r in reads]
+    if len(positions) != sum(counts):
+        raise ModelFolderError(
+            f"the prompt has {len(positions)} image tokens but its {len(reads)} images need "
+            f"{sum(counts)}; the tokenizer may not match the model")
+    return np.split(positions, np.cumsum(counts)[:-1]) if reads else []
 
 
 class Generation:
@@ -74,6 +106,8 @@ class VisionLanguageModel:
             graphs["decoder_model_merged"], files.config.get("text_config", {}))
         self._batch_invariant: bool | None = None
         self._in_place: bool | None = None
+        self.features = FeatureCache()  # vision features by image content (features.py)
+        self.vision_runs = 0  # vision graph calls so far: what the feature cache saves
         self.info = ModelInfo(
             name=files.name,
             folder=str(files.folder),
@@ -110,19 +144,30 @@ class VisionLanguageModel:
     def close(self) -> None:
         """Drop the sessions so their memory is returned (idle unload)."""
         self.graphs.clear()
+        self.features.clear()
 
     # --- generation -------------------------------------------------------------------
 
     def stream(self, messages: Sequence[Message], settings: GenerationSettings | None = None,
                cancel: CancelToken | None = None) -> Generation:
         settings = settings or GenerationSettings()
+        self._check_usable(messages)
+        generation = Generation(iter(()))
+        generation._events = self._run(
+            generation, lambda run_options, started: self._start(list(messages), settings, run_options, started),
+            cancel)
+        return generation
+
+    def conversation(self, max_bytes: int = DEFAULT_CONVERSATION_BYTES) -> Conversation:
+        """A chat that keeps its decoder cache between answers: a follow-up, a Regenerate or
+        an Edit reads only what changed (conversation.py). Same answers as `stream`."""
+        return Conversation(self, max_bytes)
+
+    def _check_usable(self, messages: Sequence[Message]) -> None:
         if not self.graphs:
             raise EngineError("the model was unloaded; load it again")
         if not messages:
             raise EngineError("nothing to answer: no messages")
-        generation = Generation(iter(()))
-        generation._events = self._run(generation, list(messages), settings, cancel)
-        return generation
 
     def generate(self, messages: Sequence[Message], settings: GenerationSettings | None = None,
                  cancel: CancelToken | None = None) -> GenerationResult:
@@ -278,15 +323,19 @@ class VisionLanguageModel:
         timings.prefill_ms += (time.perf_counter() - t0) * 1000
         stop_ids = set(self.files.stop_ids) | set(settings.extra_stop_ids)
         answer = Answer(settings, stop_ids, list(prompt_ids), self.prompt.streamer(), timings, started)
+        limit = self._max_positions()
+        if limit is not None:  # the prompt holds positions 0..P-1; each token fed takes one more
+            answer.room = limit - len(prompt_ids)
         return answer, state, logits
 
-    def _run(self, generation: Generation, messages: list[Message], settings: GenerationSettings,
+    def _run(self, generation: Generation, start: Callable[[ort.RunOptions, float], tuple[Answer, DecoderState, np.ndarray]],
              cancel: CancelToken | None) -> Iterator[TokenEvent]:
+        """The one-conversation loop; `start(run_options, started)` prefills (see _start)."""
         started = time.perf_counter()
         run_options = new_run_options(cancel)
         answer: Answer | None = None
         try:
-            answer, state, logits = self._start(messages, settings, run_options, started)
+            answer, state, logits = start(run_options, started)
             while (event := answer.step(logits)) is not None:
                 yield event
                 if cancel is not None and cancel.cancelled:
@@ -317,30 +366,101 @@ class VisionLanguageModel:
     def _prefill_inputs(self, messages: list[Message], settings: GenerationSettings,
                         run_options: ort.RunOptions, timings: Timings) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings of the whole prompt with the image features in place of <image> tokens."""
-        images = [img for m in messages for img in m.images]
+        ids, reads = self._prompt(messages, settings, timings)
+        return self._embeds(ids, reads, 0, run_options, timings), ids
+
+    def _prompt(self, messages: Sequence[Message], settings: GenerationSettings,
+                timings: Timings) -> tuple[np.ndarray, list[ImageRead]]:
+        """The prompt ids and what each image needs (tiles to read or features kept), checked
+        against the model's length before any tile is read."""
         t0 = time.perf_counter()
-        processed = preprocess(images, self.files.image_processor, settings.detail) if images else None
-        ids = self.prompt.encode(messages, processed.grids if processed else [])
+        reads = [self._plan_image(img, settings.detail) for m in messages for img in m.images]
+        ids = self.prompt.encode(messages, [r.grid for r in reads])
         self._check_length(len(ids), settings)
-        features = None
-        if processed is not None:
-            features = self._vision(processed.pixel_values, processed.pixel_attention_mask, run_options)
-        timings.image_ms = (time.perf_counter() - t0) * 1000
+        timings.image_ms += (time.perf_counter() - t0) * 1000
+        return ids, reads
+
+    def _plan_image(self, image: Image.Image, detail: int | None) -> ImageRead:
+        """One image's key and grid, with its features when they are kept, else its tiles."""
+        longest = self.files.image_processor.longest_edge if detail is None else detail
+        key = f"{self.variant}|{longest}|{image_digest(image)}"
+        kept = self.features.get(key)
+        if kept is not None:
+            return ImageRead(key, kept.grid, kept.features.shape[0], None, kept.features)
+        processed = preprocess([image], self.files.image_processor, longest)
+        return ImageRead(key, processed.grids[0], processed.pixel_values.shape[1], processed, None)
+
+    def _read_images(self, reads: Sequence[ImageRead], run_options: ort.RunOptions,
+                     on_progress: ProgressCallback | None = None) -> None:
+        """Run the vision graph over the tiles not read yet of these images, keeping what it
+        gives (FeatureCache) tile by tile, so that a stop loses at most the tile being read."""
+        pending = [r for r in reads if r.features is None]
+        total = sum(r.tiles for r in pending)
+        done = sum(len(self.features.partial(r.key)) for r in pending)
+        for read in pending:
+            assert read.processed is not None
+            tiles = self.features.partial(read.key)
+            while len(tiles) < read.tiles:
+                if on_progress is not None:
+                    on_progress(done, total)
+                i = len(tiles)
+                tiles.append(self._vision(read.processed.pixel_values[:, i:i + 1],
+                                          read.processed.pixel_attention_mask[:, i:i + 1], run_options))
+                done += 1
+            read.features = np.concatenate(tiles, axis=0) if len(tiles) > 1 else tiles[0]
+            self._check_features(read)
+            self.features.put(read.key, ImageFeatures(read.grid, read.features))
+        if pending and on_progress is not None:
+            on_progress(total, total)
+
+    def _check_features(self, read: ImageRead) -> None:
+        want = (read.tiles, self.files.image_seq_len)
+        if read.features is None or tuple(read.features.shape[:2]) != want:
+            got = 0 if read.features is None else read.features.shape[0] * read.features.shape[1]
+            raise ModelFolderError(
+                f"the prompt has {want[0] * want[1]} image tokens but the vision graph returned "
+                f"{got} feature rows; image_seq_len in processor_config.json may not match "
+                "the vision graph")
+
+    def _embeds(self, ids: np.ndarray, reads: Sequence[ImageRead], start: int,
+                run_options: ort.RunOptions, timings: Timings,
+                on_progress: ProgressCallback | None = None) -> np.ndarray:
+        """Embeddings of ids[start:], with the image features in place of its <image> tokens
+        (reading the tiles of only the images that have tokens there)."""
+        spans = image_spans(ids, reads, self.files.image_token_id, self.files.image_seq_len)
+        needed = [r for r, span in zip(reads, spans) if span.size and span[-1] >= start]
+        t0, runs = time.perf_counter(), self.vision_runs
+        try:
+            self._read_images(needed, run_options, on_progress)
+        finally:
+            timings.image_ms += (time.perf_counter() - t0) * 1000
+            timings.tiles_read += self.vision_runs - runs
         t0 = time.perf_counter()
-        embeds = self._embed(ids[None, :], run_options)
-        if features is not None:
-            embeds = splice_image_features(embeds, ids, features, self.files.image_token_id)
-        timings.prefill_ms = (time.perf_counter() - t0) * 1000
-        return embeds, ids
+        embeds = self._embed(ids[None, start:], run_options)
+        if needed:
+            embeds = embeds.copy()
+            for read, span in zip(reads, spans):
+                if span.size and span[-1] >= start:
+                    rows = read.features.reshape(-1, read.features.shape[-1])  # type: ignore[union-attr]
+                    keep = span >= start
+                    embeds[0, span[keep] - start] = rows[keep].astype(embeds.dtype, copy=False)
+        timings.prefill_ms += (time.perf_counter() - t0) * 1000
+        return embeds
 
     def _check_length(self, prompt_tokens: int, settings: GenerationSettings) -> None:
         """Refuse, before the vision pass, a prompt the model cannot read (its positions end
         at max_position_embeddings; the RoPE tables of the exported decoder end there too)."""
-        limit = self.files.config.get("text_config", {}).get("max_position_embeddings")
-        if limit and prompt_tokens + 1 > int(limit):
+        limit = self._max_positions()
+        if limit and prompt_tokens + 1 > limit:
             raise EngineError(
                 f"this prompt is {prompt_tokens} tokens with its images; the model reads at most {int(limit)}. "
                 "Choose a lower detail or fewer images")
+
+    def _max_positions(self) -> int | None:
+        """max_position_embeddings of the text model, if the config says (a long answer stops
+        there with stop_reason "length" instead of running into the graph's limit)."""
+        limit = self.files.config.get("text_config", {}).get("max_position_embeddings")
+        return int(limit) if limit else None
 
     def _vision(self, pixel_values: np.ndarray, mask: np.ndarray, run_options: ort.RunOptions) -> np.ndarray:
         """Image features [tiles, image_seq_len, hidden], VISION_TILES_PER_CALL tiles per graph call.
@@ -354,11 +474,11 @@ class VisionLanguageModel:
         dtype = np.dtype(numpy_dtype(graph.input_type("pixel_values")))
         pixel_values = pixel_values.astype(dtype, copy=False)
         step = VISION_TILES_PER_CALL
-        parts = [
-            _run(graph, {"pixel_values": pixel_values[:, i:i + step],
-                         "pixel_attention_mask": mask[:, i:i + step]}, run_options)[0]
-            for i in range(0, pixel_values.shape[1], step)
-        ]
+        parts = []
+        for i in range(0, pixel_values.shape[1], step):
+            parts.append(_run(graph, {"pixel_values": pixel_values[:, i:i + step],
+                                      "pixel_attention_mask": mask[:, i:i + step]}, run_options)[0])
+            self.vision_runs += 1
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def _embed(self, ids: np.ndarray, run_options: ort.RunOptions) -> np.ndarray:

@@ -6,6 +6,7 @@ whole contract from one file. Nothing in here imports ONNX Runtime, Qt or the ne
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Literal
@@ -57,14 +58,14 @@ class GenerationSettings:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
+        if not 0 <= self.temperature < math.inf:  # nan fails both comparisons
+            raise ValueError("temperature must be a number >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
         if self.top_k < 0:
             raise ValueError("top_k must be >= 0")
-        if self.repetition_penalty <= 0:
-            raise ValueError("repetition_penalty must be > 0")
+        if not 0 < self.repetition_penalty < math.inf:
+            raise ValueError("repetition_penalty must be a number > 0")
         if self.detail is not None and self.detail < 1:
             raise ValueError("detail must be a positive number of pixels")
 
@@ -79,6 +80,8 @@ class Timings:
     first_token_ms: float = 0.0  # from the call to the first token
     new_tokens: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, already in a kept conversation's cache: not read again
+    tiles_read: int = 0  # image tiles through the vision graph (0: all kept from before)
 
     @property
     def tokens_per_second(self) -> float:
@@ -92,10 +95,13 @@ class Timings:
             "first_token_ms": round(self.first_token_ms, 2),
             "new_tokens": self.new_tokens,
             "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "tiles_read": self.tiles_read,
         }
 
 
-StopReason = Literal["stop_token", "max_tokens", "cancelled"]
+# "length": the model's context (max_position_embeddings) was full before max_new_tokens
+StopReason = Literal["stop_token", "max_tokens", "length", "cancelled"]
 
 
 @dataclass(frozen=True)

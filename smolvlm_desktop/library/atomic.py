@@ -3,8 +3,11 @@
 A caption file half-written when the disk fills up or the laptop's battery dies is worse than
 no file: a training run reads it as a real caption. So every output goes through here:
 
+0. refuse a target that is a symbolic link or not a regular file: a caption is never written
+   through a link (``photo0.txt -> photo1.jpg`` would destroy the photo) nor over a folder,
 1. write to a hidden temporary file in the same folder (same disk, so the rename is atomic;
-   hidden, so folder scans pass over a leftover one after a power cut),
+   hidden, so folder scans pass over a leftover one after a power cut; short, so a target
+   whose own name just fits is never refused for its temporary file's name),
 2. flush and fsync it (the bytes are on disk before the name points at them),
 3. give it the permission bits of the file it replaces,
 4. ``os.replace`` it over the target (atomic on POSIX and Windows),
@@ -59,14 +62,14 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> N
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Replace path with data atomically; on failure the old file is left as it was."""
-    target = _real_target(Path(path))
-    mode = _existing_mode(target)
+    target = Path(path)
+    mode = existing_file_mode(target)
     temp = _create_temp(target)
     try:
         _write_and_sync(temp, data)
         if mode is not None:
             os.chmod(temp, mode)
-        os.replace(temp, target)
+        os.replace(temp, target)  # replaces a link that appeared meanwhile, never its target
     except OSError as exc:
         _remove_quietly(temp)
         raise OutputError(target, describe_os_error(exc)) from exc
@@ -76,17 +79,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _sync_folder(target.parent)
 
 
-def _real_target(path: Path) -> Path:
-    """Write through a symlink to the file it points at, rather than replacing the link."""
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
-
-
-def _existing_mode(path: Path) -> int | None:
-    """Permission bits to keep; None for a new file (it gets the umask's defaults)."""
+def existing_file_mode(path: Path) -> int | None:
+    """The permission bits of the regular file at path (None when there is none), which the
+    new content keeps. A link or anything but a regular file is refused, untouched."""
     try:
-        return stat.S_IMODE(path.stat().st_mode)
-    except OSError:
+        info = os.lstat(path)
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise OutputError(path, describe_os_error(exc)) from None
+    if stat.S_ISLNK(info.st_mode):
+        raise OutputError(path, "it is a symbolic link, and captions are never written through "
+                                "a link; left unchanged (remove the link to write it)")
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a device, pipe or socket"
+        raise OutputError(path, f"it is not a regular file ({kind}); left unchanged")
+    return stat.S_IMODE(info.st_mode)
 
 
 def _create_temp(target: Path) -> Path:
@@ -97,7 +105,7 @@ def _create_temp(target: Path) -> Path:
     """
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(100):
-        temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        temp = target.with_name(f".smolvlm-{secrets.token_hex(4)}.tmp")
         try:
             os.close(os.open(temp, flags, 0o666))
             return temp

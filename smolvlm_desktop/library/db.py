@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from ..engine.types import Timings
-from .joblock import JobClaim, claim_job, is_claimed
+from ..paths import PRIVATE_FILE_MODE, make_private, printable, private_dir
+from .joblock import JobClaim, claim_job, claimed_jobs, is_claimed
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
@@ -44,6 +45,10 @@ SNIPPET_START, SNIPPET_END, SNIPPET_ELLIPSIS = "\ue000", "\ue001", "…"
 _NOT_SEARCHABLE = str.maketrans("", "", SNIPPET_START + SNIPPET_END)
 ITEM_STATES = ("pending", "done", "skipped", "failed")
 JOB_STATES = ("running", "cancelled", "finished")
+# How SQLite opens the file: "rwc" read, write, create. Tests set "ro" for a real read-only
+# open, which is what a 0444 file or a 0555 folder gives a user who is not root.
+SQLITE_OPEN_MODE = "rwc"
+RESET_HINT = "run `smolvlm-desktop library reset` to keep it aside and start a new library"
 
 # Each entry upgrades the schema from version i to i + 1. Never edit a released entry: add one.
 MIGRATIONS: tuple[str, ...] = (
@@ -140,6 +145,26 @@ class LibraryError(Exception):
     the message says what to do. The file is never modified or wiped because of it."""
 
 
+class LibraryUnusable(LibraryError):
+    """The file cannot be written (read-only) or is damaged: it is not opened at all, so it is
+    never written to; the app goes on without a library for this run (captions are still
+    written) and the message names the way out (RESET_HINT). A read-only one can still be
+    opened for reading (`Library(read_only=True)`): `read_only` says which case it is."""
+
+    def __init__(self, message: str, read_only: bool = False) -> None:
+        super().__init__(message)
+        self.read_only = read_only
+
+
+class ItemGone(LibraryError):
+    """A batch job's image is no longer in the job (forgotten meanwhile): the batch goes on
+    without recording it."""
+
+
+class JobsRunning(LibraryError):
+    """A forget would remove images a batch job running right now is working on."""
+
+
 @dataclass(frozen=True)
 class SearchHit:
     path: str  # the image (for a chat about several images: the first one)
@@ -204,9 +229,67 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def normalize_path(path: str | os.PathLike[str]) -> str:
-    """The one spelling of a path stored in the library: absolute, symlinks resolved."""
-    return str(Path(path).expanduser().resolve())
+def normalize_path(path: str | os.PathLike[str]) -> str | bytes:
+    """The one spelling of a path stored in the library: absolute, symlinks resolved.
+
+    A name that is not valid UTF-8 (a byte such as 0xff, which Python holds as a surrogate)
+    cannot be SQLite text, so it is stored as its bytes (a BLOB): lossless, and `_path` turns
+    it back into the same str. A prefix match (forget_folder) compares both kinds as bytes."""
+    key = str(Path(path).expanduser().resolve())
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(key)
+    return key
+
+
+def _path(stored: str | bytes) -> str:
+    """A path as stored (normalize_path) -> the str Python uses for it."""
+    return os.fsdecode(stored) if isinstance(stored, bytes) else stored
+
+
+def _json(value: Any) -> str:
+    """JSON text that SQLite can store: a str holding a surrogate (a non-UTF-8 file name in
+    the settings) is written with \\u escapes, which json.loads turns back losslessly."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, sort_keys=True)
+    return text
+
+
+def set_library_aside(path: str | os.PathLike[str] | None = None) -> Path | None:
+    """Rename the library file, its WAL and SHM to library-<time>.sqlite3(-wal, -shm) in the
+    same folder, so that the next open starts a new library and the old one is kept whole
+    (a damaged one may still be rescued with sqlite3's .recover). None if there is no file.
+    Refused (LibraryError) while a batch job runs: its process still writes the old file."""
+    if path is None:
+        from ..paths import library_path
+
+        path = library_path()
+    path = Path(path)
+    if not path.exists():
+        return None
+    running = claimed_jobs(path)
+    if running:
+        raise LibraryError(f"batch job #{running[0]} is running on this library; wait for it to "
+                           "end (or stop it), then reset again")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.stem}-{stamp}{path.suffix}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.stem}-{stamp}-{n}{path.suffix}")
+    try:
+        for suffix in ("-wal", "-shm", ""):  # the main file last: until then it opens whole
+            old = path.with_name(path.name + suffix)
+            if old.exists():
+                os.replace(old, aside.with_name(aside.name + suffix))
+    except OSError as exc:
+        raise LibraryError(f"cannot move {path} aside ({exc.strerror or exc}): make its folder "
+                           f"writable (chmod u+w {path.parent}) and try again") from None
+    return aside
 
 
 def searchable(text: str) -> str:
@@ -263,49 +346,115 @@ def _turn(turn: Any) -> dict[str, str]:
 class Library:
     """The library file. Open it, use it from any thread, close it (or use `with`)."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
+                 read_only: bool = False) -> None:
+        """read_only: open for searching and listing only (a library the user cannot write);
+        nothing is created, upgraded or written, and any write fails."""
         if path is None:
             from ..paths import library_path
 
             path = library_path()
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if not read_only:
+            private_dir(self.path.parent)
+        for file in self.files():  # found open to others: closed before anything is read
+            make_private(file)
         self._lock = threading.RLock()
         self._conn = self._connect()
         try:
-            self._migrate()
+            if not read_only:
+                self._migrate()
+            elif self.schema_version != SCHEMA_VERSION:
+                raise LibraryError(f"{self.path} needs an upgrade that a read-only file cannot "
+                                   "take; make it writable and run any command once")
         except BaseException:
             self._conn.close()
             raise
+        for file in self.files():  # the WAL and SHM exist now: all of them owner-only
+            make_private(file)
+
+    def files(self) -> list[Path]:
+        """The library file and its WAL and shared-memory files, those that exist."""
+        return [f for f in (self.path, *(self.path.with_name(self.path.name + s)
+                                         for s in ("-wal", "-shm"))) if f.exists()]
 
     # --- opening ------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        """Open the file, checking before anything is written that it is whole (quick_check)
+        and writable: a damaged or read-only library is refused (LibraryUnusable), untouched."""
+        mode = "ro" if self.read_only else SQLITE_OPEN_MODE
+        if not self.path.exists() and mode != "ro":
+            # created owner-only before SQLite makes it (its WAL and SHM copy these modes)
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
+            except OSError as exc:
+                raise self._unusable(sqlite3.OperationalError(
+                    f"unable to open database file: {exc.strerror or exc}")) from None
+        uri = f"{self.path.absolute().as_uri()}?mode={mode}"
+        try:
+            return self._connect_uri(uri)
+        except sqlite3.DatabaseError as exc:
+            if not (self.read_only and "readonly" in str(exc)):
+                raise self._unusable(exc) from None
+        # Read-only in a folder the user cannot write: SQLite cannot make the WAL's shared-
+        # memory file there, and reads such a file only as "immutable" (nobody can change it).
+        try:
+            return self._connect_uri(uri + "&immutable=1")
+        except sqlite3.DatabaseError as exc:
+            raise self._unusable(exc) from None
+
+    def _connect_uri(self, uri: str) -> sqlite3.Connection:
         # isolation_level=None: we write BEGIN/COMMIT ourselves, so every transaction is
         # exactly as long as the code says (Python's implicit transactions are not).
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
                                isolation_level=None, check_same_thread=False)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
+            self._open(conn)
+        except BaseException:
             conn.close()
-            raise LibraryError(
-                f"{self.path} is not a library this app can read ({exc}). It was left untouched; "
-                "move it aside to start a new library.") from None
+            raise
+        return conn
+
+    def _unusable(self, exc: sqlite3.DatabaseError) -> LibraryError:
+        message = str(exc)
+        if "readonly" in message or "read-only" in message or "unable to open" in message:
+            return LibraryUnusable(
+                f"{self.path} cannot be written ({message}), so the library is off for this run "
+                f"and the file was left untouched. Make it and its folder writable again, or "
+                f"{RESET_HINT}.", read_only=not self.read_only)
+        return LibraryUnusable(
+            f"{self.path} is damaged or not a library this app can read ({message}), so the "
+            f"library is off for this run and the file was left untouched; {RESET_HINT}.")
+
+    def _open(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            conn.close()
             raise LibraryError(
                 f"{self.path} was written by a newer version of SmolVLM Desktop (library schema "
                 f"{version}; this version understands up to {SCHEMA_VERSION}). It was left "
                 "untouched: update the app, or point SMOLVLM_DATA_DIR elsewhere.")
+        # Pages overwritten inside the file: refuse before a single write (about 50 ms for
+        # 100 MB). A write would build on the damage; the user's old rows may still be rescued.
+        check = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed: {check.splitlines()[-1]}")
+        if self.read_only:
+            return
         conn.execute("PRAGMA journal_mode = WAL")
+        # A read-only file (or folder) only fails at the first write: try one, then roll it back.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(f"PRAGMA user_version = {version}")
+        finally:
+            conn.execute("ROLLBACK")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA secure_delete = ON")  # forgotten text does not linger in free pages
         # FULL: a mark survives a power cut too, not just a crash. It costs an fsync per mark
         # (milliseconds), next to a caption that takes a second.
         conn.execute("PRAGMA synchronous = FULL")
-        return conn
 
     def _migrate(self) -> None:
         """Bring an older (or new, empty) file up to SCHEMA_VERSION, one step per transaction."""
@@ -354,7 +503,7 @@ class Library:
 
     # --- images, captions, chats --------------------------------------------------------
 
-    def _image_id(self, conn: sqlite3.Connection, path: str,
+    def _image_id(self, conn: sqlite3.Connection, path: str | bytes,
                   facts: tuple[str | None, int | None, float | None]) -> int:
         sha, size, mtime = facts
         conn.execute(
@@ -364,7 +513,7 @@ class Library:
             (path, sha, size, mtime, _now()))
         return conn.execute("SELECT id FROM images WHERE path = ?", (path,)).fetchone()[0]
 
-    def _insert_caption(self, conn: sqlite3.Connection, path: str,
+    def _insert_caption(self, conn: sqlite3.Connection, path: str | bytes,
                         facts: tuple[str | None, int | None, float | None], text: str,
                         model: str, prompt: str, timings_json: str | None) -> int:
         image_id = self._image_id(conn, path, facts)
@@ -389,7 +538,7 @@ class Library:
             "SELECT i.path, c.text, c.model, c.prompt, c.created_at, c.timings FROM captions c "
             "JOIN images i ON i.id = c.image_id WHERE i.path = ? ORDER BY c.id",
             (normalize_path(path),))
-        return [CaptionRecord(r[0], r[1], r[2], r[3], r[4], _loads(r[5])) for r in rows]
+        return [CaptionRecord(_path(r[0]), r[1], r[2], r[3], r[4], _loads(r[5])) for r in rows]
 
     def record_chat(self, paths: Sequence[str | os.PathLike[str]], turns: Sequence[Any],
                     model: str, chat_id: int | None = None) -> int:
@@ -401,7 +550,7 @@ class Library:
         keys = [normalize_path(p) for p in paths]
         facts = [file_facts(k) for k in keys]
         clean = [_turn(t) for t in turns]
-        turns_json = json.dumps(clean, ensure_ascii=False)
+        turns_json = _json(clean)
         search_text = searchable("\n".join(t["text"] for t in clean))
         with self._write() as conn:
             if chat_id is not None:
@@ -453,9 +602,10 @@ class Library:
 
     def _hit(self, row: tuple) -> SearchHit:
         kind, row_id, path, text, model, created_at, snippet, _ = row
+        path = _path(path)
         paths: tuple[str, ...] = (path,)
         if kind == "chat":
-            paths = tuple(r[0] for r in self._read(
+            paths = tuple(_path(r[0]) for r in self._read(
                 "SELECT i.path FROM chat_images ci JOIN images i ON i.id = ci.image_id "
                 "WHERE ci.chat_id = ? ORDER BY ci.position", (row_id,)))
             path = paths[0] if paths else ""
@@ -470,17 +620,22 @@ class Library:
 
     def forget_folder(self, folder: str | os.PathLike[str]) -> Forgotten:
         """Remove every image at or under `folder` (prefix match on whole path parts, so
-        /photos does not touch /photos2)."""
-        key = normalize_path(folder)
-        under = key.rstrip(os.sep) + os.sep
-        return self._forget("(path = ? OR substr(path, 1, ?) = ?)", (key, len(under), under))
+        /photos does not touch /photos2). Compared as bytes: paths stored as text and as
+        BLOBs (see normalize_path) alike."""
+        key = os.fsencode(_path(normalize_path(folder)))
+        under = key.rstrip(os.fsencode(os.sep)) + os.fsencode(os.sep)
+        return self._forget("(CAST(path AS BLOB) = ? OR substr(CAST(path AS BLOB), 1, ?) = ?)",
+                            (key, len(under), under))
 
     def forget_all(self) -> Forgotten:
         """Empty the library: every image, caption, chat and job."""
         return self._forget("1", (), everything=True)
 
     def _forget(self, where: str, params: tuple, everything: bool = False) -> Forgotten:
+        """JobsRunning, removing nothing, if a job that a process runs now has such images:
+        its run would find them gone. A job that starts later is made after this forget."""
         with self._write() as conn:
+            self._refuse_running_jobs(conn, where, params)
             image_ids = f"SELECT id FROM images WHERE {where}"
             chats = conn.execute(
                 f"DELETE FROM chats WHERE id IN (SELECT chat_id FROM chat_images "
@@ -501,6 +656,17 @@ class Library:
         self._checkpoint()
         return Forgotten(images, captions, chats, items, jobs)
 
+    def _refuse_running_jobs(self, conn: sqlite3.Connection, where: str, params: tuple) -> None:
+        running = [job_id for (job_id,) in conn.execute(
+            f"SELECT DISTINCT job_id FROM job_items WHERE {where} AND job_id IN "
+            "(SELECT id FROM jobs WHERE state != 'finished') ORDER BY job_id", params)
+            if self.job_claimed(job_id)]
+        if running:
+            jobs = ", ".join(f"#{job_id}" for job_id in running)
+            raise JobsRunning(
+                f"batch job {jobs} is captioning some of these images right now; nothing was "
+                "erased. Wait for it to end (or stop it), then forget them again.")
+
     def _checkpoint(self) -> None:
         """Copy the WAL into the main file and truncate it, so the pre-forget pages that
         still sit in the WAL are gone too. Another open reader can delay this; the next
@@ -518,7 +684,7 @@ class Library:
         process can see it: the batch runner claims the job there, so nobody can resume it
         first. If it raises, the job is not created."""
         keys = list(dict.fromkeys(normalize_path(p) for p in paths))
-        settings_json = json.dumps(dict(settings), sort_keys=True, ensure_ascii=False)
+        settings_json = _json(dict(settings))
         with self._write() as conn:
             job_id = int(conn.execute(
                 "INSERT INTO jobs(created_at, settings, state) VALUES (?, ?, 'running')",
@@ -553,6 +719,18 @@ class Library:
             counts[state] = n
         counts["total"] = sum(counts.values())
         return JobInfo(row[0], row[1], json.loads(row[2]), row[3], row[4], counts)
+
+    def job_status(self, job: JobInfo) -> str:
+        """The state to show a person. The stored state says "running" from the start of a
+        run until it ends normally, so a run that died (killed, Ctrl+C, a full disk) still
+        says it: the claim tells. "running": a process runs it now; "interrupted": stopped
+        before its end, resumable; "cancelled": stopped on request, resumable; "failed":
+        finished, but some images failed; "finished"."""
+        if job.state == "running":
+            return "running" if self.job_claimed(job.id) else "interrupted"
+        if job.state == "finished" and job.counts.get("failed"):
+            return "failed"
+        return job.state
 
     def list_jobs(self) -> list[JobInfo]:
         """Every job, newest first."""
@@ -599,25 +777,25 @@ class Library:
                           "WHERE state != 'finished' ORDER BY id DESC")
 
     def _job_paths(self, job_id: int) -> set[str]:
-        return {r[0] for r in self._read("SELECT path FROM job_items WHERE job_id = ?", (job_id,))}
+        return {r[0] for r in self._read("SELECT path FROM job_items WHERE job_id = ?", (job_id,))}  # as stored
 
     def pending_items(self, job_id: int) -> list[Path]:
         rows = self._read("SELECT path FROM job_items WHERE job_id = ? AND state = 'pending' "
                           "ORDER BY position", (job_id,))
-        return [Path(r[0]) for r in rows]
+        return [Path(_path(r[0])) for r in rows]
 
     def job_items(self, job_id: int) -> list[JobItem]:
         rows = self._read("SELECT path, position, state, caption, timings, error FROM job_items "
                           "WHERE job_id = ? ORDER BY position", (job_id,))
-        return [JobItem(Path(r[0]), r[1], r[2], r[3], _loads(r[4]), r[5]) for r in rows]
+        return [JobItem(Path(_path(r[0])), r[1], r[2], r[3], _loads(r[4]), r[5]) for r in rows]
 
     def job_item(self, job_id: int, path: str | os.PathLike[str]) -> JobItem:
         rows = self._read("SELECT path, position, state, caption, timings, error FROM job_items "
                           "WHERE job_id = ? AND path = ?", (job_id, normalize_path(path)))
         if not rows:
-            raise LibraryError(f"{path} is not part of batch job {job_id}")
+            raise ItemGone(f"{printable(path)} is not part of batch job {job_id}")
         r = rows[0]
-        return JobItem(Path(r[0]), r[1], r[2], r[3], _loads(r[4]), r[5])
+        return JobItem(Path(_path(r[0])), r[1], r[2], r[3], _loads(r[4]), r[5])
 
     def stage_caption(self, job_id: int, path: str | os.PathLike[str], caption: str,
                       timings: Timings | Mapping[str, Any] | None) -> None:
@@ -651,10 +829,10 @@ class Library:
             return True
 
     def mark_skipped(self, job_id: int, path: str | os.PathLike[str], reason: str) -> bool:
-        return self._update_item(job_id, path, "state = 'skipped', error = ?", (reason,))
+        return self._update_item(job_id, path, "state = 'skipped', error = ?", (printable(reason),))
 
     def mark_failed(self, job_id: int, path: str | os.PathLike[str], error: str) -> bool:
-        return self._update_item(job_id, path, "state = 'failed', error = ?", (error,))
+        return self._update_item(job_id, path, "state = 'failed', error = ?", (printable(error),))
 
     def _update_item(self, job_id: int, path: str | os.PathLike[str], assignments: str,
                      params: tuple, only_pending: bool = True) -> bool:
@@ -669,10 +847,10 @@ class Library:
             return bool(changed)
 
     @staticmethod
-    def _require_item(conn: sqlite3.Connection, job_id: int, key: str) -> None:
+    def _require_item(conn: sqlite3.Connection, job_id: int, key: str | bytes) -> None:
         if conn.execute("SELECT 1 FROM job_items WHERE job_id = ? AND path = ?",
                         (job_id, key)).fetchone() is None:
-            raise LibraryError(f"{key} is not part of batch job {job_id}")
+            raise ItemGone(f"{printable(_path(key))} is not part of batch job {job_id}")
 
     def finish_job(self, job_id: int, state: str) -> None:
         """Set the job's state: "finished", "cancelled" (resumable) or "running" (resumed)."""

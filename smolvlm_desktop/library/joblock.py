@@ -25,7 +25,8 @@ import os
 import time
 from pathlib import Path
 
-from ..oslock import try_lock, unlock
+from ..oslock import is_current, try_lock, unlock
+from ..paths import private_dir
 
 # is_claimed holds a lock for an instant to test it; a claim made in that instant waits this
 # long before believing the job is taken (and so does a check racing another check).
@@ -58,25 +59,13 @@ def _lock(fd: int, patience_s: float) -> bool:
     return True
 
 
-def _is_current(fd: int, path: Path) -> bool:
-    """Is the open file still the one at `path` (not unlinked by a holder letting go)?"""
-    if os.name == "nt":
-        return True  # an open file cannot be removed there
-    try:
-        on_disk = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
-
-
 class JobClaim:
     """The claim on one job, held from construction until release() (or the `with` block's
     end, or the process's end). Construction raises JobBusy if someone else holds it."""
 
     def __init__(self, path: Path, job_id: int) -> None:
         self.path, self.job_id = path, job_id
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         self._fd: int | None = self._open()
 
     def _open(self) -> int:
@@ -90,7 +79,7 @@ class JobClaim:
             if not _lock(fd, PATIENCE_S):
                 os.close(fd)
                 raise JobBusy(self.job_id)
-            if _is_current(fd, self.path):
+            if is_current(fd, self.path):
                 return fd
             os.close(fd)
 
@@ -128,6 +117,18 @@ def _remove(path: Path) -> None:
 def claim_job(library_path: str | os.PathLike[str], job_id: int) -> JobClaim:
     """Claim a job of the library at library_path for this run; JobBusy if it is taken."""
     return JobClaim(lock_path(library_path, job_id), job_id)
+
+
+def claimed_jobs(library_path: str | os.PathLike[str]) -> list[int]:
+    """The ids of the library's jobs that some process runs right now (a snapshot), found
+    from the lock files alone: it works when the library file itself cannot be read."""
+    prefix = f"{Path(library_path).stem}-job-"
+    ids = []
+    for lock in lock_path(library_path, 0).parent.glob(f"{prefix}*.lock"):
+        number = lock.name[len(prefix):-len(".lock")]
+        if number.isdigit() and is_claimed(library_path, int(number)):
+            ids.append(int(number))
+    return sorted(ids)
 
 
 def is_claimed(library_path: str | os.PathLike[str], job_id: int) -> bool:

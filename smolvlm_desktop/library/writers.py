@@ -55,6 +55,7 @@ import io
 import json
 import os
 import re
+import stat
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -63,8 +64,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Mapping, Sequence
 
+from .. import oslock
 from ..engine.types import Timings
-from .atomic import OutputError, atomic_write_text, describe_os_error
+from ..paths import printable
+from .atomic import OutputError, atomic_write_text, describe_os_error, existing_file_mode
 
 FORMATS: tuple[str, ...] = ("txt", "caption", "json", "jsonl", "csv", "xmp")
 SIDECAR_SUFFIXES = {"txt": ".txt", "caption": ".caption", "json": ".json"}
@@ -115,12 +118,16 @@ def aggregate_path(fmt: str, folder: Path) -> Path:
 
 
 def relative_name(image_path: Path, folder: Path) -> str:
-    """file_name for jsonl/csv: relative to folder, forward slashes (absolute if impossible)."""
+    """file_name for jsonl/csv: relative to folder, forward slashes (absolute if impossible).
+
+    A name that is not valid UTF-8 (a byte such as 0xFF on Linux) is written escaped, as
+    `odd\\xff.png`: the files must stay valid UTF-8 for every reader, and the same escaped
+    name is what the next run looks for, so the image is not captioned again."""
     image, base = os.path.abspath(image_path), os.path.abspath(folder)
     try:
-        return Path(os.path.relpath(image, base)).as_posix()
+        return printable(Path(os.path.relpath(image, base)).as_posix())
     except ValueError:  # another drive on Windows
-        return Path(image).as_posix()
+        return printable(Path(image).as_posix())
 
 
 def caption_exists(image_path: Path, formats: Sequence[str],
@@ -158,7 +165,8 @@ def _cached_keys(path: str, fmt: str, mtime_ns: int, size: int) -> frozenset[str
 
 
 def _sidecar_has_caption(path: Path, fmt: str) -> bool:
-    """An empty file (some tools create placeholders) holds no caption."""
+    """An empty file (some tools create placeholders) holds no caption, nor does a folder or
+    a device that happens to have the name (writing then says what it is)."""
     if not _nonempty(path):
         return False
     if fmt == "xmp":
@@ -200,6 +208,7 @@ class CaptionWriter:
         self._last_save = float("-inf")
         self._last_save_seconds = 0.0
         self._closed = False
+        self.last_notes: list[str] = []  # what the last write() wants the user told
 
     # public API
 
@@ -224,6 +233,7 @@ class CaptionWriter:
         if self._closed:
             raise ValueError("this CaptionWriter is closed")
         image_path, text, meta = Path(image_path), text.strip(), meta or CaptionMeta()
+        self.last_notes = []
         written: list[Path] = []
         errors: list[OutputError] = []
         for fmt in self.formats:
@@ -284,6 +294,8 @@ class CaptionWriter:
                    "prompt": meta.prompt, "timings": meta.timings_dict()}
             return aggregate.path if aggregate.put(row, self.existing) else None
         target = self._claim(output_path(image, fmt), image)
+        if not (self.existing == "skip" and _sidecar_has_caption(target, fmt)):
+            self._check_replaceable(target)
         if fmt == "xmp":
             done = _write_xmp(target, text, self.existing)
         elif fmt == "json":
@@ -291,6 +303,15 @@ class CaptionWriter:
         else:
             done = _write_plain(target, text, self.existing)
         return target if done else None
+
+    def _check_replaceable(self, target: Path) -> None:
+        """Refuse a link or a non-file before anything is read or written (atomic.py would
+        refuse it too, but a json or xmp sidecar is read first); note a read-only caption
+        that the policy replaces: the user asked for it, but may not know it was protected."""
+        mode = existing_file_mode(target)
+        if mode is not None and not mode & stat.S_IWUSR:
+            self.last_notes.append(f"{printable(target.name)} was read-only; replaced as asked "
+                                   "(--overwrite/--append), and kept read-only")
 
     def _claim(self, sidecar: Path, image: Path) -> Path:
         """photo.jpg and photo.png both map to photo.txt: refuse the second, don't mix them."""
@@ -340,9 +361,11 @@ def _unreadable(path: Path, exc: OSError) -> OutputError:
 
 
 def _read_text(path: Path) -> str | None:
-    """The existing file's text, None if absent. Never guess at bytes we cannot decode."""
+    """The existing file's text, None if absent. Never guess at bytes we cannot decode.
+
+    Read as bytes, so no line ending is translated: what is written back is what was there."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         return None
     except UnicodeDecodeError:
@@ -378,7 +401,7 @@ def _write_json_sidecar(path: Path, image: Path, text: str, meta: CaptionMeta,
         row = loaded  # keep keys other tools added
     if existing == "append" and row.get("text"):
         text = _append(str(row["text"]), text)
-    row.update({"file_name": image.name, "text": text, "model": meta.model,
+    row.update({"file_name": printable(image.name), "text": text, "model": meta.model,
                 "prompt": meta.prompt, "timings": meta.timings_dict()})
     atomic_write_text(path, json.dumps(row, ensure_ascii=False, indent=2) + "\n")
     return True
@@ -390,20 +413,25 @@ def _write_json_sidecar(path: Path, image: Path, text: str, meta: CaptionMeta,
 class _Aggregate:
     """The rows of one metadata.jsonl or captions.csv, in memory, keyed by file_name.
 
-    Lines or rows this module cannot interpret are kept verbatim: a user's file is never
-    silently shortened. Loading a file that has the same file_name twice keeps the last row.
+    Lines or rows this module cannot interpret are kept verbatim, and so are a CSV's unknown
+    columns and the cells beyond its header: a user's file is never silently shortened.
+    Loading a file that has the same file_name twice keeps the last row.
+
+    Two batches may write one output folder at once. Each save therefore locks the folder
+    (oslock.held: nothing is added to it, but on Windows a hidden ``.smolvlm.lock``), reads
+    the file again and puts this writer's rows into what is there now, then replaces it:
+    every row of both batches lands.
     """
 
     def __init__(self, path: Path, fmt: str) -> None:
         self.path = path
         self.fmt = fmt
-        self.rows: dict[str, dict[str, Any]] = {}
-        self.foreign: list[Any] = []  # jsonl: raw lines; csv: rows without a file_name
-        self.columns: list[str] = list(COLUMNS)
-        self.dirty = False
-        text = _read_text(path)
-        if text:
-            self._load_jsonl(text) if fmt == "jsonl" else self._load_csv(text)
+        self.mine: dict[str, dict[str, Any]] = {}  # rows put since the last save
+        self._load()
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.mine)
 
     def has(self, key: str) -> bool:
         return key in self.rows
@@ -417,23 +445,39 @@ class _Aggregate:
         if old is not None and existing == "append" and old.get("text"):
             row = {**row, "text": _append(str(old["text"]), row["text"])}
         self.rows[key] = {**(old or {}), **row}  # an existing key keeps its place in the file
-        self.dirty = True
+        self.mine[key] = self.rows[key]
         return True
 
     def save(self) -> None:
-        if not self.dirty:
+        if not self.mine:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            with oslock.held(self.path.parent):
+                self._load()  # what another process saved since
+                for key, row in self.mine.items():
+                    self.rows[key] = {**self.rows.get(key, {}), **row}
+                atomic_write_text(self.path, self._jsonl() if self.fmt == "jsonl" else self._csv())
+        except TimeoutError as exc:
+            raise OutputError(self.path, f"another program keeps it locked ({exc})") from None
         except OSError as exc:
             raise OutputError(self.path, describe_os_error(exc)) from None
-        atomic_write_text(self.path, self._jsonl() if self.fmt == "jsonl" else self._csv())
-        self.dirty = False
+        self.mine = {}
+
+    def _load(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.foreign: list[Any] = []  # jsonl: raw lines; csv: rows without a file_name
+        self.columns: list[str] = list(COLUMNS)
+        text = _read_text(self.path)
+        if text:
+            self._load_jsonl(text) if self.fmt == "jsonl" else self._load_csv(text)
 
     # jsonl
 
     def _load_jsonl(self, text: str) -> None:
-        for line in text.splitlines():
+        """Lines end at \\n only: str.splitlines() also splits at U+2028, U+0085 and six
+        other code points that json.dumps leaves unescaped inside a string."""
+        for line in text.split("\n"):
             if not line.strip():
                 continue
             try:
@@ -453,14 +497,15 @@ class _Aggregate:
 
     def _load_csv(self, text: str) -> None:
         try:
-            reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+            reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff"), newline=""),
+                                    restkey=_EXTRA_CELLS)
             header = reader.fieldnames or []
             if "file_name" not in header:
                 raise OutputError(self.path, "the existing file has no file_name column; "
                                              "left unchanged")
             self.columns = list(header) + [c for c in COLUMNS if c not in header]
             for row in reader:
-                row.pop(None, None)  # type: ignore[call-overload] - cells beyond the header
+                row = {k: (_uncell(v) if k != _EXTRA_CELLS else v) for k, v in row.items()}
                 if row.get("file_name"):
                     self.rows[row["file_name"]] = row
                 else:
@@ -470,25 +515,35 @@ class _Aggregate:
                                          "left unchanged") from None
 
     def _csv(self) -> str:
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=self.columns, extrasaction="ignore")
-        writer.writeheader()
+        """The header's columns in order, then the cells a row had beyond its header, as they
+        were (they have no column name to put them under)."""
+        out = io.StringIO(newline="")
+        writer = csv.writer(out)
+        writer.writerow(self.columns)
         for row in [*self.rows.values(), *self.foreign]:
-            writer.writerow({k: _cell(v) for k, v in row.items()})
+            writer.writerow([_cell(row.get(c)) for c in self.columns] + row.get(_EXTRA_CELLS, []))
         return out.getvalue()
 
 
+_EXTRA_CELLS = "\x00cells beyond the header"  # csv.DictReader's restkey: never a real column
 _FORMULA_STARTS = ("=", "+", "@", "\t", "\r")
 
 
 def _cell(value: Any) -> Any:
     """timings (a dict) as a JSON string in its CSV cell; text that a spreadsheet would run
     as a formula gets a leading apostrophe (captions can quote text read off a hostile image,
-    and file names are anyone's choice)."""
+    and file names are anyone's choice). `_uncell` takes it off again when the file is read."""
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
         return "'" + value
+    return "" if value is None else value
+
+
+def _uncell(value: Any) -> Any:
+    """The cell as it was before `_cell` guarded it, so that `=sum.png` is found again."""
+    if isinstance(value, str) and value[:1] == "'" and value[1:2] and value[1] in _FORMULA_STARTS:
+        return value[1:]
     return value
 
 
@@ -523,10 +578,12 @@ def _write_xmp(path: Path, text: str, existing: str) -> bool:
 
 
 def _nonempty(path: Path) -> bool:
+    """A regular file (or a link to one) with something in it."""
     try:
-        return path.stat().st_size > 0
+        info = path.stat()
     except OSError:
         return False
+    return stat.S_ISREG(info.st_mode) and info.st_size > 0
 
 
 def _read_xmp(path: Path) -> ET.Element:

@@ -1,7 +1,10 @@
 """Chat behaviour: one conversation per set of selected images, streamed through the worker.
 
 Images go on the first user turn of a conversation (the model sees them once, at the start,
-as the engine expects); later turns are text only and carry the whole history.
+as the engine expects); later turns are text only and carry the whole history. The worker
+keeps each conversation's decoder cache, so a follow-up or Regenerate reads only what changed;
+and as soon as images are chosen for a new conversation it reads them ahead (ReadAheadJob)
+while the question is typed, showing "Reading the image: 5 of 13 parts".
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from PySide6.QtGui import QGuiApplication
 
 from ..engine.types import GenerationResult, GenerationSettings
 from ..presets import preset_prompt
-from ..worker import ChatJob, ChatTurn, EngineWorker
+from ..worker import READY, ChatJob, ChatTurn, EngineWorker, ReadAheadJob
 from .chat_panel import ChatPanel
 
 Key = tuple[str, ...]
@@ -36,6 +39,7 @@ class ChatController(QObject):
         self.key: Key = ()
         self.job: ChatJob | None = None
         self.job_key: Key = ()
+        self.ahead: ReadAheadJob | None = None  # the read-ahead of the images shown, if any
         self.live_text = ""
         self.last_result: GenerationResult | None = None
         self._connect()
@@ -56,11 +60,15 @@ class ChatController(QObject):
         w.chat_recorded.connect(self._on_recorded)
         w.error.connect(self._on_error)
         w.job_finished.connect(self._on_job_finished)
+        w.reading.connect(self._on_reading)
+        w.model_state.connect(self._on_model_state)
 
     # --- user actions ----------------------------------------------------------------------
 
     def set_images(self, paths: list[str]) -> None:
         """The gallery selection changed: show that image set's conversation."""
+        if tuple(paths) != self.key:
+            self.panel.show_reading(0, 0)  # until this set's own reading reports
         self.key = tuple(paths)
         names = ", ".join(Path(p).name for p in paths[:3]) + (" …" if len(paths) > 3 else "")
         self.panel.context_label.setText(
@@ -68,6 +76,17 @@ class ChatController(QObject):
             else "No image selected: select one or more thumbnails above (Ctrl+A for all), "
                  "or ask without an image.")
         self._render()
+        self._read_ahead()
+
+    def _read_ahead(self) -> None:
+        """Start reading a new conversation's images while the question is typed (the worker
+        stops it for anything else; a conversation with history has its images read)."""
+        if self.ahead is not None and self.ahead.turns[0].image_paths != self.key:
+            self.ahead.cancel.cancel()  # other images now: that one is not needed first
+            self.ahead = None
+        if self.key and not self.histories.get(self.key) and self.ahead is None and not self.busy:
+            self.ahead = ReadAheadJob(turns=[ChatTurn("user", "", self.key)], settings=self.generation())
+            self.worker.submit(self.ahead)
 
     @property
     def busy(self) -> bool:
@@ -165,11 +184,33 @@ class ChatController(QObject):
         self._undo_question(self.histories.setdefault(self.job_key, []))
         self.status.emit("The answer failed; see the conversation")
 
+    @Slot(str, object, str, object)
+    def _on_model_state(self, state: str, *_: object) -> None:
+        """A model just loaded: read the images already chosen (a read-ahead loads nothing)."""
+        if state == READY:
+            self._read_ahead()
+
+    @Slot(int, int, int)
+    def _on_reading(self, job_id: int, read: int, total: int) -> None:
+        """Tiles read of the images of the conversation shown (its question or read-ahead)."""
+        showing = (self._mine(job_id) and self.key == self.job_key) or (
+            self.ahead is not None and self.ahead.job_id == job_id and self.ahead.turns[0].image_paths == self.key)
+        if showing:
+            self.panel.show_reading(read, total, len(self.key))
+
     @Slot(int)
     def _on_job_finished(self, job_id: int) -> None:
+        if self.ahead is not None and self.ahead.job_id == job_id:
+            stopped = self.ahead.cancel.cancelled  # something the person started came first
+            self.ahead = None
+            self.panel.show_reading(0, 0)
+            if stopped and not self.worker.closing:
+                self._read_ahead()  # goes on from the tiles read, after that job (if still wanted)
         if self._mine(job_id):
             self.job = None
+            self.panel.show_reading(0, 0)
             self._render()
+            self._read_ahead()  # images chosen while it answered about others
 
     def _undo_question(self, history: list[ChatTurn]) -> None:
         """A question with no answer leaves the history and goes back to the question box."""

@@ -6,8 +6,8 @@ import html
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QKeyEvent, QPalette, QTextCursor
-from PySide6.QtWidgets import (QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QTextBrowser,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
+                               QTextBrowser, QVBoxLayout, QWidget)
 
 from ..presets import PRESETS
 
@@ -39,6 +39,14 @@ class ChatPanel(QWidget):
         self.transcript.setObjectName("Transcript")
         self.transcript.setAccessibleName("Conversation")
         self.transcript.setOpenLinks(False)
+        # "Reading the image: 5 of 13 parts": the wait before an answer, shown as it goes
+        self.reading_label = QLabel()
+        self.reading_label.setObjectName("Hint")
+        self.reading_label.setAccessibleName("Image reading progress")
+        self.reading_bar = QProgressBar()
+        self.reading_bar.setTextVisible(False)
+        self.reading_bar.setFixedSize(160, 10)
+        self.reading_bar.setAccessibleName("Image reading progress")
         self.prompt = PromptEdit()
         self.prompt.setObjectName("PromptEdit")
         self.prompt.setAccessibleName("Question")
@@ -52,6 +60,7 @@ class ChatPanel(QWidget):
         self.preset_buttons = {key: self._preset_button(key, label) for key, (label, _) in PRESETS.items()}
         self._lay_out()
         self.set_busy(False)
+        self.show_reading(0, 0)
 
     def _button(self, text: str, tip: str, name: str = "") -> QPushButton:
         btn = QPushButton(text)
@@ -89,6 +98,11 @@ class ChatPanel(QWidget):
         layout.setSpacing(8)
         layout.addWidget(self.context_label)
         layout.addWidget(self.transcript, 1)
+        reading = QHBoxLayout()
+        reading.addWidget(self.reading_label)
+        reading.addWidget(self.reading_bar)
+        reading.addStretch(1)
+        layout.addLayout(reading)
         layout.addLayout(actions)
         layout.addLayout(presets)
         layout.addLayout(entry)
@@ -101,6 +115,18 @@ class ChatPanel(QWidget):
         self.regen_btn.setEnabled(not busy and has_answer)
         self.copy_btn.setEnabled(has_answer)
         self.clear_btn.setEnabled(not busy)
+
+    def show_reading(self, read: int, total: int, images: int = 1) -> None:
+        """How far the vision graph is through the images' tiles; hidden when `total` is 0
+        or all are read."""
+        showing = 0 < total and read < total
+        if showing:
+            what = "the image" if images == 1 else f"the {images} images"
+            self.reading_label.setText(f"Reading {what}: {read} of {total} parts")
+            self.reading_bar.setRange(0, total)
+            self.reading_bar.setValue(read)
+        self.reading_label.setVisible(showing)
+        self.reading_bar.setVisible(showing)
 
     # --- transcript ------------------------------------------------------------------------
 

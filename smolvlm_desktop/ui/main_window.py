@@ -138,6 +138,7 @@ class MainWindow(QMainWindow):
         for controller in (self.chat, self.batch, self.library):
             controller.status.connect(lambda text: self.status.showMessage(text, 6000))
         self.chat.answered.connect(self.status.set_timings)
+        self.worker.kept_memory.connect(self.status.set_kept_memory)
         workspace = QWidget()
         ws_layout = QVBoxLayout(workspace)
         ws_layout.setContentsMargins(10, 10, 10, 0)

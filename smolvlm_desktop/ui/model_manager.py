@@ -3,7 +3,8 @@ Import folder…, Remove… and Set as default.
 
 Downloading is the app's only network access, and it happens here, only when the user clicks
 Download: `hub.pull` runs in a HubTask thread (worker.py), never on the GUI thread and never
-at start-up. Listing (folder sizes), removing and setting the default are disk work and run in
+at start-up; it downloads the published weights and builds the app's graphs from them, and its
+progress says which graph it is writing. Listing (folder sizes), removing and setting the default are disk work and run in
 the task pool. After a download, an import or a default change the window loads that model.
 """
 
@@ -247,7 +248,8 @@ class ModelManagerDialog(QDialog):
                     name)
 
     def pick_import(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Import a SmolVLM ONNX model folder")
+        folder = QFileDialog.getExistingDirectory(
+            self, "Import a SmolVLM model folder (ONNX files, or a checkpoint with model.safetensors to build)")
         if folder:
             self.import_folder(folder)
 
@@ -284,6 +286,9 @@ class ModelManagerDialog(QDialog):
             self.progress.setRange(0, 1000)
             self.progress.setValue(int(1000 * p.done / p.total))
         what = self.progress_text.property("what")
+        if getattr(p, "stage", "download") == "build":  # graphs written from the downloaded weights
+            self.progress_text.setText(f"{what}: building the graphs here, step {p.done} of {p.total} ({p.file})")
+            return
         self.progress_text.setText(
             f"{what}: {human_size(p.done) or '0 B'} of {human_size(p.total)} "
             f"(file {min(p.files_done + 1, p.files_total)} of {p.files_total}: {Path(p.file).name})")

@@ -47,6 +47,8 @@ class StatusBar(QStatusBar):
         self.model_label.setAccessibleName("Model status")
         self.speed_label = QLabel("")
         self.speed_label.setAccessibleName("Speed of the last answer")
+        self._wait = ""  # where the last answer's wait went (its tooltip)
+        self._kept = ""  # what is kept in memory for follow-ups
         self.busy = QProgressBar()
         self.busy.setRange(0, 0)  # indeterminate: model loading has no measurable progress
         self.busy.setMaximumWidth(120)
@@ -86,5 +88,29 @@ class StatusBar(QStatusBar):
 
     def set_timings(self, result: GenerationResult) -> None:
         t = result.timings
-        self.speed_label.setText(f"first token {t.first_token_ms:.0f} ms · "
+        rest = max(0.0, t.first_token_ms - t.image_ms - t.prefill_ms)
+        self.speed_label.setText(f"first token {t.first_token_ms:.0f} ms (image {t.image_ms:.0f} + "
+                                 f"prompt {t.prefill_ms:.0f} + {rest:.0f}) · "
                                  f"{t.tokens_per_second:.1f} tokens/s · {t.new_tokens} tokens")
+        self._wait = wait_split(result)
+        self._show_tooltip()
+
+    def set_kept_memory(self, conversations: int, features: int) -> None:
+        """What is kept so that follow-ups start at once (dropped by the idle unload)."""
+        mb = 1024 * 1024
+        self._kept = (f"Kept for follow-ups: {conversations / mb:.0f} MB of conversation, "
+                      f"{features / mb:.0f} MB of image features") if conversations or features else ""
+        self._show_tooltip()
+
+    def _show_tooltip(self) -> None:
+        self.speed_label.setToolTip("\n".join(p for p in (self._wait, self._kept) if p))
+
+
+def wait_split(result: GenerationResult) -> str:
+    """Where the wait for the first token went: reading the images, reading the prompt (what
+    of it a kept conversation did not already hold), then choosing the first token."""
+    t = result.timings
+    rest = max(0.0, t.first_token_ms - t.image_ms - t.prefill_ms)
+    image = f"image {t.image_ms:.0f} ms ({t.tiles_read} part{'s' if t.tiles_read != 1 else ''} read)"
+    prompt = f"prompt {t.prefill_ms:.0f} ms ({t.prompt_tokens - t.cached_tokens} of {t.prompt_tokens} tokens read)"
+    return f"first token {t.first_token_ms:.0f} ms = {image} + {prompt} + first token {rest:.0f} ms"

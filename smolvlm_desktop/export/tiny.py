@@ -4,7 +4,7 @@ Why it exists: these machines cannot download the real model, yet the engine, th
 the tests need a model folder in exactly the official layout (same files, same graph names,
 same vocabulary size and special-token ids). This module writes a PyTorch checkpoint of an
 ``Idefics3ForConditionalGeneration`` that is architecturally real but tiny, plus a tokenizer
-and processor files that ``transformers`` loads like the real ones. ``export.py`` then turns
+and processor files that ``transformers`` loads like the real ones. ``export.checkpoint`` then turns
 it into ONNX; ``scripts/build_tiny_model.py`` does both and commits the result.
 
 Its answers are noise: the weights are random. Only the plumbing is real.
@@ -349,7 +349,7 @@ def build_tiny_model(model_type: str = "idefics3") -> Any:
     model_type "idefics3" (SmolVLM v1, the shipped demo) or "smolvlm" (SmolVLM2's class):
     same architecture and parameter names, so the same seed gives the same weights.
     """
-    from smolvlm_desktop.export import require_export_extra
+    from .checkpoint import require_export_extra
 
     require_export_extra()
     import transformers
@@ -377,7 +377,7 @@ def build_tiny_checkpoint(out_dir: Path, model_type: str = "idefics3") -> Path:
 
     Identical bytes on every run with the same library versions.
     """
-    from smolvlm_desktop.export import quiet_progress_bars
+    from .checkpoint import quiet_progress_bars
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

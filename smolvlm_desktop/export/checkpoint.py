@@ -1,18 +1,20 @@
-"""Export a SmolVLM PyTorch checkpoint into the official ONNX layout.
+"""Export a SmolVLM PyTorch checkpoint into the official ONNX layout, checked against transformers.
 
-Why this exists: the app only runs ONNX graphs, and these machines cannot download the
-official ones. A checkpoint folder (``save_pretrained`` of ``Idefics3ForConditionalGeneration``
-or ``SmolVLMForConditionalGeneration``) becomes the same three graphs, with the same input and
-output names, that Hugging Face publishes under ``onnx/``:
+Why this exists: the app only runs ONNX graphs. A checkpoint folder (``save_pretrained`` of
+``Idefics3ForConditionalGeneration`` or ``SmolVLMForConditionalGeneration``) becomes the same
+three graphs, with the same input and output names, that Hugging Face publishes under ``onnx/``:
 
 * ``vision_encoder.onnx``: pixel_values + pixel_attention_mask -> image_features
 * ``embed_tokens.onnx``: input_ids -> inputs_embeds
 * ``decoder_model_merged.onnx``: inputs_embeds, attention_mask, position_ids, past_key_values.*
   -> logits, present.*
 
-plus dynamically quantised variants (``*_int8.onnx``, ``*_uint8.onnx``) and the configs and
-tokenizer files the engine reads. Every fp32 graph is checked against the unmodified
-transformers model before this function returns; a mismatch raises ``ExportError``.
+plus quantised variants (``*_int8.onnx``, ``*_uint8.onnx``) and the configs and tokenizer
+files the engine reads. The graphs are written by export.build's hand-written builders (the
+same ones `models pull` runs on a user's machine without torch), fed the loaded model's
+weights; only a model they cannot write is traced with torch.onnx. Every fp32 graph is checked
+against the unmodified transformers model before this function returns; a mismatch raises
+``ExportError``.
 
 It needs the ``export`` extra (torch, transformers, onnx). Those are imported inside the
 functions so the rest of the app never pays for them.
@@ -21,45 +23,22 @@ functions so the rest of the app never pays for them.
 from __future__ import annotations
 
 import contextlib
-import logging
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import export_decoder, export_vision
-from .engine.types import EngineError
-
-VISION_GRAPH = "vision_encoder"
-EMBED_GRAPH = "embed_tokens"
-DECODER_GRAPH = "decoder_model_merged"
-GRAPHS = (VISION_GRAPH, EMBED_GRAPH, DECODER_GRAPH)
-QUANTIZATIONS = ("int8", "uint8")
-
-# Files copied verbatim from the checkpoint when present (the engine reads them).
-SIDE_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "preprocessor_config.json",
-    "processor_config.json",
-    "chat_template.json",
-    "chat_template.jinja",
-)
+from .build import build_graphs, check_quantizations, unsupported
+from .config import read_config
+from .layout import DECODER_GRAPH, EMBED_GRAPH, VISION_GRAPH, ExportError, copy_side_files, normalise
+from .quantize import quantize_variants
+from .weights import torch_weights
 
 # fp32 ONNX vs PyTorch: a graph passes when max|onnx - torch| <= ATOL + RTOL * max|torch|.
 # The scale term lets the same check serve the tiny model and a full-size one.
 ATOL = 1e-4
 RTOL = 1e-4
-
-
-class ExportError(EngineError):
-    """The export could not be done or produced a graph that does not match PyTorch."""
 
 
 def require_export_extra() -> None:
@@ -93,19 +72,6 @@ def quiet_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-@contextlib.contextmanager
-def _errors_only() -> Iterator[None]:
-    """Only errors from the root logger while ONNX Runtime's quantisers run (they advise
-    "pre-processing" on every call and log every node they touch), then the caller's level."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 # --- export-friendly modules ---------------------------------------------------------------
 def _torch_modules() -> tuple[Any, Any]:
     import torch
@@ -115,13 +81,13 @@ def _torch_modules() -> tuple[Any, Any]:
 
 
 def _make_vision_module(vlm: Any) -> Any:
-    """Wrap the vision tower + connector of an Idefics3Model / SmolVLMModel as one module.
+    """Wrap the vision tower + connector of an Idefics3Model / SmolVLMModel as one module,
+    to trace a vision tower export.vision cannot write (see its unsupported_reason).
 
     Mirrors ``get_image_features`` but avoids the two constructs the ONNX exporter cannot
     handle: ``Tensor.unfold`` for the patch mask (a reshape + sum does the same) and
     ``torch.bucketize`` for the position ids (counting boundaries <= x is its definition
-    for ``right=True``). The transformer layers are the original modules' weights and
-    arithmetic, exported with ONNX Runtime's fused attention and GELU (export_vision).
+    for ``right=True``). The transformer layers are the original modules.
     """
     torch, nn = _torch_modules()
 
@@ -136,8 +102,6 @@ def _make_vision_module(vlm: Any) -> Any:
             self.patch = int(vision.config.patch_size)
             self.side = int(self.embeddings.num_patches_per_side)
             self.scale = int(vlm.connector.scale_factor)
-            # ONNX Runtime's fused attention and GELU where the layers allow (export_vision).
-            self.fused = export_vision.unsupported_reason(vision.config) is None
             # The same float32 boundaries the reference computes on every call.
             self.register_buffer("boundaries", torch.arange(1 / self.side, 1.0, 1 / self.side),
                                  persistent=False)
@@ -152,11 +116,8 @@ def _make_vision_module(vlm: Any) -> Any:
             embeds = self.embeddings.patch_embedding(pixels).flatten(2).transpose(1, 2)
             embeds = embeds + self.embeddings.position_embedding(self._position_ids(patch_mask))
             flat_mask = patch_mask.reshape(patch_mask.shape[0], -1)
-            if self.fused:
-                hidden = export_vision.run_layers(self.encoder, embeds, flat_mask.to(torch.int32))
-            else:
-                additive = (1.0 - flat_mask.to(embeds.dtype))[:, None, None, :] * torch.finfo(embeds.dtype).min
-                hidden = self.encoder(inputs_embeds=embeds, attention_mask=additive).last_hidden_state
+            additive = (1.0 - flat_mask.to(embeds.dtype))[:, None, None, :] * torch.finfo(embeds.dtype).min
+            hidden = self.encoder(inputs_embeds=embeds, attention_mask=additive).last_hidden_state
             hidden = self.post_layernorm(hidden)
             return self.projection(self._pixel_shuffle(hidden, height // self.patch, width // self.patch))
 
@@ -196,20 +157,6 @@ def _make_vision_module(vlm: Any) -> Any:
         return real | (first & ~(real.to(torch.int32).sum() > 0))
 
     return VisionEncoder().eval()
-
-
-def _make_embed_module(lm: Any) -> Any:
-    _, nn = _torch_modules()
-
-    class EmbedTokens(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = lm.get_input_embeddings()
-
-        def forward(self, input_ids: Any) -> Any:
-            return self.embed(input_ids)
-
-    return EmbedTokens().eval()
 
 
 def _make_decoder_module(lm: Any) -> Any:
@@ -293,7 +240,8 @@ def load_checkpoint(src: Path) -> Any:
 
 # --- export ----------------------------------------------------------------------------------
 def _graph_specs(lm: Any) -> dict[str, dict[str, Any]]:
-    """For each graph: module, example inputs, names and dynamic axes."""
+    """For each graph that may need tracing (vision, decoder): module, example inputs, names and
+    dynamic axes."""
     import torch
 
     text = lm.config.get_text_config(decoder=True)
@@ -322,16 +270,6 @@ def _graph_specs(lm: Any) -> dict[str, dict[str, Any]]:
                 "pixel_values": {0: "batch_size", 1: "num_images", 3: "height", 4: "width"},
                 "pixel_attention_mask": {0: "batch_size", 1: "num_images", 2: "height", 3: "width"},
                 "image_features": {0: "num_real_images", 1: "image_seq_len"},
-            },
-        },
-        EMBED_GRAPH: {
-            "module": _make_embed_module(lm),
-            "args": (torch.randint(0, int(text.vocab_size), (batch, seq), generator=gen),),
-            "inputs": ["input_ids"],
-            "outputs": ["inputs_embeds"],
-            "axes": {
-                "input_ids": {0: "batch_size", 1: "sequence_length"},
-                "inputs_embeds": {0: "batch_size", 1: "sequence_length"},
             },
         },
         DECODER_GRAPH: {
@@ -376,115 +314,31 @@ def _export_graph(spec: dict[str, Any], path: Path, opset: int) -> None:
             do_constant_folding=True,
             dynamo=False,
         )
-    _normalise(path)
-
-
-def _normalise(path: Path) -> None:
-    """Remove doc strings and producer metadata that can differ between runs or machines."""
-    import onnx
-
-    model = onnx.load(str(path))
-    model.doc_string = ""
-    model.graph.doc_string = ""
-    del model.metadata_props[:]
-    for node in model.graph.node:
-        node.doc_string = ""
-    # Intermediate shapes are re-inferred by ONNX Runtime; storing them only adds bytes.
-    del model.graph.value_info[:]
-    onnx.save(model, str(path))
+    normalise(path)
 
 
 def export_checkpoint(src: Path, dst: Path, quantize: Sequence[str] = ("int8",), opset: int = 17) -> None:
     """Export the checkpoint in ``src`` into a model folder ``dst`` in the official layout.
 
-    ``quantize`` lists extra variants to write ("int8", "uint8"). The fp32 graphs are
-    verified against PyTorch; ``ExportError`` is raised on any mismatch.
+    The graphs are written by the same builders a user's machine runs (export.build), from the
+    weights of the loaded transformers model; only a model those cannot write is traced. Every
+    fp32 graph is then verified against the unmodified transformers model (``ExportError`` on
+    any mismatch) and ``quantize`` lists the extra variants to write ("int8", "uint8").
     """
     src, dst = Path(src), Path(dst)
-    unknown = [q for q in quantize if q not in QUANTIZATIONS]
-    if unknown:
-        raise ExportError(f"unknown quantization {unknown}; choose from {list(QUANTIZATIONS)}")
+    check_quantizations(quantize)
     lm = load_checkpoint(src)
+    config = read_config(src)
     onnx_dir = dst / "onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
-    text = lm.config.get_text_config(decoder=True)
-    for name, spec in _graph_specs(lm).items():
-        if name == DECODER_GRAPH and export_decoder.unsupported_reason(text) is None:
-            export_decoder.build_decoder(lm, onnx_dir / f"{name}.onnx", opset)
-            _normalise(onnx_dir / f"{name}.onnx")
-        else:
-            _export_graph(spec, onnx_dir / f"{name}.onnx", opset)
-        if name == VISION_GRAPH:
-            export_vision.skip_mask_when_all_real(onnx_dir / f"{name}.onnx")
+    traced = unsupported(config)
+    build_graphs(config, torch_weights(lm), onnx_dir, opset, skip=list(traced))
+    specs = _graph_specs(lm)
+    for name in traced:
+        _export_graph(specs[name], onnx_dir / f"{name}.onnx", opset)
     verify_export(lm, onnx_dir)
-    for kind in quantize:
-        for name in GRAPHS:
-            source, target = onnx_dir / f"{name}.onnx", onnx_dir / f"{name}_{kind}.onnx"
-            if name == DECODER_GRAPH and kind == "int8":
-                quantize_decoder_weights(source, target, decoder_weight_block(text))
-            else:
-                quantize_graph(source, target, kind)
+    quantize_variants(onnx_dir, quantize, config.text)
     copy_side_files(src, dst)
-
-
-def copy_side_files(src: Path, dst: Path) -> None:
-    for name in SIDE_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)
-
-
-def quantize_graph(fp32_path: Path, out_path: Path, kind: str) -> None:
-    """Dynamic quantisation of the weights (MatMul and Gather) to int8 or uint8."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    weight_type = QuantType.QInt8 if kind == "int8" else QuantType.QUInt8
-    with _errors_only():
-        # DefaultTensorType: ONNX's shape inference does not know ONNX Runtime's fused ops (the
-        # hand-written decoder's), so it cannot tell their outputs are float; they are.
-        quantize_dynamic(fp32_path, out_path, weight_type=weight_type, op_types_to_quantize=["MatMul", "Gather"],
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    _normalise(out_path)
-
-
-# MatMulNBits block sizes to try for the decoder's int8 file, largest first: the first that
-# divides every matrix's input size is used, so no block is padded (SmolVLM-256M's 576 takes
-# 64). A dimension smaller than every block (the tiny demo model's 8) takes the smallest.
-DECODER_WEIGHT_BLOCKS = (128, 64, 32, 16)
-
-
-def decoder_weight_block(text_config: Any) -> int:
-    """The block size for the decoder's MatMulNBits weights (see DECODER_WEIGHT_BLOCKS)."""
-    heads = int(text_config.num_attention_heads)
-    head_dim = int(getattr(text_config, "head_dim", None) or text_config.hidden_size // heads)
-    inputs = {int(text_config.hidden_size), int(text_config.intermediate_size), heads * head_dim}
-    return next((b for b in DECODER_WEIGHT_BLOCKS if all(k % b == 0 for k in inputs)), DECODER_WEIGHT_BLOCKS[-1])
-
-
-def quantize_decoder_weights(fp32_path: Path, out_path: Path, block: int) -> None:
-    """The decoder's int8 variant: 8-bit block-wise weights (MatMulNBits, accuracy level 4:
-    the activations are quantised per row and block inside the op), not per-tensor dynamic
-    quantisation.
-
-    Why, measured on the random-weight 256M (2 threads, AVX-512 VNNI): the logits stay closer
-    to fp32 (cosine 0.9993 vs 0.9968, top-1 agreement 0.95 vs 0.92 over 60 positions), and each
-    row of a batch is quantised on its own, so a caption does not depend on the images that
-    share its decoding batch (with dynamic quantisation's one scale per tensor, a row's logits
-    moved by up to 17 when decoded beside three others; here by 6e-5). Speed is the same
-    within noise (7.9 vs 8.1 ms per step, interleaved A/B; block 128, padded, 8.4 ms). The
-    vision graph stays dynamic int8, which was faster there (512 vs 745 ms per tile). Needs
-    ONNX Runtime 1.23+ (8-bit kernels on x64 came in 1.22, on ARM64 in 1.23)."""
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
-                                                                 MatMulNBitsQuantizer)
-
-    with _errors_only():
-        config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=8)
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), block_size=block, is_symmetric=True,
-                                         accuracy_level=4, algo_config=config)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(out_path), use_external_data_format=False)
-    _normalise(out_path)
 
 
 # --- verification ----------------------------------------------------------------------------

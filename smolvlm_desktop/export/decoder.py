@@ -24,13 +24,15 @@ multiple of 8); anything else keeps the traced export (`unsupported_reason` says
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from .engine.generate import LOGITS_TO_KEEP
+from ..engine.generate import LOGITS_TO_KEEP
+from .graph import MS_DOMAIN, Graph
+from .layout import save_normalised
 
-MS_DOMAIN = "com.microsoft"
 
 
 def unsupported_reason(text_config: Any) -> str | None:
@@ -51,67 +53,54 @@ def unsupported_reason(text_config: Any) -> str | None:
     return None
 
 
-class _Graph:
-    """Collects nodes and initializers with unique names."""
-
-    def __init__(self) -> None:
-        self.nodes: list[Any] = []
-        self.initializers: list[Any] = []
-        self._count = 0
-
-    def name(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}_{self._count}"
-
-    def const(self, hint: str, value: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        name = self.name(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], hint: str, outputs: int | list[str] = 1,
-           domain: str = "", **attrs: Any) -> Any:
-        """Add a node; return its output name (or names, when there are several)."""
-        from onnx import helper
-
-        names = outputs if isinstance(outputs, list) else [self.name(f"{hint}/{op_type}") for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, names, name=self.name(hint), domain=domain, **attrs))
-        return names[0] if len(names) == 1 else names
+TEXT_PREFIX = "model.text_model."
 
 
-def _weight(linear: Any) -> np.ndarray:
-    """A torch Linear's weight as the [in, out] matrix MatMul takes."""
-    return linear.weight.detach().float().numpy().T
+def _matrix(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    """A Linear layer's [out, in] weight as the [in, out] matrix MatMul takes."""
+    return np.ascontiguousarray(weights[name].T)
+
+
+def lm_head_name(weights: Mapping[str, np.ndarray], tied: bool) -> str:
+    """The LM head's tensor: lm_head.weight when the config unties it and the checkpoint has it;
+    otherwise the token embedding. (An untied config without the tensor is one saved by
+    transformers 4, whose default tied the head and so was left out of config.json; transformers
+    5 reads its absence as untied and would start from a random head.)"""
+    return "lm_head.weight" if not tied and "lm_head.weight" in weights else f"{TEXT_PREFIX}embed_tokens.weight"
 
 
 def rope_tables(text_config: Any, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin per position for the first half of a head, computed with torch exactly as
-    transformers' default rotary embedding does (inv_freq times the position, in float32)."""
-    import torch
+    """cos/sin per position for the first half of a head.
 
+    As transformers' default rotary embedding, in float32: inv_freq = 1 / theta^(2i / head_dim),
+    angle = position * inv_freq. The power, cosine and sine are taken in float64 and rounded
+    once: the same tables on every CPU without torch (torch's float32 power is nearly correctly
+    rounded, so inv_freq comes out as transformers' on SmolVLM's configs; its float32 cos and
+    sin are off by an ulp here and there, as numpy's are, differently per vector path)."""
     rope = getattr(text_config, "rope_parameters", None) or {}
     theta = float(rope.get("rope_theta", getattr(text_config, "rope_theta", 10000.0)))
     positions = int(text_config.max_position_embeddings)
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-    freqs = torch.arange(positions, dtype=torch.int64).float()[:, None] * inv_freq[None, :]
-    return freqs.cos().numpy(), freqs.sin().numpy()
+    exponent = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+    inv_freq = np.float32(1.0) / (theta ** exponent.astype(np.float64)).astype(np.float32)
+    freqs = np.arange(positions, dtype=np.int64).astype(np.float32)[:, None] * inv_freq[None, :]
+    angles = freqs.astype(np.float64)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def build_decoder(lm: Any, path: Path, opset: int = 17) -> None:
-    """Write `lm`'s text model + LM head as decoder_model_merged.onnx at `path`."""
-    from onnx import helper, save
+def build_decoder(text: Any, weights: Mapping[str, np.ndarray], path: Path, opset: int = 17,
+                  tied: bool = True) -> None:
+    """Write the text model + LM head as decoder_model_merged.onnx at `path`.
 
-    text = lm.config.get_text_config(decoder=True)
+    `text` is the text config (transformers' or export.config's), `weights` the checkpoint's
+    float32 tensors by name (export.weights), `tied` whether the LM head is the embedding."""
     reason = unsupported_reason(text)
     if reason:
         raise ValueError(reason)
-    model = lm.model.text_model
     heads, kv_heads = int(text.num_attention_heads), int(text.num_key_value_heads)
     hidden = int(text.hidden_size)
     head_dim = int(getattr(text, "head_dim", None) or hidden // heads)
     eps = float(text.rms_norm_eps)
-    g = _Graph()
+    g = Graph()
 
     mask = _prelude(g)
     cos, sin = rope_tables(text, head_dim)
@@ -121,11 +110,11 @@ def build_decoder(lm: Any, path: Path, opset: int = 17) -> None:
     split_mlp = g.const("split_mlp", np.array([inter, inter], np.int64))
 
     residual, pending = "inputs_embeds", None  # pending: the last block's output, not yet added
-    for i, layer in enumerate(model.layers):
-        hint = f"layers.{i}"
-        normed, residual = _norm(g, pending, residual, layer.input_layernorm, eps, f"{hint}/input_norm")
-        attn = layer.self_attn
-        qkv_w = np.concatenate([_weight(attn.q_proj), _weight(attn.k_proj), _weight(attn.v_proj)], axis=1)
+    for i in range(int(text.num_hidden_layers)):
+        hint, w = f"layers.{i}", f"{TEXT_PREFIX}layers.{i}."
+        normed, residual = _norm(g, pending, residual, weights[f"{w}input_layernorm.weight"], eps,
+                                 f"{hint}/input_norm")
+        qkv_w = np.concatenate([_matrix(weights, f"{w}self_attn.{p}_proj.weight") for p in "qkv"], axis=1)
         qkv = g.op("MatMul", [normed, g.const(f"{hint}.qkv", qkv_w)], f"{hint}/qkv")
         q, k, v = g.op("Split", [qkv, split_qkv], f"{hint}/qkv", outputs=3, axis=-1)
         q = g.op("RotaryEmbedding", [q, "position_ids", cos_name, sin_name], f"{hint}/rope_q",
@@ -140,20 +129,20 @@ def build_decoder(lm: Any, path: Path, opset: int = 17) -> None:
              mask.seqlens_k, mask.total, "", "", "", mask.bias],
             f"{hint}/attention", outputs=[g.name(f"{hint}/context"), f"present.{i}.key", f"present.{i}.value"],
             domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads, scale=head_dim**-0.5)
-        attn_out = g.op("MatMul", [context, g.const(f"{hint}.o_proj", _weight(attn.o_proj))], f"{hint}/o_proj")
-        normed, residual = _norm(g, attn_out, residual, layer.post_attention_layernorm, eps, f"{hint}/post_norm")
-        pending = _mlp(g, normed, layer.mlp, split_mlp, hint)
+        o_proj = _matrix(weights, f"{w}self_attn.o_proj.weight")
+        attn_out = g.op("MatMul", [context, g.const(f"{hint}.o_proj", o_proj)], f"{hint}/o_proj")
+        normed, residual = _norm(g, attn_out, residual, weights[f"{w}post_attention_layernorm.weight"], eps,
+                                 f"{hint}/post_norm")
+        pending = _mlp(g, normed, weights, f"{w}mlp.", split_mlp, hint)
 
-    normed, _ = _norm(g, pending, residual, model.norm, eps, "final_norm")
+    normed, _ = _norm(g, pending, residual, weights[f"{TEXT_PREFIX}norm.weight"], eps, "final_norm")
     normed = _keep_last(g, normed)
-    g.op("MatMul", [normed, g.const("lm_head", _weight(lm.lm_head))], "lm_head", outputs=["logits"])
+    head = _matrix(weights, lm_head_name(weights, tied))
+    g.op("MatMul", [normed, g.const("lm_head", head)], "lm_head", outputs=["logits"])
 
-    graph = helper.make_graph(g.nodes, "smolvlm_decoder", _inputs(text, head_dim) + [_logits_to_keep_input()],
-                              _outputs(text, head_dim), initializer=g.initializers)
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
-                                                          helper.make_opsetid(MS_DOMAIN, 1)])
-    onnx_model.ir_version = 8
-    save(onnx_model, str(path))
+    model = g.model("smolvlm_decoder", _inputs(text, head_dim) + [_logits_to_keep_input()], _outputs(text, head_dim),
+                    {"": opset, MS_DOMAIN: 1})
+    save_normalised(model, path)
 
 
 class _Mask(NamedTuple):
@@ -164,7 +153,7 @@ class _Mask(NamedTuple):
     total: str      # int32 scalar: keys after this step
 
 
-def _prelude(g: _Graph) -> _Mask:
+def _prelude(g: Graph) -> _Mask:
     """The step's attention mask, once per step.
 
     A query at absolute position total - seq + s sees the keys at positions <= its own that
@@ -195,9 +184,10 @@ def _prelude(g: _Graph) -> _Mask:
     return _Mask(bias, seqlens_k, total32)
 
 
-def _norm(g: _Graph, pending: str | None, residual: str, norm: Any, eps: float, hint: str) -> tuple[str, str]:
+def _norm(g: Graph, pending: str | None, residual: str, norm_weight: np.ndarray, eps: float,
+          hint: str) -> tuple[str, str]:
     """RMSNorm of residual + pending; returns (normed, new residual)."""
-    weight = g.const(f"{hint}.weight", norm.weight.detach().float().numpy())
+    weight = g.const(f"{hint}.weight", norm_weight)
     if pending is None:
         return g.op("SimplifiedLayerNormalization", [residual, weight], hint, axis=-1, epsilon=eps), residual
     normed, _, _, summed = g.op("SkipSimplifiedLayerNormalization", [pending, residual, weight], hint,
@@ -211,7 +201,7 @@ def _logits_to_keep_input() -> Any:
     return helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, [])
 
 
-def _keep_last(g: _Graph, hidden: str) -> str:
+def _keep_last(g: Graph, hidden: str) -> str:
     """The LM head's input cut to the last `logits_to_keep` positions (0, the default: all).
 
     Why: a prefill needs only the last position's logits, and the LM head over all of a
@@ -228,14 +218,16 @@ def _keep_last(g: _Graph, hidden: str) -> str:
     return g.op("Slice", [hidden, start, end, g.const("keep_axis", np.array([1], np.int64))], "keep/slice")
 
 
-def _mlp(g: _Graph, x: str, mlp: Any, split: str, hint: str) -> str:
+def _mlp(g: Graph, x: str, weights: Mapping[str, np.ndarray], prefix: str, split: str, hint: str) -> str:
     """down(silu(gate(x)) * up(x)) with gate and up in one MatMul."""
-    gate_up = np.concatenate([_weight(mlp.gate_proj), _weight(mlp.up_proj)], axis=1)
+    gate_up = np.concatenate([_matrix(weights, f"{prefix}gate_proj.weight"),
+                              _matrix(weights, f"{prefix}up_proj.weight")], axis=1)
     both = g.op("MatMul", [x, g.const(f"{hint}.gate_up", gate_up)], f"{hint}/gate_up")
     gate, up = g.op("Split", [both, split], f"{hint}/gate_up", outputs=2, axis=-1)
     act = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{hint}/sigmoid")], f"{hint}/silu")
     product = g.op("Mul", [act, up], f"{hint}/gated")
-    return g.op("MatMul", [product, g.const(f"{hint}.down", _weight(mlp.down_proj))], f"{hint}/down")
+    down = _matrix(weights, f"{prefix}down_proj.weight")
+    return g.op("MatMul", [product, g.const(f"{hint}.down", down)], f"{hint}/down")
 
 
 def _inputs(text: Any, head_dim: int) -> list[Any]:
