@@ -97,6 +97,12 @@ def models_dir() -> Path:
     return data_dir() / "models"
 
 
+def pasted_dir() -> Path:
+    """Pictures pasted from the clipboard: kept here so a chat about one can still find it;
+    forgetting the image in the library deletes the copy."""
+    return data_dir() / "pasted"
+
+
 def library_path() -> Path:
     return data_dir() / "library.sqlite3"
 

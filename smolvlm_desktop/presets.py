@@ -16,9 +16,11 @@ PRESETS: dict[str, tuple[str, str]] = {
 DEFAULT_PRESET = "caption"
 
 
-def preset_prompt(key: str) -> str:
-    """The prompt for a preset; a clear KeyError naming the valid keys otherwise."""
+def preset_prompt(key: str, images: int = 1) -> str:
+    """The prompt for a preset; a clear KeyError naming the valid keys otherwise. With several
+    images in one question it speaks of "these N images", not "this image"."""
     try:
-        return PRESETS[key][1]
+        prompt = PRESETS[key][1]
     except KeyError:
         raise KeyError(f"unknown preset {key!r}; choose one of {', '.join(PRESETS)}") from None
+    return prompt.replace("this image", f"these {images} images") if images > 1 else prompt

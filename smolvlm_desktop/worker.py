@@ -75,6 +75,7 @@ class ChatJob(Job):
     settings: GenerationSettings = field(default_factory=GenerationSettings)
     record: bool = True  # remember the answer in the library (not for a batch trial)
     chat_id: int | None = None  # the library row of this conversation, once it has one
+    regenerate: bool = False  # a new answer to the last question: if stopped, the old one stays
 
 
 @dataclass
@@ -368,7 +369,7 @@ class EngineWorker(QObject):
                  if p in self._image_cache]
         self._measure(model, sizes, job.settings.detail, self._with_read_ahead(job.turns, result.timings),
                       result.stop_reason)
-        if job.record and result.text.strip():
+        if job.record and result.text.strip() and not (job.regenerate and result.stop_reason == "cancelled"):
             self._record_chat(job, result.text, model.info.name)
 
     def _run_read_ahead(self, job: ReadAheadJob) -> None:
@@ -384,17 +385,14 @@ class EngineWorker(QObject):
             messages, job.settings, cancel=job.cancel,
             on_progress=lambda read, total: self.reading.emit(job.job_id, read, total))
         if timings is not None and timings.tiles_read:
-            self._read_ahead[_images_of(job.turns)] = timings
+            key = _images_of(job.turns)
+            self._read_ahead[key] = _added(self._read_ahead.get(key), timings)
 
     def _with_read_ahead(self, turns: list[ChatTurn], timings: Any) -> Any:
-        """An answer's timings with the read-ahead's reading of its images added back (once),
-        so that the time estimates still learn from a question that was read ahead."""
-        ahead = self._read_ahead.pop(_images_of(turns), None)
-        if ahead is None or timings.tiles_read:
-            return timings
-        return dataclasses.replace(timings, image_ms=timings.image_ms + ahead.image_ms,
-                                   prefill_ms=timings.prefill_ms + ahead.prefill_ms,
-                                   tiles_read=ahead.tiles_read)
+        """An answer's timings with the read-aheads' reading of its images added back (once),
+        so that the time estimates still learn from a question that was read ahead, whole or
+        in part (a read-ahead stopped by the question, or by another job, and taken up again)."""
+        return _added(self._read_ahead.pop(_images_of(turns), None), timings)
 
     def _conversation(self, model: Any, turns: list[ChatTurn]) -> Any:
         """The kept Conversation of the chat about these images (made, and the oldest
@@ -573,6 +571,15 @@ class EngineWorker(QObject):
             self.library.close()
             self.library = None
             self._library_state = "off"
+
+
+def _added(ahead: Any, timings: Any) -> Any:
+    """`timings` with the reading (tiles, image and prompt time) of `ahead` added; None: as is."""
+    if ahead is None:
+        return timings
+    return dataclasses.replace(timings, image_ms=timings.image_ms + ahead.image_ms,
+                               prefill_ms=timings.prefill_ms + ahead.prefill_ms,
+                               tiles_read=timings.tiles_read + ahead.tiles_read)
 
 
 def _images_of(turns: list[ChatTurn]) -> tuple[str, ...]:

@@ -121,10 +121,10 @@ def test_ctrl_c_in_a_batch_keeps_what_is_done_and_says_how_to_resume(
 
 def test_ctrl_c_in_plain_mode_ends_the_half_printed_caption_line(
         tmp_path: Path, capfd, monkeypatch: pytest.MonkeyPatch) -> None:
-    from smolvlm_desktop.engine.model import VisionLanguageModel
+    from smolvlm_desktop.engine.conversation import Conversation
 
     images = photos(tmp_path, 2)
-    real_stream = VisionLanguageModel.stream
+    real_stream = Conversation.stream  # what `caption` answers through (one per image)
 
     def stream(self, *args, **kwargs):  # the real stream, with Ctrl+C after its first tokens
         generation = real_stream(self, *args, **kwargs)
@@ -133,7 +133,7 @@ def test_ctrl_c_in_plain_mode_ends_the_half_printed_caption_line(
             if count == 1:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(VisionLanguageModel, "stream", stream)
+    monkeypatch.setattr(Conversation, "stream", stream)
     assert main(["caption", *map(str, images), *FAST, "--max-new-tokens", "8"]) == 130
     out, err = capfd.readouterr()
     assert out.startswith(f"{images[0]}: ") and out.endswith("\n") and out.count("\n") == 1

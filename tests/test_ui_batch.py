@@ -167,15 +167,22 @@ def test_gallery_selection_as_the_source(qtbot, window, folder: Path) -> None:
 
 def test_a_missing_folder_is_explained_not_started(qtbot, window, tmp_path: Path) -> None:
     set_up(window, tmp_path / "nope")
-    window.batch_panel.setup.start_btn.click()
+    setup = window.batch_panel.setup
+    assert not setup.start_btn.isEnabled()
+    window.batch_start()  # Ctrl+B
     assert window.batch.job is None
-    assert "folder" in window.batch_panel.setup.preview.toPlainText()
+    assert "folder" in setup.destination.text() and str(tmp_path / "nope") in setup.destination.text()
 
 
 def test_expected_time_per_detail_level_appears_once_measured(qtbot, window, tmp_path: Path) -> None:
     setup = window.batch_panel.setup
     assert setup.estimate.isHidden(), "no guess before anything was measured"
+    reads = []
+    window.worker.reading.connect(lambda job_id, read, total: reads.append((read, total)))
     add_images(qtbot, window, [make_image(tmp_path / "a.png", size=(640, 640))])
+    # The image is read ahead as soon as it is chosen; a question asked while that runs would
+    # read only the rest, and only an answer whose reading is all known counts as a measure.
+    qtbot.waitUntil(lambda: any(read == total > 0 for read, total in reads), timeout=TIMEOUT_MS)
     measured = []
     window.worker.measured.connect(measured.append)
     window.chat.ask("Describe this image.")

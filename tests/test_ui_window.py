@@ -92,7 +92,7 @@ def test_paste_an_image_from_the_clipboard(qtbot) -> None:
     pasted = Path(window.gallery.paths()[0])
     assert pasted.is_file() and pasted.suffix == ".png"
     window.close()
-    assert not pasted.exists()  # the private temporary copy is removed on exit
+    assert pasted.is_file()  # kept in the data folder: a chat about it can find it again
 
 
 def test_dark_theme_applies_and_is_saved(qtbot, tmp_path: Path) -> None:

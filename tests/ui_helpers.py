@@ -127,3 +127,23 @@ def answer_next_dialog(button_text: str, seen: list[str] | None = None) -> None:
         match[0].click()
 
     QTimer.singleShot(0, answer)
+
+
+SHOTS = Path(os.environ.get("SMOLVLM_SHOTS") or ARTIFACTS)  # where shoot_themes puts its pictures
+
+
+def shoot_themes(widget, name: str, size: tuple[int, int] = (1024, 700)) -> list[Path]:
+    """Screenshot a window (or a dialog of one) in the light and the dark theme at `size`
+    (1024x700: the smallest size we promise). Ends in the light theme. $SMOLVLM_SHOTS chooses
+    the folder."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    owner = widget if hasattr(widget, "set_theme") else widget.parent()
+    saved = []
+    for name_of_theme in ("dark", "light"):
+        owner.set_theme(name_of_theme)
+        widget.resize(*size)
+        QApplication.processEvents()
+        target = SHOTS / f"{name}-{name_of_theme}.png"
+        assert widget.grab().save(str(target)), f"could not save {target}"
+        saved.append(target)
+    return saved

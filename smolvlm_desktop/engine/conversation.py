@@ -124,7 +124,8 @@ class Conversation:
         `messages` is the conversation as it will be asked, the question's text left empty.
         Cancelling stops within the tile or decoder call under way; the tiles read so far are
         kept (FeatureCache) and the question goes on from them. Returns what the reading
-        took (image_ms, tiles_read, prefill_ms), or None when it was stopped first."""
+        took (image_ms, tiles_read, prefill_ms): for a stopped one, the tiles it did read
+        (None when it read none), so that what the question then reads adds up to the whole."""
         from .model import _Terminated, image_spans
 
         settings = settings or GenerationSettings()
@@ -150,7 +151,7 @@ class Conversation:
             self._state.forward(embeds, run_options)
             timings.prefill_ms += (time.perf_counter() - t0) * 1000
         except _Terminated:
-            return None
+            return timings if timings.tiles_read else None
         timings.prompt_tokens, timings.cached_tokens = end, start
         return timings
 

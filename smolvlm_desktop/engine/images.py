@@ -53,6 +53,14 @@ def allowed_formats() -> tuple[str, ...]:
     return tuple(f for f in ALLOWED_FORMATS + OPTIONAL_FORMATS if f in Image.OPEN)
 
 
+def readable_extensions() -> tuple[str, ...]:
+    """The extensions this computer decodes (AVIF/HEIC only with their decoder), sorted: what
+    an open dialog or a help text may offer."""
+    formats = allowed_formats()
+    return tuple(sorted(e for e, f in _EXTENSION_FORMATS.items()
+                        if f in formats or (f in _JPEG_FAMILY and "JPEG" in formats)))
+
+
 def _register_heif() -> None:
     """iPhone photos are HEIC; pillow-heif adds that decoder when the user installed it."""
     try:

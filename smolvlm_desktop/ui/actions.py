@@ -10,9 +10,11 @@ from PySide6.QtWidgets import QMainWindow, QMenu
 # (menu, text, shortcut, handler name on the window); None text = separator
 MENUS: list[tuple[str, list[tuple[str, str, str] | None]]] = [
     ("&File", [("Open images…", "Ctrl+O", "open_images"), ("Open folder…", "Ctrl+Shift+O", "open_folder"),
-               ("Paste image", "Ctrl+V", "paste"), None,
-               ("Remove selected from gallery", "Delete", "remove_selected"),
-               ("Select all images", "Ctrl+A", "select_all"), None, ("Quit", "Ctrl+Q", "close")]),
+               None, ("Remove selected from gallery", "Delete", "remove_selected"), None,
+               ("Quit", "Ctrl+Q", "close")]),
+    ("&Edit", [("Paste image", "Ctrl+V", "paste"), ("Select all images", "Ctrl+A", "select_all"),
+               None, ("Preferences…", "Ctrl+,", "preferences")]),
+    ("&View", []),  # the Theme submenu
     ("&Chat", [("Ask", "Ctrl+Return", "chat_send"), ("Stop", "Esc", "stop"),
                ("Regenerate", "Ctrl+R", "chat_regenerate"), ("Copy answer", "Ctrl+Shift+C", "chat_copy"),
                ("Clear conversation", "Ctrl+L", "chat_clear"), None,
@@ -21,8 +23,9 @@ MENUS: list[tuple[str, list[tuple[str, str, str] | None]]] = [
                 ("Cancel batch", "Ctrl+Shift+X", "batch_cancel"), None, ("Go to batch", "Ctrl+2", "show_batch")]),
     ("&Library", [("Search the library", "Ctrl+F", "library_search"), None,
                   ("Forget selected images…", "", "forget_selected"),
-                  ("Forget everything…", "", "forget_everything")]),
-    ("&Model", [("Manage models…", "Ctrl+M", "manage_models"), ("Preferences…", "Ctrl+,", "preferences")]),
+                  ("Forget everything…", "", "forget_everything"), None,
+                  ("Go to library", "Ctrl+3", "show_library")]),
+    ("&Model", [("Manage models…", "Ctrl+M", "manage_models")]),
     ("&Help", [("Keyboard shortcuts", "F1", "show_shortcuts"), ("About SmolVLM Desktop", "", "about")]),
 ]
 
@@ -42,9 +45,11 @@ def build_menus(window: QMainWindow, themes: list[str], on_theme: Callable[[str]
             if keys:
                 action.setShortcut(QKeySequence(keys))
             action.triggered.connect(getattr(window, handler))
+            if handler == "preferences":  # macOS moves it to the application menu
+                action.setMenuRole(QAction.MenuRole.PreferencesRole)
             menu.addAction(action)
             actions[handler] = action
-        if title == "&Model":
+        if title == "&View":
             _theme_menu(menu.addMenu("Theme"), window, themes, on_theme, current_theme, actions)
     return actions
 

@@ -11,15 +11,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, Signal, Slot
+from PySide6.QtCore import QObject, QUrl, Signal, Slot
+from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QFileDialog, QListWidgetItem, QMessageBox
 
 from ..engine.types import GenerationResult, GenerationSettings
+from ..library.writers import AGGREGATE_NAMES
 from ..presets import preset_prompt
 from ..settings import Settings
 from ..worker import BatchJob, ChatJob, ChatTurn, EngineWorker
-from .batch_panel import CUSTOM, BatchPanel
+from .batch_panel import CUSTOM, DETAIL_LEVEL_TEXT, BatchPanel, model_detail_text, vision_passes
 from .tasks import TaskRunner
+from .text import local_time, reason_for
 
 PATH_ROLE = 0x0100  # Qt.UserRole
 
@@ -35,13 +38,7 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-DETAIL_LEVELS = (512, 1024, 1536, 2048)
-
-
-def vision_passes(longest_edge: int, tile: int = 512) -> int:
-    """Tiles of a square image at this detail: 512 -> 1, 1024 -> 5, 1536 -> 10, 2048 -> 17."""
-    n = -(-longest_edge // tile)
-    return 1 if n <= 1 else n * n + 1
+DETAIL_LEVELS = tuple(DETAIL_LEVEL_TEXT)  # 512, 1024, 1536, 2048
 
 
 class SpeedEstimate:
@@ -82,11 +79,10 @@ def describe_job(job: Any) -> str:
     """One sentence about an unfinished library job (JobInfo) for the resume bar."""
     c = job.counts
     finished = c.get("done", 0) + c.get("skipped", 0) + c.get("failed", 0)
-    when = str(job.created_at).replace("T", " ")[:16]
     folder = job.settings.get("aggregate_dir")
-    where = f" in {Path(folder).name or folder}" if folder else ""
+    where = f" of “{Path(folder).name or folder}”" if folder else ""
     verb = "was cancelled" if job.state == "cancelled" else "did not finish"
-    return (f"A batch{where} started {when} (UTC) {verb}: {finished} of {c.get('total', 0)} "
+    return (f"A batch{where} started {local_time(job.created_at)} {verb}: {finished} of {c.get('total', 0)} "
             f"images are done, {c.get('total', 0) - finished} still to caption.")
 
 
@@ -112,10 +108,16 @@ class BatchController(QObject):
         self.counts = {"done": 0, "skipped": 0, "failed": 0}
         self.in_flight: dict[str, int] = {}  # started, not yet done: a group decodes together
         self._total = 0
+        self._running_title = ""  # the run page's title while not paused
         self.failures: list[tuple[str, str]] = []
+        self.written: list[Path] = []  # files the running or last batch wrote
+        self.run_folder: Path | None = None  # the folder the last batch captioned, if one
+        self._problem_shown = False  # the trial box holds a complaint, not a caption
+        self._folder_typed = False  # the user chose a folder this session: never replaced
         self._connect()
         self._load_settings()
         self._preset_changed()
+        self.update_actions()
 
     def _connect(self) -> None:
         s, r, m = self.panel.setup, self.panel.run, self.panel.summary
@@ -124,11 +126,17 @@ class BatchController(QObject):
         s.start_btn.clicked.connect(self.start)
         s.try_btn.clicked.connect(self.try_one)
         s.folder_edit.textChanged.connect(lambda: s.folder_radio.setChecked(True))
+        s.folder_edit.textEdited.connect(lambda: setattr(self, "_folder_typed", True))
+        for changed in (s.folder_edit.textChanged, s.folder_radio.toggled, s.recursive_check.toggled,
+                        s.prompt_edit.textChanged, *(c.toggled for c in s.format_checks.values())):
+            changed.connect(self.update_actions)
         s.resume_btn.clicked.connect(self.resume)
         s.dismiss_btn.clicked.connect(lambda: self.offer_resume(None))
         r.pause_btn.clicked.connect(self.toggle_pause)
         r.cancel_btn.clicked.connect(self.cancel)
         m.back_btn.clicked.connect(lambda: self.panel.setCurrentWidget(s))
+        m.open_btn.clicked.connect(self.open_output_folder)
+        m.retry_btn.clicked.connect(self.retry_failed)
         m.failures.itemActivated.connect(self._failure_clicked)
         m.failures.itemClicked.connect(self._failure_clicked)
         w = self.worker
@@ -190,29 +198,83 @@ class BatchController(QObject):
         start = self.panel.setup.folder_edit.text() or str(Path.home())
         folder = QFileDialog.getExistingDirectory(self.panel, "Folder to caption", start)
         if folder:
-            self.panel.setup.folder_edit.setText(folder)
+            self.set_folder(folder)
+
+    def set_folder(self, folder: str) -> None:
+        """The user's choice of folder (Browse…, or a folder dropped on the batch page)."""
+        self._folder_typed = True
+        self.panel.setup.folder_edit.setText(folder)
 
     # --- starting --------------------------------------------------------------------------
 
     def _problem(self, text: str) -> bool:
-        """Say what is missing (status bar + the trial box) and return False."""
-        self.panel.setup.preview.setPlainText(text)
+        """Say what is missing (status bar + the trial box, unless the line beside the buttons
+        says it already) and return False. update_actions clears it once it no longer holds."""
+        setup = self.panel.setup
+        if text != setup.destination.text():
+            setup.preview.setPlainText(text)
+            self._problem_shown = True
         self.status.emit(text)
         return False
+
+    def source_folder(self) -> Path | None:
+        """The typed folder when it is a full path to a folder. An empty field is no choice:
+        `Path("")` and `Path(".")` are the folder the app was started from (often home)."""
+        text = self.panel.setup.folder_edit.text().strip()
+        folder = Path(text).expanduser() if text else None
+        return folder if folder is not None and folder.is_absolute() and folder.is_dir() else None
+
+    def _missing(self, writing: bool) -> str:
+        """What stops the batch (or, writing=False, the trial) from starting; "" when nothing."""
+        s = self.panel.setup
+        if not self.prompt():
+            return "Write a prompt first."
+        if s.folder_radio.isChecked() and self.source_folder() is None:
+            typed = s.folder_edit.text().strip()
+            return ("Choose a folder of images (Browse…), or use the gallery selection."
+                    if typed in ("", ".") else
+                    f"Choose a folder that exists: “{typed}” is not the full path of a folder here.")
+        if s.selection_radio.isChecked() and not self.selection():
+            return "Select images in the gallery first."
+        if writing and not self.outputs():
+            return "Choose at least one kind of file to write."
+        return ""
+
+    def destination_text(self) -> str:
+        """Where the files will go, said before anything is written (or what is missing)."""
+        missing = self._missing(writing=True)
+        if missing:
+            return missing
+        s = self.panel.setup
+        folder = self.source_folder() if s.folder_radio.isChecked() else None
+        if folder is not None:
+            sub = " and its sub-folders" if s.recursive_check.isChecked() else ""
+            beside, into = f"next to each image in {folder}{sub}", f"in {folder}"
+        else:
+            beside, into = "next to each selected image", "in the selected images' common folder"
+        outputs = self.outputs()
+        per_image = [f".{f}" for f in outputs if f not in AGGREGATE_NAMES]
+        single = [AGGREGATE_NAMES[f] for f in outputs if f in AGGREGATE_NAMES]
+        parts = ([f"{', '.join(per_image)} files {beside}"] if per_image else []) + \
+                ([f"{' and '.join(single)} {into}"] if single else [])
+        return "Writes " + "; ".join(parts) + "."
+
+    def update_actions(self) -> None:
+        """Start and Try are on only when they would do something sensible; the line above
+        them says where the captions go or what is missing."""
+        s = self.panel.setup
+        if self._problem_shown:  # an earlier complaint ("No images found there.") is stale now
+            s.preview.clear()
+            self._problem_shown = False
+        s.destination.setText(self.destination_text())
+        s.start_btn.setEnabled(not self.busy and not self._missing(writing=True))
+        s.try_btn.setEnabled(not self.busy and not self._missing(writing=False))
 
     def _ready(self, writing: bool) -> bool:
         if self.busy:
             return self._problem("A batch or trial is already running.")
-        if not self.prompt():
-            return self._problem("Write a prompt first.")
-        if writing and not self.outputs():
-            return self._problem("Choose at least one kind of file to write.")
-        s = self.panel.setup
-        if s.folder_radio.isChecked() and not Path(s.folder_edit.text().strip()).is_dir():
-            return self._problem("Choose a folder that exists, or use the gallery selection.")
-        if s.selection_radio.isChecked() and not self.selection():
-            return self._problem("Select images in the gallery first.")
-        return True
+        missing = self._missing(writing)
+        return self._problem(missing) if missing else True
 
     @property
     def busy(self) -> bool:
@@ -246,38 +308,53 @@ class BatchController(QObject):
             return
         from ..library.discover import discover_images
 
-        folder, recursive = Path(s.folder_edit.text().strip()), s.recursive_check.isChecked()
+        folder, recursive = self.source_folder(), s.recursive_check.isChecked()
+        if folder is None:  # the folder went away since the button was enabled
+            self._problem(self._missing(writing=False) or "Choose a folder that exists.")
+            return
         s.start_btn.setEnabled(False)
         self.status.emit(f"Looking for images in {folder}…")
         self.tasks.run(lambda: discover_images([folder], recursive=recursive),
-                       lambda found: (s.start_btn.setEnabled(True), then(*found)),
-                       lambda exc: (s.start_btn.setEnabled(True), self._problem(str(exc))))
+                       lambda found: (self.update_actions(), then(*found)),
+                       lambda exc: (self.update_actions(), self._problem(str(exc))))
+
+    def _nothing_found(self) -> str:
+        """Why there is nothing to caption, naming the folder and the likely fix."""
+        s = self.panel.setup
+        folder = self.source_folder()
+        if s.selection_radio.isChecked() or folder is None:
+            return "None of the selected images can be read."
+        if s.recursive_check.isChecked():
+            return f"No images in {folder} nor its sub-folders."
+        return f"No images in {folder} itself. Tick Include sub-folders to caption the ones below it."
 
     def _start_trial(self, images: list[Path], problems: list[tuple[Path, str]]) -> None:
         if not images:
-            self._problem("No images found there.")
+            self._problem(self._nothing_found())
             return
         self.panel.setup.preview.setPlainText("")
         self.trial = ChatJob(turns=[ChatTurn("user", self.prompt(), (str(images[0]),))],
                              settings=self.generation_settings(), record=False)
         self.status.emit(f"Trying the settings on {images[0].name}…")
+        self.update_actions()
         self.worker.submit(self.trial)
 
     def _start_batch(self, images: list[Path], problems: list[tuple[Path, str]]) -> None:
         from ..batch import BatchSettings
 
         if not images and not problems:
-            self._problem("No images found there.")
+            self._problem(self._nothing_found())
             return
         self.offer_resume(None)  # a new batch replaces the offer; it comes back if still relevant
         s = self.panel.setup
-        folder = Path(s.folder_edit.text().strip()) if s.folder_radio.isChecked() else None
+        folder = self.source_folder() if s.folder_radio.isChecked() else None
         settings = BatchSettings(prompt=self.prompt(), generation=self.generation_settings(),
                                  outputs=self.outputs(), existing=self.existing(),
                                  aggregate_dir=folder)
         self.counts = {"done": 0, "skipped": 0, "failed": len(problems)}
         self.in_flight = {}
         self.failures = [(str(p), r) for p, r in problems]
+        self.written, self.run_folder = [], folder
         self.started_at = time.monotonic()
         self._show_run_page(len(images))
         self.job = BatchJob(paths=images, settings=settings)
@@ -298,6 +375,8 @@ class BatchController(QObject):
             if edge != self.model_edge and self.model_edge is not None:
                 self.speed = SpeedEstimate()  # another model: earlier timings say nothing
             self.model_edge = edge
+            combo = self.panel.setup.detail_combo
+            combo.setItemText(combo.findData(None), model_detail_text(edge))
             self._show_estimate()
 
     def _show_estimate(self) -> None:
@@ -325,6 +404,9 @@ class BatchController(QObject):
         self.resumable = job if job is not None and not self.busy else None
         if self.resumable is not None:
             bar.text.setText(describe_job(job))
+            folder = job.settings.get("aggregate_dir")
+            if folder and not self._folder_typed and Path(folder).is_dir():
+                self.panel.setup.folder_edit.setText(folder)  # the form matches the offer
             bar.setToolTip(f"Job #{job.id}\nPrompt: {job.settings.get('prompt', '')}\n"
                            f"Model then: {job.settings.get('model', 'unknown')}")
         bar.setVisible(self.resumable is not None)
@@ -346,22 +428,28 @@ class BatchController(QObject):
         self.counts = {k: c.get(k, 0) for k in ("done", "skipped", "failed")}
         self.in_flight = {}
         self.failures = []
+        agg = job.settings.get("aggregate_dir")
+        self.written, self.run_folder = [], Path(agg) if agg else None
         self.started_at = time.monotonic()
         self._show_run_page(c.get("total", 0))
-        self.panel.run.title.setText(f"Resuming a batch of {c.get('total', 0)} images…")
+        self._running_title = f"Resuming a batch of {c.get('total', 0)} images…"
+        self.panel.run.title.setText(self._running_title)
         self.job = BatchJob(paths=[], settings=settings, resume_job_id=job.id)
         self.status.emit(f"Resuming the batch: {c.get('pending', 0)} images to go")
         self.worker.submit(self.job)
 
     def _show_run_page(self, total: int) -> None:
         r = self.panel.run
-        r.title.setText(f"Captioning {total} image{'s' if total != 1 else ''}…")
+        self._running_title = f"Captioning {total} image{'s' if total != 1 else ''}…"
+        r.title.setText(self._running_title)
+        r.progress.setFormat("%v / %m")
         r.progress.setRange(0, max(total, 1))
         r.progress.setValue(0)
         r.current.setText("Loading the model…" if total else "Nothing to caption.")
         r.caption.clear()
         r.stats.setText("")
         r.pause_btn.setText("Pause")
+        _restyle(r.pause_btn, "")
         r.pause_btn.setEnabled(True)
         r.cancel_btn.setEnabled(True)
         self.panel.setCurrentWidget(r)
@@ -375,10 +463,22 @@ class BatchController(QObject):
         if self.job.pause.is_set():
             self.job.pause.clear()
             r.pause_btn.setText("Pause")
+            _restyle(r.pause_btn, "")
+            r.title.setText(self._running_title)
+            r.progress.setFormat("%v / %m")
+            r.current.setText("")
+            self._show_current()
             self.status.emit("Batch resumed")
         else:
             self.job.pause.set()
             r.pause_btn.setText("Resume")
+            _restyle(r.pause_btn, "Primary")  # the way on, at a glance
+            finished = sum(self.counts.values())
+            r.title.setText(f"Paused after {finished} of {r.progress.maximum()} images")
+            r.progress.setFormat("%v / %m (paused)")
+            r.current.setText("Nothing is being captioned. Resume goes on where it stopped; "
+                              "Cancel keeps the captions already written.")
+            r.stats.setText(" · ".join(p for p in r.stats.text().split(" · ") if not p.endswith(" left")))
             self.status.emit("Batch paused")
 
     @property
@@ -410,7 +510,7 @@ class BatchController(QObject):
     def _show_current(self) -> None:
         """"Now: a.jpg (3 of 40)", or for a group decoded together "Now: d.jpg and 3 more
         (1–4 of 40)": the named one is the last started, whose words stream below."""
-        if not self.in_flight:
+        if not self.in_flight or self.paused:
             return
         name = Path(next(reversed(self.in_flight))).name
         first, last = min(self.in_flight.values()) + 1, max(self.in_flight.values()) + 1
@@ -433,6 +533,8 @@ class BatchController(QObject):
 
     @staticmethod
     def _append(box: Any, text: str) -> None:
+        if not box.toPlainText():
+            text = text.lstrip()  # the tokenizer's space before the first word
         box.moveCursor(box.textCursor().MoveOperation.End)
         box.insertPlainText(text)
 
@@ -440,6 +542,7 @@ class BatchController(QObject):
     def _on_image_done(self, job_id: int, event: Any) -> None:
         if self._mine(job_id):
             self.counts["done"] += 1
+            self.written.extend(f for f in event.files if f not in self.written)
             self._finished_one(str(event.path))
             self.panel.run.caption.setPlainText(event.text)
 
@@ -458,7 +561,7 @@ class BatchController(QObject):
         parts = [f"{p.done} captioned", f"{p.skipped} skipped", f"{p.failed} failed"]
         if p.seconds_per_image:
             parts.append(f"{p.seconds_per_image:.1f} s per image")
-        if p.eta_seconds is not None:
+        if p.eta_seconds is not None and not self.paused:
             parts.append(f"about {format_duration(p.eta_seconds)} left")
         r.stats.setText(" · ".join(parts))
 
@@ -476,7 +579,7 @@ class BatchController(QObject):
     @Slot(int, object)
     def _on_trial_finished(self, job_id: int, result: GenerationResult) -> None:
         if self._is_trial(job_id):
-            self.panel.setup.preview.setPlainText(result.text or "(the model gave an empty answer)")
+            self.panel.setup.preview.setPlainText(result.text.strip() or "(the model gave an empty answer)")
             self.status.emit(f"Trial caption in {result.timings.first_token_ms / 1000 + result.timings.decode_ms / 1000:.1f} s")
 
     @Slot(int, object)
@@ -493,12 +596,14 @@ class BatchController(QObject):
     def _on_job_finished(self, job_id: int) -> None:
         if self._is_trial(job_id):
             self.trial = None
+            self.update_actions()
         elif self._mine(job_id):
-            if self.refused is not None:
-                self._show_refusal(self.refused)
+            refused, self.job, self.refused = self.refused, None, None
+            self.update_actions()  # first: it clears old complaints, not the refusal below
+            if refused is not None:
+                self._show_refusal(refused)
             else:
                 self._show_summary()
-            self.job, self.refused = None, None
             self.job_ended.emit()
 
     def _show_refusal(self, reason: str) -> None:
@@ -519,21 +624,57 @@ class BatchController(QObject):
         verb = "Cancelled" if cancelled else "Finished"
         m.title.setText(f"{verb}: {done} captioned, {skipped} skipped, {failed} failed")
         elapsed = summary.elapsed_s if summary is not None else time.monotonic() - self.started_at
-        m.details.setText(f"Took {format_duration(elapsed)}. "
-                          + ("Click a failed image to select it in the gallery." if failed else
-                             "Every caption was written next to its image or in the chosen files."))
-        m.failures.clear()
-        m.failures.setVisible(bool(failed))
-        for path, reason in self.failures:
-            item = QListWidgetItem(f"{Path(path).name if path else 'Batch'}: {reason}")
-            item.setData(PATH_ROLE, path)
-            item.setToolTip(path)
-            m.failures.addItem(item)
+        folder = self.output_folder()
+        where = f" in {folder}" if folder else ""
+        m.details.setText(f"Took {format_duration(elapsed)}. " + (
+            f"Captions were written next to each image{where}." if self.written else
+            "No file was written."))
+        base = folder or Path()
+        m.show_lists(
+            [(_relative(p, base), str(p)) for p in self.written],
+            [(f"{Path(p).name if p else 'Batch'}: {reason_for(p, r)}", p or r, p)
+             for p, r in self.failures])
+        m.open_btn.setEnabled(folder is not None)
         self.summary = None
         self.panel.setCurrentWidget(m)
         self.status.emit(m.title.text())
+
+    def output_folder(self) -> Path | None:
+        """Where the last batch wrote: its folder, else the deepest folder holding every file."""
+        if not self.written:
+            return None
+        from ..batch import common_parent
+
+        return self.run_folder or common_parent(self.written)
+
+    def open_output_folder(self) -> None:
+        folder = self.output_folder()
+        if folder is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+
+    def retry_failed(self) -> None:
+        """Caption again only the images that failed (the user may have fixed them), with the
+        settings on the set-up page."""
+        images = [Path(p) for p, _ in self.failures if p]
+        if images and not self.busy and self._ready(writing=True):
+            self._start_batch(images, [])
 
     def _failure_clicked(self, item: QListWidgetItem) -> None:
         path = item.data(PATH_ROLE)
         if path:
             self.reveal.emit(path)
+
+
+def _restyle(widget: Any, name: str) -> None:
+    """Give a widget another style-sheet object name and let the style see it."""
+    widget.setObjectName(name)
+    widget.style().unpolish(widget)
+    widget.style().polish(widget)
+
+
+def _relative(path: Path, base: Path) -> str:
+    """a.txt, or sub/a.txt, for a file under the output folder; the full path otherwise."""
+    try:
+        return Path(path).relative_to(base).as_posix()
+    except ValueError:
+        return str(path)

@@ -5,22 +5,31 @@ from __future__ import annotations
 import html
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QKeyEvent, QPalette, QTextCursor
+from PySide6.QtGui import QFont, QKeyEvent, QPalette, QResizeEvent, QTextBlockFormat, QTextCharFormat, QTextCursor
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QPushButton,
                                QTextBrowser, QVBoxLayout, QWidget)
 
 from ..presets import PRESETS
+from .preview import WIDE, TilePreview
 
 
 class PromptEdit(QPlainTextEdit):
-    """Multi-line question box: Enter sends, Shift+Enter starts a new line."""
+    """Multi-line question box: Enter sends, Shift+Enter starts a new line, Tab moves on to
+    Send and Stop (a keyboard user could not reach them), Ctrl+Tab types a tab."""
 
     submitted = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setTabChangesFocus(True)
 
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
         enter = event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
         if enter and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
             self.submitted.emit()
+            return
+        if event.key() == Qt.Key.Key_Tab and event.modifiers() & Qt.KeyboardModifier.ControlModifier:
+            self.insertPlainText("\t")
             return
         super().keyPressEvent(event)
 
@@ -50,17 +59,26 @@ class ChatPanel(QWidget):
         self.prompt = PromptEdit()
         self.prompt.setObjectName("PromptEdit")
         self.prompt.setAccessibleName("Question")
-        self.prompt.setPlaceholderText("Ask about the selected image… (Enter sends, Shift+Enter new line)")
+        self.prompt.setPlaceholderText("Ask about the selected image… (Enter sends, Shift+Enter "
+                                       "new line, Tab moves on)")
         self.prompt.setFixedHeight(64)
         self.send_btn = self._button("Send", "Send the question (Enter)", "Primary")
         self.stop_btn = self._button("Stop", "Stop the answer now (Esc)", "Danger")
-        self.regen_btn = self._button("Regenerate", "Answer the last question again (Ctrl+R)")
+        self.regen_btn = self._button("Regenerate", "Another answer to the last question, sampled; the "
+                                      "earlier ones stay a click away (Ctrl+R)")
+        self.prev_btn = self._button("‹", "Show the earlier answer to this question")
+        self.prev_btn.setAccessibleName("Earlier answer")
+        self.next_btn = self._button("›", "Show the later answer to this question")
+        self.next_btn.setAccessibleName("Later answer")
         self.copy_btn = self._button("Copy answer", "Copy the last answer (Ctrl+Shift+C)")
         self.clear_btn = self._button("Clear", "Forget this conversation (Ctrl+L)")
         self.preset_buttons = {key: self._preset_button(key, label) for key, (label, _) in PRESETS.items()}
+        self.preview = TilePreview()  # only at wide sizes, with one image selected
+        self.preview.hide()
         self._lay_out()
         self.set_busy(False)
         self.show_reading(0, 0)
+        self.set_alternatives(0, 1, False)
 
     def _button(self, text: str, tip: str, name: str = "") -> QPushButton:
         btn = QPushButton(text)
@@ -90,6 +108,8 @@ class ChatPanel(QWidget):
         entry.addLayout(sends)
         actions = QHBoxLayout()
         actions.addWidget(self.regen_btn)
+        actions.addWidget(self.prev_btn)
+        actions.addWidget(self.next_btn)
         actions.addWidget(self.copy_btn)
         actions.addStretch()
         actions.addWidget(self.clear_btn)
@@ -97,7 +117,10 @@ class ChatPanel(QWidget):
         layout.setContentsMargins(10, 10, 10, 10)
         layout.setSpacing(8)
         layout.addWidget(self.context_label)
-        layout.addWidget(self.transcript, 1)
+        middle = QHBoxLayout()
+        middle.addWidget(self.transcript, 3)
+        middle.addWidget(self.preview, 2)
+        layout.addLayout(middle, 1)
         reading = QHBoxLayout()
         reading.addWidget(self.reading_label)
         reading.addWidget(self.reading_bar)
@@ -106,6 +129,21 @@ class ChatPanel(QWidget):
         layout.addLayout(actions)
         layout.addLayout(presets)
         layout.addLayout(entry)
+
+    def fit_preview(self) -> None:
+        """The large preview shows when there is room for it and one image to show."""
+        self.preview.setVisible(self.width() >= WIDE and self.preview.has_image)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self.fit_preview()
+
+    def set_alternatives(self, shown: int, count: int, busy: bool) -> None:
+        """‹ › between the answers Regenerate gave to the last question (hidden with one)."""
+        for button in (self.prev_btn, self.next_btn):
+            button.setVisible(count > 1)
+        self.prev_btn.setEnabled(not busy and shown > 0)
+        self.next_btn.setEnabled(not busy and shown < count - 1)
 
     def set_busy(self, busy: bool, has_answer: bool = False) -> None:
         self.send_btn.setEnabled(not busy)
@@ -139,10 +177,19 @@ class ChatPanel(QWidget):
         self.transcript.moveCursor(QTextCursor.MoveOperation.End)
 
     def begin_answer(self) -> None:
-        """Add the heading of an answer that is about to stream in."""
+        """Add the heading of an answer that is about to stream in, each in a block of its own
+        (inserted HTML merges into the current block: the heading stuck to the question)."""
         cursor = self._end_cursor()
-        cursor.insertHtml(self._heading_html("assistant", "") + "<p></p>")
-        self._end_cursor()
+        heading = QTextBlockFormat()
+        heading.setTopMargin(14)  # as _heading_html's paragraph
+        heading.setBottomMargin(2)
+        cursor.insertBlock(heading, QTextCharFormat())
+        name = QTextCharFormat()
+        name.setFontWeight(QFont.Weight.Bold)
+        name.setForeground(self.palette().color(QPalette.ColorRole.Link))
+        cursor.insertText("SmolVLM", name)
+        cursor.insertBlock(QTextBlockFormat(), QTextCharFormat())  # the answer: plain text
+        self.transcript.setTextCursor(cursor)
 
     def append_answer(self, text: str) -> None:
         self._end_cursor().insertText(text)

@@ -27,7 +27,8 @@ ICON = QSize(112, 112)
 def square_icon(image: QImage) -> QIcon:
     """Centre a thumbnail on a square transparent canvas, so every label lines up, and use
     it for the selected state too (Qt would otherwise tint the photo with the selection colour)."""
-    edge = max(image.width(), image.height())
+    edge = max(image.width(), image.height(), ICON.width())  # a tiny image is not enlarged,
+    # but sits on a full-size square: its label lines up with the others
     canvas = QPixmap(edge, edge)
     canvas.fill(Qt.GlobalColor.transparent)
     painter = QPainter(canvas)
@@ -37,6 +38,18 @@ def square_icon(image: QImage) -> QIcon:
     icon.addPixmap(canvas, QIcon.Mode.Normal)
     icon.addPixmap(canvas, QIcon.Mode.Selected)
     return icon
+
+
+FORMAT_NAMES = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "TIFF": "TIFF", "GIF": "GIF",
+                "BMP": "BMP", "AVIF": "AVIF", "HEIF": "HEIC"}
+
+
+def readable_formats_text() -> str:
+    """"JPEG, PNG, WebP, TIFF, GIF, BMP and AVIF": what File ▸ Open accepts on this computer."""
+    from ..engine.images import allowed_formats
+
+    names = [FORMAT_NAMES.get(f, f) for f in allowed_formats()]
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
 
 
 class DropZone(QFrame):
@@ -50,8 +63,8 @@ class DropZone(QFrame):
         self.setObjectName("DropZone")
         title = QLabel("Drop photos or a folder here")
         title.setObjectName("EmptyTitle")
-        body = QLabel("…or paste an image with Ctrl+V. JPEG, PNG, WebP, TIFF, GIF and BMP work; "
-                      "nothing you open ever leaves this computer.")
+        self.body = body = QLabel(f"…or paste an image with Ctrl+V. {readable_formats_text()} "
+                                  "work; nothing you open ever leaves this computer.")
         body.setObjectName("EmptyBody")
         body.setWordWrap(True)
         body.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -83,6 +96,7 @@ class GalleryStrip(QStackedWidget):
     """A horizontal strip of thumbnails; page 0 is the drop zone shown while it is empty."""
 
     selection_changed = Signal(list)  # selected paths that can be read, in gallery order
+    unreadable = Signal(str, str)  # path, reason: a thumbnail could not be decoded
     open_images = Signal()
     open_folder = Signal()
 
@@ -148,6 +162,15 @@ class GalleryStrip(QStackedWidget):
         self._update_page()
         self._emit_selection()
 
+    def remove_paths(self, paths: list[str]) -> None:
+        """Take these out of the strip (their files were deleted: forgotten pasted pictures)."""
+        for path in paths:
+            item = self.item_for(path)
+            if item is not None:
+                self.list.takeItem(self.list.row(item))
+        self._update_page()
+        self._emit_selection()
+
     def clear(self) -> None:
         self.list.clear()
         self._update_page()
@@ -159,6 +182,7 @@ class GalleryStrip(QStackedWidget):
         if thumb.image is None:
             self._mark_failed(item, thumb.error)
             self._emit_selection()
+            self.unreadable.emit(thumb.path, thumb.error)
             return
         item.setIcon(square_icon(thumb.image))
         item.setData(SIZE_ROLE, thumb.image.size())
@@ -191,6 +215,12 @@ class GalleryStrip(QStackedWidget):
     def selected_paths(self) -> list[str]:
         items = [self.list.item(r) for r in range(self.list.count())]
         return [i.data(PATH_ROLE) for i in items if i.isSelected() and not i.data(ERROR_ROLE)]
+
+    def selected_problems(self) -> list[tuple[str, str]]:
+        """(path, reason) of the selected images that cannot be read (left out of a question)."""
+        items = [self.list.item(r) for r in range(self.list.count())]
+        return [(i.data(PATH_ROLE), i.data(ERROR_ROLE)) for i in items
+                if i.isSelected() and i.data(ERROR_ROLE)]
 
     def error_for(self, path: str) -> str | None:
         item = self.item_for(path)

@@ -7,14 +7,20 @@ the worker's queue. Nothing here runs on the GUI thread but the widgets.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from PySide6.QtCore import QObject, QTimer, Signal
-from PySide6.QtWidgets import QMessageBox, QWidget
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QMessageBox, QPushButton, QWidget
 
+from .. import paths as app_paths
 from ..worker import EngineWorker
+from . import theme
+from .gallery import square_icon
 from .library_panel import LibraryPanel
 from .tasks import TaskRunner
+from .thumbnails import make_thumbnail
 
 SEARCH_DELAY_MS = 200  # wait for a pause in typing before searching
 SEARCH_LIMIT = 50
@@ -24,6 +30,7 @@ class LibraryController(QObject):
     status = Signal(str)
     show_paths = Signal(list)  # image paths of a chosen hit: put them in the gallery, selected
     forgotten = Signal()  # something was forgotten: a resume offer may be gone
+    files_deleted = Signal(list)  # pasted pictures deleted with what was forgotten
 
     def __init__(self, panel: LibraryPanel, worker: EngineWorker, tasks: TaskRunner,
                  colours: Callable[[], dict[str, str]]) -> None:
@@ -31,6 +38,7 @@ class LibraryController(QObject):
         self.panel, self.worker, self.tasks, self.colours = panel, worker, tasks, colours
         self.searches = 0  # sequence number: a late answer to an older query is dropped
         self.last_hits: list[Any] = []
+        self._icons: dict[str, QIcon] = {}  # result thumbnails by image path
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(SEARCH_DELAY_MS)
@@ -71,6 +79,7 @@ class LibraryController(QObject):
         self.last_hits = hits
         if hits:
             self.panel.show_hits(hits, self.colours())
+            self._thumbnails(hits)
         else:
             self.panel.show_message(f"Nothing found for “{query}”",
                                     "No caption or chat contains every one of these words. "
@@ -79,7 +88,23 @@ class LibraryController(QObject):
     def restyle(self) -> None:
         """The theme changed: the hits' HTML carries palette colours."""
         if self.last_hits:
+            row = self.panel.hits.currentRow()
             self.panel.show_hits(self.last_hits, self.colours())
+            self._thumbnails(self.last_hits)
+            self.panel.hits.setCurrentRow(row)  # the selection survives a theme change
+
+    def _thumbnails(self, hits: list[Any]) -> None:
+        """Each result's image, small: decoded once in the task pool, then kept."""
+        for path in dict.fromkeys(h.path for h in hits if h.path):
+            if path in self._icons:
+                self.panel.set_thumbnail(path, self._icons[path])
+            else:
+                self.tasks.run(lambda p=path: make_thumbnail(p, 96), self._thumbnail_ready)
+
+    def _thumbnail_ready(self, thumb: Any) -> None:
+        icon = (square_icon(thumb.image) if thumb.image is not None else theme.icon("broken-image"))
+        self._icons[thumb.path] = icon
+        self.panel.set_thumbnail(thumb.path, icon)
 
     def _failed(self, number: int, exc: Exception) -> None:
         if number == self.searches:
@@ -104,12 +129,19 @@ class LibraryController(QObject):
             return
         n = len(paths)
         noun = "this image" if n == 1 else f"these {n} images"
+        pasted = [p for p in paths if is_pasted(p)]
+        files = ("Pasted pictures are the app's own copies and are deleted too; other image files "
+                 "and the caption files next to them are not touched." if pasted else
+                 "The image files and the caption files next to them are not touched.")
         if not self._confirm(parent, "Forget images?",
                              f"Forget {noun}? Their captions, chats and batch records are "
-                             "removed from the library for good. The image files and the "
-                             "caption files next to them are not touched.", "Forget"):
+                             f"removed from the library for good. {files}", "Forget"):
             return
-        self.tasks.run(lambda: [library.forget_image(p) for p in paths], self._forgotten,
+
+        def forget() -> tuple[list[Any], list[str]]:
+            return [library.forget_image(p) for p in paths], delete_pasted(pasted)
+
+        self.tasks.run(forget, self._forgotten,
                        lambda exc: self.status.emit(f"Could not forget: {exc}"))
 
     def forget_everything(self, parent: QWidget) -> None:
@@ -123,19 +155,26 @@ class LibraryController(QObject):
                              "longer be resumed. Your images and caption files are not touched.",
                              "Forget everything"):
             return
-        self.tasks.run(lambda: [library.forget_all()], self._forgotten,
+        def forget() -> tuple[list[Any], list[str]]:
+            results = [library.forget_all()]
+            return results, delete_pasted([str(p) for p in app_paths.pasted_dir().glob("pasted-*.png")])
+
+        self.tasks.run(forget, self._forgotten,
                        lambda exc: self.status.emit(f"Could not forget: {exc}"))
 
     @staticmethod
     def _confirm(parent: QWidget, title: str, text: str, action: str) -> bool:
         box = QMessageBox(QMessageBox.Icon.Warning, title, text, QMessageBox.StandardButton.Cancel,
                           parent)
-        forget = box.addButton(action, QMessageBox.ButtonRole.DestructiveRole)
+        forget = QPushButton(action)
+        forget.setObjectName("Danger")  # red, like Stop and Cancel: this cannot be undone
+        box.addButton(forget, QMessageBox.ButtonRole.DestructiveRole)
         box.setDefaultButton(QMessageBox.StandardButton.Cancel)
         box.exec()
         return box.clickedButton() is forget
 
-    def _forgotten(self, results: list[Any]) -> None:
+    def _forgotten(self, done: tuple[list[Any], list[str]]) -> None:
+        results, deleted = done
         captions = sum(r.captions for r in results)
         chats = sum(r.chats for r in results)
         jobs = sum(r.job_items for r in results)
@@ -144,3 +183,25 @@ class LibraryController(QObject):
                          f"{'s' if jobs != 1 else ''}")
         self.search_now()
         self.forgotten.emit()
+        if deleted:
+            self.files_deleted.emit(deleted)
+
+
+def is_pasted(path: str) -> bool:
+    """A picture the app saved from the clipboard (its own copy, not one of the user's files)."""
+    return Path(path).parent == app_paths.pasted_dir() and Path(path).name.startswith("pasted-")
+
+
+def delete_pasted(paths: list[str]) -> list[str]:
+    """Delete the app's copies of pasted pictures; returns those deleted."""
+    deleted = []
+    for path in paths:
+        if is_pasted(path):
+            try:
+                Path(path).unlink()
+                deleted.append(path)
+            except FileNotFoundError:
+                deleted.append(path)
+            except OSError:
+                pass  # kept: a file in use on Windows; the next Forget tries again
+    return deleted

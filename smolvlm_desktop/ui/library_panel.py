@@ -16,12 +16,16 @@ import html
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import (QLabel, QLineEdit, QListWidget, QListWidgetItem, QStackedWidget,
                                QVBoxLayout, QWidget)
 
 from ..library.db import SNIPPET_END, SNIPPET_START, SearchHit
+from . import theme
+from .text import local_time
 
 HIT_ROLE = Qt.ItemDataRole.UserRole
+THUMB = QSize(48, 48)  # a result's thumbnail
 
 
 def snippet_html(snippet: str, mark_style: str) -> str:
@@ -45,19 +49,26 @@ def snippet_html(snippet: str, mark_style: str) -> str:
     return "".join(out).replace("\n", " ")
 
 
-def hit_html(hit: SearchHit, colours: dict[str, str]) -> str:
-    mark = f"background:{colours['accent_soft']}; color:{colours['text']}; font-weight:600"
+def hit_html(hit: SearchHit, colours: dict[str, str], selected: bool = False) -> str:
+    """One result. A selected row sits on the accent colour: then every run (name, date,
+    path, match) takes the highlighted-text colour, or dark text vanished on #3451d1."""
+    if selected:
+        on = colours["highlight_text"]
+        colours = {**colours, "text": on, "muted": on}
+        mark = f"color:{on}; font-weight:600; text-decoration:underline"
+    else:
+        mark = f"background:{colours['accent_soft']}; color:{colours['text']}; font-weight:600"
     name = Path(hit.path).name if hit.path else "(a chat without an image)"
     more = len(hit.paths) - 1
     if more > 0:
         name += f" and {more} more"
     kind = "Chat" if hit.kind == "chat" else "Caption"
-    when = hit.created_at.replace("T", " ")[:16]
+    when = local_time(hit.created_at)
     meta = html.escape(f"{kind} · {hit.model} · {when}")
     where = html.escape(str(Path(hit.path).parent)) if hit.path else ""
-    return (f'<div><b>{html.escape(name)}</b> <span style="color:{colours["muted"]}">— {meta}</span></div>'
+    return (f'<div style="color:{colours["text"]}"><div><b>{html.escape(name)}</b> <span style="color:{colours["muted"]}">— {meta}</span></div>'
             f'<div style="margin-top:2px">{snippet_html(hit.snippet, mark)}</div>'
-            f'<div style="color:{colours["muted"]}; font-size:small">{where}</div>')
+            f'<div style="color:{colours["muted"]}; font-size:small">{where}</div></div>')
 
 
 class LibraryPanel(QWidget):
@@ -91,6 +102,9 @@ class LibraryPanel(QWidget):
         self.hits.setAccessibleName("Search results")
         self.hits.setSpacing(2)
         self.hits.setVerticalScrollMode(QListWidget.ScrollMode.ScrollPerPixel)
+        self.hits.setIconSize(THUMB)  # drawn by the list under the label, left of its text
+        self.hits.itemSelectionChanged.connect(self._restyle_selection)
+        self._colours: dict[str, str] = {}
         self.hits.itemActivated.connect(self._chosen)
         self.hits.itemClicked.connect(self._chosen)
         self.count = QLabel()
@@ -116,6 +130,7 @@ class LibraryPanel(QWidget):
         self.pages.setCurrentIndex(0)
 
     def show_hits(self, hits: list[SearchHit], colours: dict[str, str]) -> None:
+        self._colours = colours
         self.hits.clear()
         for hit in hits:
             label = QLabel(hit_html(hit, colours))
@@ -123,17 +138,33 @@ class LibraryPanel(QWidget):
             label.setWordWrap(True)
             label.setContentsMargins(8, 6, 8, 6)
             label.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
-            item = QListWidgetItem()
+            item = QListWidgetItem(theme.icon("image-placeholder"), "")
             item.setData(HIT_ROLE, hit)
             item.setToolTip("\n".join(hit.paths) or hit.path)
             width = max(self.hits.viewport().width() - 8, 200)
             height = label.heightForWidth(width)
-            item.setSizeHint(QSize(0, (height if height > 0 else label.sizeHint().height()) + 4))
+            height = max(height if height > 0 else label.sizeHint().height(), THUMB.height() + 8)
+            item.setSizeHint(QSize(0, height + 4))
             self.hits.addItem(item)
             self.hits.setItemWidget(item, label)
         n = len(hits)
         self.count.setText(f"{n} result{'s' if n != 1 else ''}: click one to show its image")
         self.pages.setCurrentIndex(1)
+
+    def set_thumbnail(self, path: str, icon: QIcon) -> None:
+        """The image of every result about `path` (decoded in the task pool)."""
+        for row in range(self.hits.count()):
+            item = self.hits.item(row)
+            if item.data(HIT_ROLE).path == path:
+                item.setIcon(icon)
+
+    def _restyle_selection(self) -> None:
+        """Selected rows in the highlighted-text colour, the others in the usual ones."""
+        for row in range(self.hits.count()):
+            item = self.hits.item(row)
+            label = self.hits.itemWidget(item)
+            if isinstance(label, QLabel):
+                label.setText(hit_html(item.data(HIT_ROLE), self._colours, item.isSelected()))
 
     def _chosen(self, item: QListWidgetItem) -> None:
         self.hit_chosen.emit(item.data(HIT_ROLE))

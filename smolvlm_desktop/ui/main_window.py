@@ -12,12 +12,13 @@ When no model can be found the central area shows the no-model page instead.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from PySide6.QtCore import QByteArray, Qt, Signal
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QDragEnterEvent, QDragLeaveEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import (QApplication, QFileDialog, QLabel, QMainWindow, QMessageBox,
                                QStackedWidget, QTabWidget, QVBoxLayout, QWidget)
@@ -42,6 +43,7 @@ from .model_manager import ModelManagerDialog
 from .settings_dialog import SettingsDialog
 from .status_bar import StatusBar
 from .tasks import TaskRunner
+from .text import reason_for
 
 DEMO_TEXT = ("DEMO MODEL: this is a tiny model with random weights, bundled for trying the "
              "window out. Its answers are random noise, not descriptions of your images.")
@@ -114,6 +116,7 @@ class MainWindow(QMainWindow):
         self.gallery = GalleryStrip(self.tasks)
         self.gallery.open_images.connect(self.open_images)
         self.gallery.open_folder.connect(self.open_folder)
+        self.gallery.unreadable.connect(self._unreadable)
         self.chat_panel = ChatPanel()
         self.batch_panel = BatchPanel(_writer_formats())
         self.tabs = QTabWidget()
@@ -123,7 +126,8 @@ class MainWindow(QMainWindow):
         self.library_panel = LibraryPanel()
         self.tabs.addTab(self.library_panel, "Library")
         generation = self.settings.generation_settings
-        self.chat = ChatController(self.chat_panel, self.worker, generation)
+        self.chat = ChatController(self.chat_panel, self.worker, generation,
+                                   self.gallery.selected_problems)
         self.batch = BatchController(self.batch_panel, self.worker, self.tasks,
                                      self.gallery.selected_paths, self.settings, generation)
         self.batch.job_ended.connect(self.check_unfinished_batch)
@@ -131,7 +135,10 @@ class MainWindow(QMainWindow):
                                          lambda: theme.colours(self.settings.theme))
         self.library.show_paths.connect(self.show_in_gallery)
         self.library.forgotten.connect(self.check_unfinished_batch)
+        self.library.files_deleted.connect(self.gallery.remove_paths)
         self.gallery.selection_changed.connect(self.chat.set_images)
+        self.gallery.selection_changed.connect(self.batch.update_actions)
+        self.gallery.selection_changed.connect(self._preview_selection)
         self.batch.reveal.connect(self.reveal)
         self.status = StatusBar()
         self.setStatusBar(self.status)
@@ -146,6 +153,9 @@ class MainWindow(QMainWindow):
         ws_layout.addWidget(self.gallery)
         ws_layout.addWidget(self.tabs, 1)
         self.workspace = workspace
+        self.tabs.currentChanged.connect(self._fit_gallery)
+        self.batch_panel.setup.folder_radio.toggled.connect(self._fit_gallery)
+        self.batch_panel.currentChanged.connect(self._fit_gallery)  # a failure shows in it
         self.no_model = NoModelPage()
         self.no_model.chooser.chosen.connect(self.choose_model)
         self.no_model.chooser.manage.connect(self.manage_models)
@@ -162,6 +172,39 @@ class MainWindow(QMainWindow):
         layout.addWidget(self.pages, 1)
         self.setCentralWidget(central)
         self.resize(1100, 780)
+
+    def _preview_selection(self, selected: list[str]) -> None:
+        """One image selected: decode it larger (in the pool) for the chat's wide preview."""
+        from .thumbnails import make_thumbnail
+
+        preview = self.chat_panel.preview
+        if len(selected) != 1:
+            preview.set_image(None, None)
+            self.chat_panel.fit_preview()
+            return
+        path = selected[0]
+
+        def show(thumb: Any) -> None:
+            if self.gallery.selected_paths() == [path]:  # still the selection
+                preview.set_image(thumb.image, thumb.original)
+                self.chat_panel.fit_preview()
+
+        self.tasks.run(lambda: make_thumbnail(path, 1024), show)
+
+    def _preview_tiling(self) -> None:
+        """The loaded model's tiles at the detail in use, for the preview's grid."""
+        info = self.model_info
+        detail = self.settings.detail or (info.longest_edge if info else None)
+        self.chat_panel.preview.set_tiling(info.tile_size if info else None, detail)
+
+    def _fit_gallery(self) -> None:
+        """The gallery strip (190 px) gives way on the Batch tab when the batch reads a folder:
+        it is not the source there, and it pushed Start batch below the fold. The summary
+        shows it again: a click on a failure selects the image in it."""
+        folder_batch = (self.tabs.currentWidget() is self.batch_panel
+                        and self.batch_panel.setup.folder_radio.isChecked()
+                        and self.batch_panel.currentWidget() is not self.batch_panel.summary)
+        self.gallery.setVisible(not folder_batch)
 
     def _show_settings_problems(self) -> None:
         if self.settings.problems:
@@ -251,13 +294,27 @@ class MainWindow(QMainWindow):
             self.save_settings()
         self.pages.setCurrentWidget(self.workspace)
         s = self.settings
-        self.worker.set_model(ModelSpec(folder, s.variant, s.provider, s.threads, demo))
+        self.worker.set_model(ModelSpec(folder, self._variant_for(folder), s.provider, s.threads, demo))
+
+    def _variant_for(self, folder: str) -> str | None:
+        """The preferred variant when this model has it, else the automatic choice (said in
+        the notice): a preference made for another model must not strand this one."""
+        from .settings_dialog import model_variants
+
+        wanted, have = self.settings.variant, model_variants(folder)
+        if wanted is None or have is None or wanted in have:
+            return wanted
+        self.show_notice(f"{Path(folder).name} has no {wanted} variant ({', '.join(sorted(have))} "
+                         "only): it is loaded with the automatic choice. Edit ▸ Preferences "
+                         "offers its variants.")
+        return None
 
     def _on_model_state(self, state: str, info: object, message: str, fallback: object) -> None:
         self.model_state = state
         self.model_info = info if isinstance(info, ModelInfo) else None
         self.status.set_model_state(state, self.model_info, message,
                                     fallback if isinstance(fallback, dict) else {})
+        self._preview_tiling()
         if state == ERROR and not self.chat.busy and not self.batch.busy:
             self.show_no_model(f"The model could not be loaded: {message}")
         elif state == READY and message and not fallback:
@@ -275,8 +332,7 @@ class MainWindow(QMainWindow):
         self.model_manager.open()
 
     def _model_from_manager(self, folder: str, demo: bool) -> None:
-        self.choose_model(folder, demo)
-        self.status.showMessage(f"Loading {Path(folder).name}…", 6000)
+        self.choose_model(folder, demo)  # the status bar's model label says "Loading …"
 
     def _default_from_manager(self, folder: str, demo: bool) -> None:
         """A new default: the saved choice gives way to it, now and at the next start."""
@@ -285,39 +341,68 @@ class MainWindow(QMainWindow):
         self.choose_model(folder, demo, remember=False)
         self.status.showMessage(f"{Path(folder).name} is the default model now; loading it…", 6000)
 
+    def preferences_dialog(self) -> SettingsDialog:
+        """Preferences for the model in use (or being loaded): only its variants are offered."""
+        wanted = self.worker._wanted
+        return SettingsDialog(self.settings, self, model_folder=wanted.folder if wanted else None)
+
     def preferences(self) -> None:
         before = (self.settings.variant, self.settings.provider, self.settings.threads)
-        if SettingsDialog(self.settings, self).exec():
-            self.save_settings()
-            self.apply_theme()
-            self.worker.set_idle_unload(self.settings.idle_unload_minutes * 60_000)
-            after = (self.settings.variant, self.settings.provider, self.settings.threads)
-            if after != before and self.pages.currentWidget() is self.workspace and self.worker._wanted:
-                self.choose_model(self.worker._wanted.folder, self.demo, remember=False)
+        if self.preferences_dialog().exec():
+            self.apply_preferences(before)
+
+    def apply_preferences(self, before: tuple[object, ...]) -> None:
+        """After OK, from any page: a model that failed to load is tried again with the new
+        settings (it stayed on "Choose a model" before), a loaded one reloads if they changed."""
+        self.save_settings()
+        self.apply_theme()
+        self._preview_tiling()  # the detail may have changed
+        self.worker.set_idle_unload(self.settings.idle_unload_minutes * 60_000)
+        after = (self.settings.variant, self.settings.provider, self.settings.threads)
+        failed = self.pages.currentWidget() is self.no_model
+        if self.worker._wanted and (after != before or failed):
+            self.choose_model(self.worker._wanted.folder, self.demo, remember=False)
 
     # --- images in ---------------------------------------------------------------------------
 
-    def add_paths(self, given: list[str]) -> None:
-        """Files and folders from a drop, a paste or a dialog: scanned off the GUI thread."""
+    def add_paths(self, given: list[str], select: bool = False) -> None:
+        """Files and folders from a drop, a paste or a dialog: scanned off the GUI thread.
+        select=True selects what was given (a paste: the user means that picture)."""
         from ..library.discover import discover_images
 
         if not given:
             return
         self.status.showMessage("Looking for images…", 3000)
         self.tasks.run(lambda: discover_images([Path(p) for p in given], recursive=True),
-                       self._paths_found,
+                       lambda found: self._paths_found(found, select),
                        lambda exc: self.status.showMessage(f"Could not open: {exc}", 8000))
 
-    def _paths_found(self, found: tuple[list[Path], list[tuple[Path, str]]]) -> None:
+    def _paths_found(self, found: tuple[list[Path], list[tuple[Path, str]]],
+                     select: bool = False) -> None:
+        from ..engine.images import IMAGE_EXTENSIONS, readable_extensions
+
         images, problems = found
+        if self.gallery.isHidden():  # dropped on a folder batch: show where they went
+            self.show_chat()
         added = self.gallery.add_images([str(p) for p in images])
         for path, reason in problems:
             self.gallery.add_problem(str(path), reason)
-        if added and not self.gallery.selected_paths():
-            self.gallery.select_paths(added[:1])
-        noun = "image" if len(added) == 1 else "images"
-        extra = f", {len(problems)} could not be used" if problems else ""
-        self.status.showMessage(f"Added {len(added)} {noun}{extra}", 6000)
+        # A .heic without its decoder is added (its thumbnail says why it cannot be read, and
+        # the status bar repeats it) but never counted as added nor selected.
+        undecodable = IMAGE_EXTENSIONS - set(readable_extensions())
+        usable = [p for p in added if Path(p).suffix.lower() not in undecodable]
+        if select and images:
+            self.gallery.select_paths([str(p) for p in images])
+        elif usable and not self.gallery.selected_paths():
+            self.gallery.select_paths(usable[:1])
+        if usable or problems:
+            noun = "image" if len(usable) == 1 else "images"
+            extra = f", {len(problems)} could not be used" if problems else ""
+            self.status.showMessage(f"Added {len(usable)} {noun}{extra}", 6000)
+
+    def _unreadable(self, path: str, reason: str) -> None:
+        """A thumbnail could not be decoded: say which file and why, not just a warning icon."""
+        self.status.showMessage(f"Cannot read {Path(path).name}: {reason_for(path, reason)}", 12000)
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802
         mime = event.mimeData()
@@ -334,7 +419,11 @@ class MainWindow(QMainWindow):
         self.gallery.drop_zone.set_drag_active(False)
         mime = event.mimeData()
         local = [u.toLocalFile() for u in mime.urls() if u.isLocalFile()]
-        if local:
+        on_folder_setup = (self.gallery.isHidden()
+                           and self.batch_panel.currentWidget() is self.batch_panel.setup)
+        if len(local) == 1 and Path(local[0]).is_dir() and on_folder_setup:
+            self.batch.set_folder(local[0])  # a folder batch is showing: caption this one
+        elif local:
             self.add_paths(local)
         elif mime.hasImage():
             self._add_image_data(mime.imageData())
@@ -351,21 +440,45 @@ class MainWindow(QMainWindow):
             self.status.showMessage("The clipboard holds no image", 5000)
 
     def _add_image_data(self, image: object) -> None:
-        """A pasted picture gets a file in a private temporary folder, removed on exit."""
-        if self._paste_dir is None:
-            self._paste_dir = tempfile.mkdtemp(prefix="smolvlm-paste-")
-        count = len(list(Path(self._paste_dir).iterdir())) + 1
-        target = Path(self._paste_dir) / f"pasted-{count}.png"
-        if image is not None and image.save(str(target), "PNG"):  # type: ignore[attr-defined]
-            self.add_paths([str(target)])
-        else:
+        """A pasted picture becomes a PNG in the data folder (a temporary one would leave the
+        library's chat pointing at a deleted file), named by its content so pasting the same
+        picture twice keeps one copy; then it is shown and selected."""
+        from ..library.atomic import atomic_write_bytes
+
+        data = QByteArray()
+        buffer = QBuffer(data)
+        buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+        if image is None or not image.save(buffer, "PNG"):  # type: ignore[attr-defined]
             self.status.showMessage("The pasted image could not be read", 5000)
+            return
+        png = bytes(data.data())
+        if self.persist:
+            folder = paths.pasted_dir()
+        else:  # the self-test writes nothing that outlives it
+            self._paste_dir = self._paste_dir or tempfile.mkdtemp(prefix="smolvlm-paste-")
+            folder = Path(self._paste_dir)
+        target = folder / f"pasted-{hashlib.sha256(png).hexdigest()[:16]}.png"
+        try:
+            if not target.is_file():
+                folder.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(target, png)
+        except OSError as exc:
+            self.status.showMessage(f"The pasted image could not be kept in {folder}: {exc}", 8000)
+            return
+        self.add_paths([str(target)], select=True)
 
     def open_images(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(
-            self, "Open images", self.settings.last_folder or str(Path.home()),
-            "Images (*.jpg *.jpeg *.png *.webp *.tif *.tiff *.bmp *.gif *.heic *.heif *.avif);;All files (*)")
+            self, "Open images", self.settings.last_folder or str(Path.home()), self.image_filter())
         self.add_paths(files)
+
+    @staticmethod
+    def image_filter() -> str:
+        """File ▸ Open's filter: only the formats this computer decodes (a .heic offered
+        without its decoder was "added" and then could not be read)."""
+        from ..engine.images import readable_extensions
+
+        return f"Images ({' '.join('*' + e for e in readable_extensions())});;All files (*)"
 
     def open_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Open a folder of images",
@@ -435,6 +548,9 @@ class MainWindow(QMainWindow):
 
     def show_batch(self) -> None:
         self.tabs.setCurrentWidget(self.batch_panel)
+
+    def show_library(self) -> None:
+        self.tabs.setCurrentWidget(self.library_panel)
 
     def batch_start(self) -> None:
         self.show_batch()

@@ -39,8 +39,9 @@ def human_size(nbytes: float | None) -> str:
     return f"{int(nbytes)} B"
 
 
-def download_size(name: str, variant: str) -> float | None:
-    """About how much a pull of this variant downloads, from the catalog (None when unknown)."""
+def download_size(name: str, variant: str) -> tuple[float, bool] | None:
+    """About how much a pull of this variant downloads, from the catalog: (bytes, whether every
+    file's size is known); None when no size at all is known."""
     from .. import hub
 
     try:
@@ -48,17 +49,56 @@ def download_size(name: str, variant: str) -> float | None:
         files = entry.graph_files(variant)
     except hub.HubError:
         return None
-    total = 0.0
+    total, complete = 0.0, True
     for rel in files:
         known = entry.known_files.get(rel) or {}
         if known.get("size"):
             total += known["size"]
             continue
         match = _SIZE_RE.search(str(known.get("approx_size") or ""))
-        if not match:
-            return None
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-    return total
+        if match:
+            total += float(match.group(1)) * _UNITS[match.group(2)]
+        else:
+            complete = False
+    return (total, complete) if total else None
+
+
+def download_text(name: str, variant: str) -> str:
+    """The Size column of a model not downloaded yet (it was blank whenever one file's size
+    was missing from the catalog)."""
+    size = download_size(name, variant)
+    if size is None:
+        return "size known when the download starts"
+    total, complete = size
+    return f"≈ {human_size(total)} to download" if complete else f"over {human_size(total)} to download"
+
+
+_PARAMS_RE = re.compile(r"^(\d+(?:\.\d+)?[MB])\b")
+
+
+def display_name(status: Any) -> str:
+    """'SmolVLM-Instruct (2.2B)': a name without its size gets the one its summary starts with."""
+    if re.search(r"\d+(?:\.\d+)?[MB]\b", status.name):
+        return status.name
+    match = _PARAMS_RE.match(status.summary or "")
+    return f"{status.name} ({match.group(1)})" if match else status.name
+
+
+def folder_size(folder: Path | None) -> int | None:
+    """Bytes on disk under a model folder (for rows the listing gives no size)."""
+    if folder is None or not Path(folder).is_dir():
+        return None
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def list_with_sizes() -> tuple[list[Any], dict[str, int | None]]:
+    """hub.list_models() and each usable model's size on disk (run in the task pool)."""
+    from .. import hub
+
+    rows = hub.list_models()
+    sizes = {r.name: r.size_bytes if r.size_bytes is not None else folder_size(r.folder)
+             for r in rows if r.state in ("installed", "bundled", "partial")}
+    return rows, sizes
 
 
 class ModelManagerDialog(QDialog):
@@ -77,6 +117,7 @@ class ModelManagerDialog(QDialog):
         self.task: HubTask | None = None
         self.task_name = ""
         self.rows: list[Any] = []
+        self._error_row: str | None = None  # the row the error shown is about
         self._build()
         self.refresh()
 
@@ -100,7 +141,7 @@ class ModelManagerDialog(QDialog):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
-        self.table.itemSelectionChanged.connect(self._update_buttons)
+        self.table.itemSelectionChanged.connect(self._selection_changed)
         self.table.itemDoubleClicked.connect(lambda *_: self.use_selected())
         self.summary = QLabel()
         self.summary.setObjectName("Hint")
@@ -169,10 +210,10 @@ class ModelManagerDialog(QDialog):
         from .. import hub
 
         current = select or (self.selected().name if self.selected() else None)
-        self.tasks.run(hub.list_models, lambda rows: self._show(rows, current),
+        self.tasks.run(list_with_sizes, lambda found: self._show(*found, current),
                        lambda exc: self.show_error(f"Could not list the models: {exc}"))
 
-    def _show(self, rows: list[Any], select: str | None) -> None:
+    def _show(self, rows: list[Any], sizes: dict[str, int | None], select: str | None) -> None:
         self.rows = rows
         self.table.setRowCount(len(rows))
         for i, status in enumerate(rows):
@@ -180,13 +221,12 @@ class ModelManagerDialog(QDialog):
             if status.is_default:
                 state += " · default"
             if status.state in ("installed", "bundled"):
-                size = human_size(status.size_bytes)
+                size = f"{human_size(sizes.get(status.name))} on disk"
             elif status.state in ("available", "partial"):
-                approx = download_size(status.name, self.variant_for(status))
-                size = f"≈ {human_size(approx)} to download" if approx else ""
+                size = download_text(status.name, self.variant_for(status))
             else:
                 size = ""
-            cells = [status.name, state, size]
+            cells = [display_name(status), state, size]
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setData(STATUS_ROLE, status)
@@ -233,6 +273,15 @@ class ModelManagerDialog(QDialog):
     def show_error(self, text: str) -> None:
         self.error.setText(text)
         self.error.setVisible(bool(text))
+        selected = self.selected()
+        self._error_row = selected.name if selected is not None and text else None
+
+    def _selection_changed(self) -> None:
+        """Another row: an error about the previous one goes (it stayed, as if about this one)."""
+        selected = self.selected()
+        if self.error.text() and (selected is None or selected.name != self._error_row):
+            self.show_error("")
+        self._update_buttons()
 
     # --- actions -----------------------------------------------------------------------------
 
@@ -369,6 +418,7 @@ class ModelManagerDialog(QDialog):
         status = self.selected()
         if status is not None and status.state in ("installed", "bundled"):
             self.chosen.emit(str(status.folder), status.state == "bundled")
+            self.accept()  # done here: the window loads it
 
     # --- closing -----------------------------------------------------------------------------
 

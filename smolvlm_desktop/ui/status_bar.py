@@ -81,7 +81,9 @@ class StatusBar(QStatusBar):
         elif state == ERROR:
             self.model_label.setText("Model failed to load")
             self.model_label.setToolTip(message)
-        if message and state != READY:
+        if message and state == LOADING:
+            pass  # the model label on the right says it; twice read as two loads
+        elif message and state != READY:
             self.showMessage(message, 8000)
         elif message:
             self.showMessage(f"Note: {message}", 8000)

@@ -19,6 +19,7 @@ LIGHT = {
     "border_strong": "#b7bec9", "accent": "#3451d1", "accent_soft": "#e3e8ff",
     "danger": "#b3261e", "code_bg": "#eef0f4", "notice_bg": "#e8f0fe", "notice_fg": "#1d2433",
     "highlight_text": "#ffffff", "on_accent": "#ffffff",
+    "indicator": "#7a8291", "check_icon": "check-white",
 }
 DARK = {
     "window": "#1b1d22", "base": "#24272e", "alt_base": "#2b2f37", "text": "#e6e8ec",
@@ -26,6 +27,7 @@ DARK = {
     "border_strong": "#525966", "accent": "#7c93ff", "accent_soft": "#2e3660",
     "danger": "#ff8a80", "code_bg": "#2f333c", "notice_bg": "#263248", "notice_fg": "#e6e8ec",
     "highlight_text": "#0d1020", "on_accent": "#0d1020",
+    "indicator": "#7a8291", "check_icon": "check-dark",
 }
 
 
@@ -65,7 +67,9 @@ def palette_for(c: dict[str, str]) -> QPalette:
 
 
 def style_sheet(c: dict[str, str]) -> str:
-    text = resources.files("smolvlm_desktop.resources").joinpath("style.qss").read_text("utf-8")
+    package = resources.files("smolvlm_desktop.resources")
+    text = package.joinpath("style.qss").read_text("utf-8")
+    text = text.replace("@icons@", str(package.joinpath("icons")).replace("\\", "/"))
     for key, value in c.items():
         text = text.replace(f"@{key}@", value)
     return text

@@ -18,6 +18,7 @@ class Thumb:
     info: str = ""  # "4032×3024 JPEG" for the tooltip
     error: str = ""  # why it could not be read, for the tooltip
     notes: list[str] = field(default_factory=list)
+    original: tuple[int, int] | None = None  # width, height of the file's image, upright
 
 
 def pil_to_qimage(image: Image.Image) -> QImage:
@@ -43,4 +44,4 @@ def make_thumbnail(path: str, edge: int = THUMB_EDGE) -> Thumb:
         return Thumb(path, None, error=exc.strerror or str(exc))
     w, h = loaded.original_size
     return Thumb(path, pil_to_qimage(loaded.image), info=f"{w}×{h} {loaded.format}",
-                 notes=list(loaded.notes))
+                 notes=list(loaded.notes), original=(w, h))
