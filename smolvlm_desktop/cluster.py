@@ -32,6 +32,7 @@ An address where nothing answers: Ray keeps trying to join for minutes (Ctrl+C s
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import platform
@@ -55,6 +56,10 @@ class ClusterError(OSError):
     it in one line (exit 1); the job stays unfinished and the same command resumes it."""
 
 
+class ClusterUnavailable(Exception):
+    """Ray is not installed (a usage error: the option cannot work in this installation)."""
+
+
 def ray_module(address: str | None = None) -> Any:
     """Ray, imported with its usage statistics off; a ClusterUnavailable if not installed.
 
@@ -75,10 +80,6 @@ def ray_module(address: str | None = None) -> Any:
         raise ClusterUnavailable(
             "--cluster needs Ray: pip install 'smolvlm-desktop[cluster]'") from None
     return ray
-
-
-class ClusterUnavailable(Exception):
-    """Ray is not installed (a usage error: the option cannot work in this installation)."""
 
 
 # --- the driver side ---------------------------------------------------------------------
@@ -244,8 +245,6 @@ def all_nodes_have(ray: Any, folder: str, listing: Mapping[str, int]) -> bool:
 
 
 def outcome_from_row(row: Mapping[str, Any]) -> Captioned | NotCaptioned:
-    import json
-
     path = Path(str(row["path"]))
     if row["error"]:
         return NotCaptioned(path, str(row["error"]))
@@ -288,8 +287,6 @@ class _CaptionActor:
         self.node = platform.node()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        import json
-
         from .engine.images import load_image
         from .engine.types import EngineError, Message
 
