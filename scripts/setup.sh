@@ -41,7 +41,7 @@ if [ "$dev" = 1 ]; then
     echo "  $cpu_index:  .venv/bin/python -m pip install $torch_pin --extra-index-url $cpu_index" >&2
     exit 1
   }
-  .venv/bin/python -m pip install -q -e ".[test,export]"  # torch==2.13.0 is met by 2.13.0+cpu
+  .venv/bin/python -m pip install -q -e ".[test,export,cluster]"  # torch==2.13.0 is met by 2.13.0+cpu
 else
   .venv/bin/python -m pip install -q .
 fi

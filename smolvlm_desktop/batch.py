@@ -36,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from .engine.images import LoadedImage, load_image
 from .engine.types import CancelToken, EngineError, GenerationSettings, Message, Timings
@@ -159,6 +159,34 @@ class Progress:
 
 
 @dataclass
+class Captioned:
+    """A caption made by a caption step away from this process (see CaptionStep)."""
+
+    path: Path
+    text: str  # stripped, as the files hold it
+    timings: Timings
+    token_ids: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NotCaptioned:
+    """An image a caption step could not caption, and why (e.g. a worker cannot read it)."""
+
+    path: Path
+    reason: str
+
+
+# The pluggable "generate" step: given the images to caption (already past the skip check)
+# and the run's cancel flag, yield one outcome per image, in any order, as each is ready.
+# The runner does everything else (job, staging, writing, marking done), so a step that
+# runs elsewhere (cluster.py: a Ray cluster) gets resume, atomic writes and "every image
+# once" from the same code as a local batch. An outcome for an image already handled in
+# this run is ignored; an image the step never yields stays pending (resumable).
+CaptionStep = Callable[[Sequence[Path], CancelToken], Iterable["Captioned | NotCaptioned"]]
+
+
+@dataclass
 class BatchSummary:
     """What this run did (a resumed job's earlier work is not counted again)."""
 
@@ -229,8 +257,10 @@ class BatchRunner:
 
     def __init__(self, model: Any, settings: BatchSettings, *, library: Library | None = None,
                  on_event: Callable[[object], None] | None = None,
-                 model_name: str | None = None, group_size: int | None = None) -> None:
+                 model_name: str | None = None, group_size: int | None = None,
+                 step: CaptionStep | None = None) -> None:
         self.model = model
+        self.step = step  # None: this process's model captions, in groups (see _loop)
         self.settings = settings
         self.group_size = max(1, group_size or GROUP_SIZE)
         self.library = library
@@ -281,6 +311,9 @@ class BatchRunner:
 
     def _loop(self, run: _Run) -> None:
         pending = [item for item in run.items if item.staged is None]  # staged: finished by _Recovery
+        if self.step is not None:
+            self._stepped(run, pending)
+            return
         # Where the decoder cannot decode a group together (the official int8 files), images
         # go one by one, so each streams and is written as soon as it is done.
         size = self.group_size if self.model.decodes_in_batches else 1
@@ -290,6 +323,37 @@ class BatchRunner:
                 if self._wait_while_paused(run.pause, run.cancel) or not self._group(run, group, images):
                     run.summary.cancelled = True
                     return
+
+    def _stepped(self, run: _Run, pending: list[_Item]) -> None:
+        """The loop with a CaptionStep: skip checks here, captions from the step, then the
+        same _finish/_failed as a local group. The time between two outcomes is the time
+        per image the ETA uses (with many workers, that is the cluster's throughput)."""
+        todo: dict[Path, _Item] = {}
+        for item in pending:
+            if self.settings.existing == "skip" and run.writer.has_caption(item.path):
+                self._skipped(run, item.path, "a caption already exists")
+                self.on_event(run.tally.progress())
+            else:
+                todo.setdefault(item.path, item)
+        last = time.monotonic()
+        assert self.step is not None
+        for outcome in self.step(list(todo), run.cancel):
+            item = todo.pop(outcome.path, None)
+            if item is None:
+                continue  # a retried image seen a second time: written once only
+            self.on_event(ImageStarted(item.index, run.tally.total, item.path))
+            if isinstance(outcome, NotCaptioned):
+                self._failed(run, item.path, outcome.reason)
+            else:
+                self._finish(run, item, (outcome.text, outcome.timings, outcome.token_ids),
+                             outcome.notes)
+                now = time.monotonic()
+                run.tally.recent.append(now - last)
+                last = now
+            self.on_event(run.tally.progress())
+            if run.cancel.cancelled:
+                break
+        run.summary.cancelled = bool(todo)  # stopped early: the rest stays pending
 
     def _prepare(self, paths: Sequence[Path], job_id: int | None, cancel: CancelToken,
                  pause: threading.Event | None) -> _Run:

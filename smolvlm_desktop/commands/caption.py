@@ -68,7 +68,13 @@ def run_caption(args: argparse.Namespace) -> int:
     if args.write and len(prompts) > 1:
         raise UsageError("--write keeps one caption per image: give one --prompt or --preset "
                          "(several prompts go to the screen or --json)")
-    model = load_model(args)
+    step = None
+    if args.cluster:  # the same batch, its captions made on a Ray cluster
+        from ..cluster import prepare
+
+        model, step = prepare(args, prompts[0], settings)
+    else:
+        model = load_model(args)
     reporter = Reporter(args, model)
     for path, reason in problems:
         reporter.failed(path, reason)
@@ -77,7 +83,7 @@ def run_caption(args: argparse.Namespace) -> int:
     many = len(images) + len(problems) > 1 or any(Path(p).is_dir() for p in args.paths)
     if args.write:
         try:
-            failed = run_batch(args, model, images, prompts[0], settings, reporter)
+            failed = run_batch(args, model, images, prompts[0], settings, reporter, step)
         except JobBusy as exc:
             return refuse(exc)
     else:
@@ -237,7 +243,7 @@ def open_library_quietly():  # type: ignore[no-untyped-def]
 
 
 def run_batch(args: argparse.Namespace, model: VisionLanguageModel, images: list[Path],
-              prompt: str, settings: GenerationSettings, reporter: Reporter) -> int:
+              prompt: str, settings: GenerationSettings, reporter: Reporter, step=None) -> int:  # type: ignore[no-untyped-def]
     from ..batch import BatchSettings
 
     batch_settings = BatchSettings(
@@ -250,7 +256,7 @@ def run_batch(args: argparse.Namespace, model: VisionLanguageModel, images: list
         job_id = resumable_job(library, batch_settings, images, model.info.name)
         if job_id is not None:
             print(f"resuming job #{job_id} where it stopped", file=sys.stderr)
-        return drive(model, batch_settings, library, images, job_id, reporter)
+        return drive(model, batch_settings, library, images, job_id, reporter, step=step)
     finally:
         if library is not None:
             library.close()
@@ -275,7 +281,8 @@ def resumable_job(library, settings, images: list[Path], model_name: str) -> int
 
 
 def drive(model: VisionLanguageModel, settings, library, images: list[Path], job_id: int | None,  # type: ignore[no-untyped-def]
-          reporter: Reporter, resume_hint: str = "run the same command again to resume") -> int:
+          reporter: Reporter, resume_hint: str = "run the same command again to resume",
+          step=None) -> int:  # type: ignore[no-untyped-def]
     from ..batch import BatchRunner, ImageDone, ImageFailed, ImageSkipped, LibraryStopped, Progress
     from ..library.db import RESET_HINT
 
@@ -302,7 +309,7 @@ def drive(model: VisionLanguageModel, settings, library, images: list[Path], job
             bar.update(event.done + event.skipped + event.failed - bar.n)
 
     runner = BatchRunner(model, settings, library=library, on_event=on_event,
-                         model_name=model.info.name)
+                         model_name=model.info.name, step=step)
     try:
         summary = runner.run(images, job_id=job_id)
     except KeyboardInterrupt as exc:  # Ctrl+C or SIGTERM: what is done is saved, the rest resumes

@@ -1,0 +1,360 @@
+"""`caption ... --write FORMAT --cluster ADDRESS`: the same batch, captioned by a Ray cluster.
+
+Only the "generate" step moves (batch.CaptionStep): Ray Data reads the list of images, a pool
+of actors each loads the model once and captions groups of GROUP_SIZE images decoded
+together, exactly as one machine does, and the results (caption text, timings, or the error)
+stream back to this process, the driver. The driver writes them through the very same
+BatchRunner and library/ code as a local batch, so resume, atomic writes and "every image
+once" are not re-implemented here.
+
+    driver (this process)                      cluster nodes
+    BatchRunner: job, skip check  --paths-->   Ray Data -> _CaptionActor (model loaded once)
+    _finish: stage, write, mark  <--results--  caption text, timings, token ids, or error
+
+Images are read where they are: every node must see the same paths (a shared filesystem);
+an image a worker cannot read fails alone, with the node's name. The model is loaded from
+its folder on each node when the node has it (same files, same sizes), else its files are
+shipped once through Ray's object store.
+
+A node that dies mid-job: Ray Data restarts its actor and retries its work elsewhere; if the
+stream itself fails (e.g. results held on the dead node), the images not yet received are
+streamed again, up to STREAM_RETRIES times. The runner ignores a second result for an image,
+so none is written twice.
+
+Privacy: Ray's usage statistics are switched off before Ray is imported
+(RAY_USAGE_STATS_ENABLED=0); a local cluster starts with no dashboard, on 127.0.0.1, with a
+token of this run only (see ray_module). This is the one module besides hub.py allowed a
+network module (Ray), and only `caption --cluster` imports it. Ray is optional
+(`pip install 'smolvlm-desktop[cluster]'`); without it `--cluster` is a one-line usage error.
+An address where nothing answers: Ray keeps trying to join for minutes (Ctrl+C stops it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import secrets
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from .batch import GROUP_SIZE, Captioned, NotCaptioned, timings_from_dict
+from .engine.files import expected_files, load_model_files
+from .engine.types import CancelToken, GenerationSettings, ModelInfo
+
+STREAM_RETRIES = 3  # fresh streams of the images not yet received, after a failed one
+MAX_BLOCKS = 1000  # Ray Data blocks the image list is cut into (a block is the retry unit)
+
+
+class ClusterError(OSError):
+    """The cluster could not be reached, or kept failing. An OSError, so that the CLI reports
+    it in one line (exit 1); the job stays unfinished and the same command resumes it."""
+
+
+class ClusterUnavailable(Exception):
+    """Ray is not installed (a usage error: the option cannot work in this installation)."""
+
+
+def ray_module(address: str | None = None) -> Any:
+    """Ray, imported with its usage statistics off; a ClusterUnavailable if not installed.
+
+    For a local cluster (address "local") also, before the import (Ray reads them then):
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, Ray's switch for single-machine clusters, under which
+    the node's address is 127.0.0.1, not the outward address Ray otherwise finds with a UDP
+    "connect" to 8.8.8.8; and token authentication with a token of this run only, in the
+    environment, where Ray would otherwise save one in ~/.ray/auth_token for good."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    if address == "local":
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        if "RAY_AUTH_MODE" not in os.environ:
+            os.environ["RAY_AUTH_MODE"] = "token"
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    try:
+        import ray
+    except ImportError:
+        raise ClusterUnavailable(
+            "--cluster needs Ray: pip install 'smolvlm-desktop[cluster]'") from None
+    return ray
+
+
+# --- the driver side ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterModel:
+    """What the driver knows of the model without loading it: the workers load it.
+
+    Stands in for a VisionLanguageModel where the CLI and BatchRunner only read `.info`."""
+
+    info: ModelInfo
+    folder: Path
+    variant: str
+    threads: int  # ONNX Runtime threads per actor, and the CPUs each actor reserves
+    provider: str = "auto"
+
+    @classmethod
+    def describe(cls, folder: Path, variant: str | None, threads: int | None,
+                 provider: str = "auto") -> "ClusterModel":
+        files = load_model_files(folder)
+        chosen = files.choose_variant(variant)
+        info = ModelInfo(name=files.name, folder=str(files.folder), variant=chosen,
+                         providers={}, tile_size=files.image_processor.tile_size,
+                         longest_edge=files.image_processor.longest_edge,
+                         image_seq_len=files.image_seq_len)
+        return cls(info, Path(files.folder).resolve(), chosen, max(1, threads or 1), provider)
+
+
+def model_listing(folder: Path, variant: str) -> dict[str, int]:
+    """The files a worker needs for this variant (relative path -> size): everything but
+    the other variants' graphs."""
+    wanted = expected_files(variant)
+    listing = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_file() and (not rel.startswith("onnx/") or any(rel.startswith(w) for w in wanted)):
+            listing[rel] = path.stat().st_size
+    return listing
+
+
+def has_model(folder: str | Path, listing: Mapping[str, int]) -> bool:
+    """Does this machine hold the model folder, with the same files at the same sizes?"""
+    try:
+        return all((Path(folder) / rel).stat().st_size == size for rel, size in listing.items())
+    except OSError:
+        return False
+
+
+class RayCaptionStep:
+    """A batch.CaptionStep that captions on a Ray cluster (see the module docstring)."""
+
+    def __init__(self, address: str, model: ClusterModel, prompt: str,
+                 generation: GenerationSettings, group_size: int = GROUP_SIZE,
+                 on_note: Callable[[str], None] | None = None) -> None:
+        self.address = address
+        self.model = model
+        self.prompt = prompt
+        self.generation = generation
+        self.group_size = max(1, group_size)
+        self.on_note = on_note or (lambda text: print(f"note: {text}", file=sys.stderr))
+
+    def __call__(self, paths: Sequence[Path], cancel: CancelToken) -> Iterator[Captioned | NotCaptioned]:
+        if not paths:
+            return
+        ray = ray_module(self.address)
+        connect(ray, self.address)
+        try:
+            actor_args = self._actor_args(ray)
+            # workers get absolute paths (their working folder is not ours); answers come
+            # back under the path the runner knows
+            remaining = {os.path.abspath(p): Path(p) for p in paths}
+            for attempt in range(STREAM_RETRIES + 1):
+                try:
+                    for outcome in self._stream(ray, list(remaining), actor_args):
+                        key = str(outcome.path)
+                        if key in remaining:  # not one a failed stream delivered already
+                            outcome.path = remaining.pop(key)
+                            yield outcome
+                        if cancel.cancelled:
+                            return
+                    return  # the stream ended: every image it was given came back
+                except ray.exceptions.RayError as exc:
+                    if attempt == STREAM_RETRIES:
+                        raise ClusterError(f"the cluster kept failing: {one_line(exc)}") from None
+                    self.on_note(f"the cluster lost work ({one_line(exc)}); "
+                                 f"{len(remaining)} images go again")
+        finally:
+            ray.shutdown()
+
+    def _actor_args(self, ray: Any) -> dict[str, Any]:
+        """What each actor is built from; the model's files are shipped through the object
+        store only when some node does not hold the folder."""
+        listing = model_listing(self.model.folder, self.model.variant)
+        shipped = None
+        if not all_nodes_have(ray, str(self.model.folder), listing):
+            self.on_note("some cluster nodes do not have the model folder: shipping its files")
+            shipped = {rel: ray.put((self.model.folder / rel).read_bytes()) for rel in listing}
+        return {"folder": str(self.model.folder), "listing": listing, "shipped": shipped,
+                "variant": self.model.variant, "threads": self.model.threads,
+                "provider": self.model.provider,
+                "prompt": self.prompt, "generation": self.generation}
+
+    def _stream(self, ray: Any, paths: list[str], actor_args: dict[str, Any]
+                ) -> Iterator[Captioned | NotCaptioned]:
+        """One Ray Data pass over `paths`; outcomes in the order they finish."""
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # the driver shows its own
+        blocks = max(1, min(MAX_BLOCKS, math.ceil(len(paths) / self.group_size)))
+        dataset = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
+        total_cpus = int(ray.cluster_resources().get("CPU", 1))
+        actors = max(1, total_cpus // self.model.threads)
+        captions = dataset.map_batches(
+            _CaptionActor, fn_constructor_kwargs=actor_args, batch_size=self.group_size,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            num_cpus=self.model.threads, batch_format="numpy")
+        for row in captions.iter_rows():
+            yield outcome_from_row(row)
+
+
+def connect(ray: Any, address: str) -> None:
+    """ray.init for `--cluster ADDRESS`: "local" starts a private cluster on this machine
+    (no dashboard, no usage statistics, on 127.0.0.1 only); anything else joins an existing
+    one. Workers' logs stay on their nodes: stdout carries the answers (--json)."""
+    try:
+        if address == "local":
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        else:
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ClusterError(f"cannot join the Ray cluster at {address}: {one_line(exc)}") from None
+    errors_to_stderr(ray)
+
+
+def errors_to_stderr(ray: Any) -> None:
+    """Ray prints the cluster's errors (a node died...) on the driver's stdout, which here
+    carries the answers (--json): send them to stderr. Ray Data's chatter goes too."""
+    import logging
+
+    worker = ray._private.worker
+    print_to_stdstream = getattr(worker, "print_to_stdstream", None)
+    if print_to_stdstream is not None and not getattr(print_to_stdstream, "to_stderr", False):
+        def to_stderr(data: dict, ignore_prefix: bool) -> None:
+            print_to_stdstream({**data, "is_err": True}, ignore_prefix)
+
+        to_stderr.to_stderr = True  # type: ignore[attr-defined]
+        worker.print_to_stdstream = to_stderr
+    import ray.data  # noqa: F401 - configures its loggers on import: before the levels below
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
+
+
+def all_nodes_have(ray: Any, folder: str, listing: Mapping[str, int]) -> bool:
+    """Ask every live node (a zero-CPU task pinned to each) whether it holds the model."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0)(has_model)
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    answers = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+               .remote(folder, listing) for node in nodes]
+    return all(ray.get(answers))
+
+
+def outcome_from_row(row: Mapping[str, Any]) -> Captioned | NotCaptioned:
+    path = Path(str(row["path"]))
+    if row["error"]:
+        return NotCaptioned(path, str(row["error"]))
+    return Captioned(path, str(row["text"]), timings_from_dict(json.loads(row["timings"])),
+                     json.loads(row["token_ids"]), json.loads(row["notes"]))
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+# --- the worker side -------------------------------------------------------------------------
+
+
+class _CaptionActor:
+    """One model per actor, loaded once; captions the groups Ray Data hands it.
+
+    Never raises for one image: an unreadable image or a failed caption comes back as that
+    row's error, so the batch goes on."""
+
+    def __init__(self, folder: str, listing: dict[str, int], shipped: dict[str, Any] | None,
+                 variant: str, threads: int, prompt: str, generation: GenerationSettings,
+                 provider: str = "auto") -> None:
+        from .engine.model import VisionLanguageModel
+
+        if has_model(folder, listing):
+            local = folder
+        elif shipped is None:
+            raise FileNotFoundError(f"the model folder {folder} is not on cluster node "
+                                    f"{platform.node()}, and was not shipped")
+        else:
+            import ray
+
+            local = unpack_model(listing, lambda rel: ray.get(shipped[rel]))
+        self.model = VisionLanguageModel.load(local, variant=variant, provider=provider,
+                                              threads=threads)
+        self.prompt = prompt
+        self.generation = generation
+        self.node = platform.node()
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        from .engine.images import load_image
+        from .engine.types import EngineError, Message
+
+        paths = [str(p) for p in batch["path"]]
+        rows = {p: {"path": p, "text": "", "error": "", "timings": "{}", "token_ids": "[]",
+                    "notes": "[]"} for p in paths}
+        ready = []
+        for path in paths:
+            if not os.path.exists(path):
+                rows[path]["error"] = (f"not found on cluster node {self.node} "
+                                       "(every node must see the images at the same path)")
+                continue
+            try:
+                ready.append((path, load_image(path)))
+            except EngineError as exc:
+                rows[path]["error"] = str(exc)
+        conversations = [[Message("user", self.prompt, images=(loaded.image,))] for _, loaded in ready]
+        results = self.model.generate_many(conversations, self.generation) if ready else []
+        for (path, loaded), result in zip(ready, results):
+            if isinstance(result, EngineError):
+                rows[path]["error"] = str(result)
+            else:
+                rows[path].update(text=result.text.strip(),
+                                  timings=json.dumps(result.timings.as_dict()),
+                                  token_ids=json.dumps([int(t) for t in result.token_ids]),
+                                  notes=json.dumps(loaded.notes))
+        return {key: [rows[p][key] for p in paths] for key in
+                ("path", "text", "error", "timings", "token_ids", "notes")}
+
+
+def unpack_model(listing: Mapping[str, int], fetch: Callable[[str], bytes],
+                 root: Path | None = None) -> str:
+    """The model's files (fetch: from the object store), in a folder of this node's temp dir
+    named by their listing, so a second actor on the node reuses it. Written to a scratch
+    folder and renamed into place, so a half-written copy is never loaded."""
+    key = hashlib.sha256(repr(sorted(listing.items())).encode()).hexdigest()[:16]
+    target = (root or Path(tempfile.gettempdir()) / "smolvlm-cluster-models") / key
+    if has_model(target, listing):
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    for rel in listing:
+        (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+        (scratch / rel).write_bytes(fetch(rel))
+    try:
+        os.rename(scratch, target)
+    except OSError:  # another actor on this node got there first
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+    return str(target)
+
+
+# --- the CLI's entry -----------------------------------------------------------------------
+
+
+def prepare(args: Any, prompt: str, generation: GenerationSettings) -> tuple[ClusterModel, RayCaptionStep]:
+    """The model description and the caption step for `caption --cluster`; a UsageError
+    (exit 2, one line) without --write or without Ray."""
+    from .cli import UsageError
+    from .paths import resolve_model
+
+    if not args.write:
+        raise UsageError("--cluster goes with --write (the captions are written as files)")
+    try:
+        ray_module(args.cluster)
+    except ClusterUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    model = ClusterModel.describe(resolve_model(args.model), args.variant, args.threads,
+                                  args.provider)
+    return model, RayCaptionStep(args.cluster, model, prompt, generation)

@@ -1,0 +1,119 @@
+"""A real Ray cluster of separate nodes on this machine, on the loopback only, for tests.
+
+Each node is a `ray start` of its own (a raylet with its own object store), so killing one
+node's raylet is a node dying mid-job. Every node starts with usage statistics off and no
+dashboard. Addresses: `ray start` turns 127.0.0.1 into the machine's outward address (found
+by a UDP connect to 8.8.8.8), so it runs here with that one function made the identity
+(RAY_START); drivers get RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, under which Ray keeps 127.0.0.1
+too. Loopback throughout.
+
+Stopping kills only the processes of this cluster, found by its own temp dir in their
+command lines (`ray stop` would stop every Ray process of the user).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Token authentication, the token in the environment only: Ray would otherwise read (or, for
+# ray.init, write) ~/.ray/auth_token, and a token left there by anything else breaks a join.
+TOKEN = secrets.token_hex(32)
+_SELF = {os.getpid(), os.getppid()}  # their command lines may name the temp dir too
+# `ray start`, with Ray's "127.0.0.1 means the machine's outward address" rule switched off
+RAY_START = [sys.executable, "-c",
+             "import sys, ray._private.services as s; s.resolve_ip_for_localhost = lambda h: h; "
+             "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()", "start"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ray_env() -> dict[str, str]:
+    """The environment of every Ray process and driver in the tests."""
+    env = dict(os.environ)
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
+    return env
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback (bound and released: nothing is connected to)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LoopbackCluster:
+    """`ray start --head` plus `workers` more nodes, one CPU each."""
+
+    def __init__(self, workers: int = 1) -> None:
+        # short: Ray's Unix socket paths must fit in 107 bytes
+        self.temp_dir = tempfile.mkdtemp(prefix="smr", dir="/tmp")
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.worker_raylets: list[int] = []
+        try:
+            self._start("--head", "--port", str(self.port), "--include-dashboard", "false")
+            for _ in range(workers):
+                before = set(self.raylets())
+                self._start("--address", self.address)
+                self.worker_raylets += sorted(set(self.raylets()) - before)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, *args: str) -> None:
+        done = subprocess.run([*RAY_START, *args, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+                               "--disable-usage-stats", "--temp-dir", self.temp_dir],
+                              env={**ray_env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"},
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise RuntimeError(f"ray start {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
+
+    def pids(self) -> list[int]:
+        """Every live process of this cluster (its temp dir is on each command line)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if self.temp_dir.encode() in cmdline and int(entry.name) not in _SELF:
+                found.append(int(entry.name))
+        return found
+
+    def raylets(self) -> list[int]:
+        return [pid for pid in self.pids() if _cmd(pid).split(b"\0")[0].endswith(b"/raylet")]
+
+    def kill_worker_node(self) -> None:
+        """The first worker node's raylet dies at once (SIGKILL), as on a crashed machine."""
+        os.kill(self.worker_raylets[0], signal.SIGKILL)
+
+    def stop(self) -> None:
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            for pid in self.pids():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait
+            while self.pids() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _cmd(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
