@@ -102,13 +102,18 @@ class CatalogEntry:
     known_files: dict[str, dict[str, Any]] = field(default_factory=dict)
     common_files: tuple[str, ...] = ()
     optional_files: tuple[str, ...] = ()
+    kind: str = paths.CHAT  # or paths.EMBEDDING: a CLIP-style model for search by meaning
 
     def graph_files(self, variant: str) -> list[str]:
-        """The three ONNX graphs of one variant, named as the official release names them."""
+        """The ONNX graphs of one variant, named as the official release names them."""
         from .engine.files import VARIANT_SUFFIXES, expected_files
 
         if variant not in VARIANT_SUFFIXES:
             raise HubError(f"unknown variant {variant!r}; known variants: {', '.join(VARIANT_SUFFIXES)}")
+        if self.kind == paths.EMBEDDING:
+            from .engine.embeddings import GRAPHS
+
+            return [f"onnx/{g}{VARIANT_SUFFIXES[variant]}.onnx" for g in GRAPHS]
         return expected_files(variant)
 
 
@@ -123,6 +128,7 @@ def load_catalog(path: Path | None = None) -> list[CatalogEntry]:
             onnx=bool(m.get("onnx", True)),
             variants=tuple(m["variants"]) if m.get("variants") is not None else None,
             known_files=dict(m.get("known_files") or {}), common_files=common, optional_files=optional,
+            kind=m.get("kind", paths.CHAT),
         )
         for m in raw["models"]
     ]
@@ -634,11 +640,13 @@ def _remove_if_empty(folder: Path) -> None:
 
 def _validate_folder(folder: Path, variant: str | None, cleanup: Path | None) -> Any:
     """Load the folder as the engine will; on failure delete `cleanup` and explain."""
+    from .engine.embeddings import load_embedding_files
     from .engine.files import load_model_files
     from .engine.types import ModelFolderError
 
     try:
-        files = load_model_files(folder)
+        embedding = paths.model_kind(folder) == paths.EMBEDDING
+        files = load_embedding_files(folder) if embedding else load_model_files(folder)
         if variant is not None:
             files.choose_variant(variant)
         return files
@@ -733,7 +741,7 @@ def _installed_folder(name: str) -> Path:
     folder = paths.models_dir() / name
     if NAME_RE.match(name) and folder.is_dir():
         return folder
-    names = ", ".join(p.name for p in paths.installed_models()) or "none"
+    names = ", ".join(p.name for p in paths.installed_models(kind=None)) or "none"
     raise NotInstalledError(f"no installed model named {name!r} (installed: {names})")
 
 
@@ -843,7 +851,11 @@ def remove(name: str) -> None:
 def set_default(name: str) -> None:
     """Make `name` the model used when none is given (an installed model, or 'demo')."""
     if name != paths.DEMO_MODEL_NAME:
-        name = _installed_folder(name).name
+        folder = _installed_folder(name)
+        if paths.model_kind(folder) == paths.EMBEDDING:
+            raise HubError(f"{name} is an embedding model (for search by meaning), not a chat model; "
+                           "search uses it without being made the default")
+        name = folder.name
     _atomic_write(paths.default_model_file(), name + "\n")
 
 
@@ -861,11 +873,12 @@ class ModelStatus:
     size_bytes: int | None = None
     is_default: bool = False
     source: str | None = None  # "hub", "import", or None (no manifest)
+    kind: str = paths.CHAT  # or paths.EMBEDDING (never offered as a chat model)
 
 
 def list_models() -> list[ModelStatus]:
     """Catalog models (installed or not), then other installed folders, then the bundled demo."""
-    installed = {p.name: p for p in paths.installed_models()}
+    installed = {p.name: p for p in paths.installed_models(kind=None)}
     default = paths.default_model_name()
     rows = []
     for entry in load_catalog():
@@ -876,7 +889,7 @@ def list_models() -> list[ModelStatus]:
         partial = paths.models_dir() / PARTIAL_DIR_NAME / entry.name
         state = "no-onnx" if not entry.onnx else "partial" if partial.is_dir() else "available"
         rows.append(ModelStatus(entry.name, state, None, entry.summary, entry.repo, entry.revision,
-                                entry.variants or ()))
+                                entry.variants or (), kind=entry.kind))
     rows += [_installed_status(folder, default, None) for folder in installed.values()]
     rows.append(ModelStatus(paths.DEMO_MODEL_NAME, "bundled", paths.demo_model_dir(),
                             "tiny random-weight model shipped with the app; its answers are noise",
@@ -891,7 +904,8 @@ def _installed_status(folder: Path, default: str | None, entry: CatalogEntry | N
     return ModelStatus(
         folder.name, "installed", folder, entry.summary if entry else "",
         manifest.get("repo") or (entry.repo if entry else None), manifest.get("revision"),
-        tuple(manifest.get("variants") or ()), size, folder.name == default, manifest.get("source"))
+        tuple(manifest.get("variants") or ()), size, folder.name == default, manifest.get("source"),
+        paths.model_kind(folder))
 
 
 def _folder_size(folder: Path) -> int:
