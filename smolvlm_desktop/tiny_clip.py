@@ -103,29 +103,30 @@ def build_tokenizer() -> Any:
                          model_max_length=MAX_TEXT_TOKENS)
 
 
-def build_tiny_clip() -> Any:
-    """A CLIPModel with the real structure at toy sizes, random weights from a fixed seed."""
+def build_tiny_clip(full_size: bool = False) -> Any:
+    """A CLIPModel with the real structure at toy sizes, random weights from a fixed seed.
+    full_size=True: ViT-B/32's real sizes (12+12 layers, 768/512 wide, 512-d embeddings), for
+    measuring speed (bench/clip_speed.py); only the vocabulary stays small."""
     import torch
     from transformers import CLIPConfig, CLIPModel
 
     vocab, _ = build_vocab()
-    config = CLIPConfig(
-        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64,
-                     "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "max_position_embeddings": MAX_TEXT_TOKENS,
-                     "bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS],
-                     "pad_token_id": vocab[EOS]},
-        vision_config={"image_size": IMAGE_SIZE, "patch_size": 32, "hidden_size": 32,
-                       "intermediate_size": 64, "num_hidden_layers": 2,
-                       "num_attention_heads": 2},
-        projection_dim=16,
-    )
+    text = {"vocab_size": len(vocab), "max_position_embeddings": MAX_TEXT_TOKENS,
+            "bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS], "pad_token_id": vocab[EOS]}
+    vision = {"image_size": IMAGE_SIZE, "patch_size": 32}
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    if full_size:  # CLIPConfig's defaults are ViT-B/32's
+        config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)
+    else:
+        config = CLIPConfig(text_config={**text, **small}, vision_config={**vision, **small},
+                            projection_dim=16)
     torch.manual_seed(SEED)
     model = CLIPModel(config).eval()
-    with torch.no_grad():  # spread the weights out, so that a wrong pixel or token shows
-        for param in model.parameters():
-            if param.dim() > 1:
-                param.normal_(0.0, 0.2)
+    if not full_size:
+        with torch.no_grad():  # spread the weights out, so that a wrong pixel or token shows
+            for param in model.parameters():
+                if param.dim() > 1:
+                    param.normal_(0.0, 0.2)
     return model
 
 
@@ -201,11 +202,11 @@ def _towers(model: Any) -> tuple[Any, Any]:
     return Vision().eval(), Text().eval()
 
 
-def write_tiny_clip(out: Path) -> None:
+def write_tiny_clip(out: Path, full_size: bool = False) -> None:
     """Write the whole folder (configs, tokenizer, fp32 and int8 graphs) into `out` (new)."""
     import torch
 
-    model = build_tiny_clip()
+    model = build_tiny_clip(full_size)
     tokenizer = build_tokenizer()
     out.mkdir(parents=True)
     model.config.save_pretrained(out)
