@@ -5,9 +5,9 @@ Shared by the command line (`index`, `search`) and the window's worker, so both 
 * `index_images` embeds the images whose size or mtime changed since they were last embedded
   (everything else is skipped), a batch at a time, each batch committed at once: killed at any
   moment, the next run continues where this one stopped. A file that cannot be decoded is
-  recorded with its reason and reported, and the run goes on. The next image is decoded in a
-  second thread while the current batch runs through the model (Pillow releases the GIL while
-  decoding), so a JPEG's decode costs little wall time.
+  recorded with its reason and reported, and the run goes on. The next batch is decoded and
+  pre-processed in a second thread while the current one runs through the model (Pillow and
+  numpy release the GIL), so decoding costs little wall time.
 * `search` ranks by meaning (the query text's, or an example image's, embedding against every
   stored one) and by caption words (the library's full-text search) together, by reciprocal
   rank fusion (library/vectors.py `rank_together`).
@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 
-from .engine.embeddings import EmbeddingModel, load_for_embedding
+from .engine.embeddings import EmbeddingModel, load_for_embedding, preprocess
 from .engine.types import ImageError
 from .library.db import Library
 from .library.vectors import Match, VectorStore, rank_together
@@ -55,16 +54,16 @@ def index_images(model: EmbeddingModel, store: VectorStore, images: Sequence[str
     for chunk in _decoded_batches(model, todo, batch):
         if cancel is not None and cancel.is_set():
             break
-        good = [(path, image) for path, image in chunk if isinstance(image, Image.Image)]
-        vectors = model.embed_images([image for _, image in good]) if good else np.zeros((0, 0))
+        good = [(path, pixels) for path, pixels in chunk if isinstance(pixels, np.ndarray)]
+        vectors = model.embed_pixels(np.stack([p for _, p in good])) if good else np.zeros((0, 0))
         by_path = {path: vector for (path, _), vector in zip(good, vectors)}
         rows = []
-        for path, image in chunk:
-            if isinstance(image, Image.Image):
+        for path, pixels in chunk:
+            if isinstance(pixels, np.ndarray):
                 rows.append((path, by_path[path], None))
             else:
-                rows.append((path, None, image))
-                state.failures.append((path, image))
+                rows.append((path, None, pixels))
+                state.failures.append((path, pixels))
         store.add_many(model.key, rows)
         state.done += len(chunk)
         state.failed = len(state.failures)
@@ -75,13 +74,13 @@ def index_images(model: EmbeddingModel, store: VectorStore, images: Sequence[str
 
 
 def _decoded_batches(model: EmbeddingModel, paths: Sequence[str], batch: int
-                     ) -> Iterator[list[tuple[str, Image.Image | str]]]:
-    """Batches of (path, decoded image or the reason it could not be), decoding ahead."""
+                     ) -> Iterator[list[tuple[str, np.ndarray | str]]]:
+    """Batches of (path, the model's input pixels or the reason there are none), ahead."""
     settings = model.files.processor
 
-    def decode(path: str) -> Image.Image | str:
+    def decode(path: str) -> np.ndarray | str:
         try:
-            return load_for_embedding(path, settings)
+            return preprocess(load_for_embedding(path, settings), settings)
         except ImageError as exc:
             return str(exc)
         except OSError as exc:  # vanished or unreadable between listing and decoding

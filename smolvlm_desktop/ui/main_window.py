@@ -504,6 +504,7 @@ class MainWindow(QMainWindow):
         if self.thread is not None:
             self.thread.shutdown()
         self.tasks.shutdown()
+        self.library.stop_indexing()  # after the image being embedded; what is done is kept
         self.worker.close_library()  # after the pool: a search may still have been using it
         self.settings.window_geometry = bytes(self.saveGeometry().toBase64()).decode()
         self.batch.remember_settings()
