@@ -99,6 +99,10 @@ class LibraryController(QObject):
         self.searches += 1
         number = self.searches
         name = Path(path).name
+        self._timer.stop()
+        self.panel.search.blockSignals(True)  # the words no longer describe what is shown
+        self.panel.search.clear()
+        self.panel.search.blockSignals(False)
         self.tasks.run(lambda: self.meaning.search(library, "", path, SEARCH_LIMIT),
                        lambda rows: self._show_matches(number, f"More like {name}", rows),
                        lambda exc: self._failed(number, exc))
