@@ -224,3 +224,74 @@ def write_tiny_clip(out: Path, full_size: bool = False) -> None:
     _export(text, (ids,), onnx_dir / "text_model.onnx", ["input_ids"], "text_embeds")
     for graph in ("vision_model", "text_model"):
         _quantize(onnx_dir / f"{graph}.onnx", onnx_dir / f"{graph}_int8.onnx")
+
+
+# --- a tiny SigLIP, for the tests of the SigLIP code paths ------------------------------------
+SIGLIP_TEXT_TOKENS = 64  # SigLIP base's text length: the text graph has no mask, so pad to it
+
+
+def write_tiny_siglip(out: Path) -> None:
+    """A random-weight SiglipModel in the transformers.js SigLIP layout (docs/CLIP_FORMAT.md):
+    vision_model / text_model graphs giving last_hidden_state and pooler_output, 224x224
+    resize without crop, mean = std = 0.5. Its tokenizer is the CLIP one above, saved with
+    SigLIP's settings (pad to 64 with the end token), not SigLIP's SentencePiece vocabulary:
+    sentencepiece is not installed here, so the SigLIP tokenizer itself is not checked."""
+    import torch
+    from transformers import SiglipConfig, SiglipModel
+
+    vocab, _ = build_vocab()
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config = SiglipConfig(
+        text_config={**small, "vocab_size": len(vocab), "max_position_embeddings": SIGLIP_TEXT_TOKENS,
+                     "pad_token_id": vocab[EOS], "bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS]},
+        vision_config={**small, "image_size": IMAGE_SIZE, "patch_size": 32})
+    torch.manual_seed(SEED)
+    model = SiglipModel(config).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.2)
+    out.mkdir(parents=True)
+    model.config.save_pretrained(out)
+    torch.save(model.state_dict(), out / "weights.pt")  # for the test's transformers reference
+    tokenizer = build_tokenizer()
+    tokenizer.model_max_length = SIGLIP_TEXT_TOKENS
+    tokenizer.save_pretrained(out)
+    for extra in ("vocab.json", "merges.txt"):
+        (out / extra).unlink(missing_ok=True)
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
+        "image_processor_type": "SiglipImageProcessor", "image_std": [0.5, 0.5, 0.5], "resample": 3,
+        "rescale_factor": 1 / 255, "size": {"height": IMAGE_SIZE, "width": IMAGE_SIZE}}, indent=2) + "\n",
+        encoding="utf-8")
+
+    class Vision(torch.nn.Module):  # SiglipVisionModel's outputs, with the model's weights
+        def __init__(self) -> None:
+            super().__init__()
+            self.tower = model.vision_model
+
+        def forward(self, pixel_values: Any) -> Any:
+            o = self.tower(pixel_values=pixel_values)
+            return o.last_hidden_state, o.pooler_output
+
+    class Text(torch.nn.Module):  # SiglipTextModel's outputs
+        def __init__(self) -> None:
+            super().__init__()
+            self.tower = model.text_model
+
+        def forward(self, input_ids: Any) -> Any:
+            o = self.tower(input_ids=input_ids)
+            return o.last_hidden_state, o.pooler_output
+
+    onnx_dir = out / "onnx"
+    onnx_dir.mkdir()
+    for module, name, inputs, example in (
+            (Vision(), "vision_model", "pixel_values", torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE)),
+            (Text(), "text_model", "input_ids", torch.full((1, SIGLIP_TEXT_TOKENS), vocab[EOS]))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), (example,), str(onnx_dir / f"{name}.onnx"), input_names=[inputs],
+                              output_names=["last_hidden_state", "pooler_output"],
+                              dynamic_axes={inputs: {0: "batch_size"}, "last_hidden_state": {0: "batch_size"},
+                                            "pooler_output": {0: "batch_size"}},
+                              opset_version=17, do_constant_folding=True, dynamo=False)
