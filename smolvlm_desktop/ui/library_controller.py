@@ -49,6 +49,9 @@ class LibraryController(QObject):
         self.meaning = MeaningSearch()
         self.indexing: threading.Thread | None = None
         self.index_cancel = threading.Event()
+        self.index_queue: list[str] = []  # images (or folders) waiting for the indexing thread
+        self.index_quiet = False  # the running indexing was not asked for: report only results
+        self._next_quiet = True  # everything queued since was not asked for either
         panel.more_like_this.connect(self.more_like)
         panel.index_folder.connect(lambda: self.index_folder())
         self.index_progress.connect(self._index_progress)
@@ -123,17 +126,36 @@ class LibraryController(QObject):
     # --- indexing -----------------------------------------------------------------------
 
     def index_folder(self, folder: str | None = None) -> None:
-        """Embed every image under a folder in a background thread that waits while the
-        worker answers a chat or runs a batch, so the window's own work always comes first."""
-        library = self.library
-        if library is None or self.indexing is not None:
-            self.status.emit("Indexing is already running" if self.indexing else
-                             "The library is not available this session")
+        """Embed every image under a folder (asked for with a dialog when not given)."""
+        if self.library is None:
+            self.status.emit("The library is not available this session")
             return
         if folder is None:
             folder = QFileDialog.getExistingDirectory(self.panel, "Index a folder")
             if not folder:
                 return
+        self._queue_indexing([folder], quiet=False)
+
+    def index_in_background(self, paths: list[str]) -> None:
+        """Images that entered the window (opened, dropped): embed them too, quietly, when an
+        embedding model is installed; unchanged ones cost a stat each."""
+        if paths and self.library is not None and self.meaning.available():
+            self._queue_indexing(paths, quiet=True)
+
+    def _queue_indexing(self, paths: list[str], quiet: bool) -> None:
+        self.index_queue.extend(paths)
+        self._next_quiet = self._next_quiet and quiet
+        if self.indexing is None:
+            self._start_indexing()
+        elif not quiet:
+            self.status.emit("Queued: indexing continues with this folder next")
+
+    def _start_indexing(self) -> None:
+        """One background thread at a time works through the queue; it waits while the worker
+        answers a chat or runs a batch, so the window's own work always comes first."""
+        library = self.library
+        paths, self.index_queue = self.index_queue, []
+        self.index_quiet, self._next_quiet = self._next_quiet, True
         self.index_cancel.clear()
         cancel = self.index_cancel
 
@@ -143,13 +165,13 @@ class LibraryController(QObject):
 
         def run() -> None:
             try:
-                result: Any = self.meaning.index(library, Path(folder), self.index_progress.emit,
+                result: Any = self.meaning.index(library, paths, self.index_progress.emit,
                                                  cancel, wait_while_busy)
             except Exception as exc:  # noqa: BLE001 - told to the user, never lost
                 result = exc
             self.index_finished.emit(result)
 
-        self.indexing = threading.Thread(target=run, name="index-folder", daemon=True)
+        self.indexing = threading.Thread(target=run, name="index-images", daemon=True)
         self.indexing.start()
 
     def stop_indexing(self) -> None:
@@ -159,13 +181,19 @@ class LibraryController(QObject):
             self.indexing.join()
 
     def _index_progress(self, p: Any) -> None:
+        if self.index_quiet and not p.total:
+            return
         self.status.emit(f"Indexing: {p.done} of {p.total} images"
                          + (f", {p.skipped} unchanged" if p.skipped else ""))
 
     def _index_finished(self, result: Any) -> None:
         self.indexing = None
+        if self.index_queue and not self.index_cancel.is_set():
+            self._start_indexing()
         if isinstance(result, Exception):
             self.status.emit(f"Indexing stopped: {result}")
+            return
+        if self.index_quiet and not result.total:
             return
         self.status.emit(f"Indexed {result.done - result.failed} images"
                          + (f" ({result.failed} could not be read)" if result.failed else "")

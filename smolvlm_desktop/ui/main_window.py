@@ -310,6 +310,9 @@ class MainWindow(QMainWindow):
     def _paths_found(self, found: tuple[list[Path], list[tuple[Path, str]]]) -> None:
         images, problems = found
         added = self.gallery.add_images([str(p) for p in images])
+        # searchable by meaning too (pasted pictures are temporary files: not those)
+        pasted = self._paste_dir or "\0"
+        self.library.index_in_background([p for p in added if not p.startswith(pasted)])
         for path, reason in problems:
             self.gallery.add_problem(str(path), reason)
         if added and not self.gallery.selected_paths():

@@ -59,14 +59,14 @@ class MeaningSearch:
         matches = search(library, self.store(library), self.model(), query, image, limit)
         return [(m, make_thumbnail(m.path, ROW_THUMB_EDGE)) for m in matches]
 
-    def index(self, library: Any, folder: Path, progress: Callable[[Any], None],
+    def index(self, library: Any, images: list[str], progress: Callable[[Any], None],
               cancel: threading.Event, wait_while_busy: Callable[[], None]) -> Any:
-        """Embed the images under `folder` (recursively), one at a time, calling
+        """Embed `images` (folders are expanded, recursively) one at a time, calling
         wait_while_busy() before each so a chat never waits for more than one image."""
         from ..library.discover import discover_images
         from ..semantic import index_images
 
-        images, _ = discover_images([folder], recursive=True)
+        images, _ = discover_images([Path(p) for p in images], recursive=True)
         model, store = self.model(), self.store(library)
 
         def each(p: Any) -> None:
