@@ -18,8 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from smolvlm_desktop.library.vectors import top_indices
-
 DIM = 512
 
 
@@ -37,6 +35,8 @@ def random_unit(rows: int, seed: int = 0) -> np.ndarray:
 
 
 def time_queries(matrix: np.ndarray, repeats: int = 30) -> list[float]:
+    from smolvlm_desktop.library.vectors import top_indices
+
     queries = random_unit(repeats, seed=1)
     times = []
     for q in queries:
