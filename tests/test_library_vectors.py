@@ -56,6 +56,10 @@ def test_unchanged_files_are_not_stale_and_changed_ones_are(store, tmp_path):
     os.utime(broken, (1, 1))
     assert store.stale(MODEL, [a, b, broken]) == [str(p.resolve()) for p in (a, b, broken)]
     assert store.stale("another-model/16", [a]) == [str(a.resolve())]
+    assert store.stale(MODEL, []) == []
+    many = [_file(tmp_path, f"many{i}.jpg") for i in range(150)]  # past the per-path lookup
+    store.add_many(MODEL, [(p, unit(1, 0), None) for p in many[:100]])
+    assert store.stale(MODEL, many) == [str(p.resolve()) for p in many[100:]]
 
 
 def test_forgetting_an_image_or_folder_forgets_its_embedding(store, tmp_path):

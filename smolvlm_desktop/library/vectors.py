@@ -62,8 +62,11 @@ class VectorStore:
 
     def __init__(self, library: Library) -> None:
         self.library = library
-        with library._write() as conn:  # noqa: SLF001 - the library's own connection and lock
-            conn.execute(SCHEMA)
+        exists = library._read(  # noqa: SLF001 - the library's own connection and lock
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'image_embeddings'")
+        if not exists:  # a read first: a search must not wait for another process's write lock
+            with library._write() as conn:  # noqa: SLF001
+                conn.execute(SCHEMA)
         self._cache: dict[str, tuple[tuple[int, int], list[str], np.ndarray]] = {}
         self._cache_lock = threading.Lock()
 
@@ -71,12 +74,14 @@ class VectorStore:
 
     def stale(self, model: str, paths: Iterable[str | os.PathLike[str]]) -> list[str]:
         """The paths (normalised) that have no embedding for `model` or changed since."""
+        keys = [normalize_path(p) for p in paths]
+        few = len(keys) <= 100  # e.g. a query image: look them up instead of reading every row
+        sql = ("SELECT i.path, e.size, e.mtime FROM image_embeddings e JOIN images i ON i.id = e.image_id "
+               "WHERE e.model = ?" + (f" AND i.path IN ({', '.join('?' * len(keys))})" if few else ""))
         known = {row[0]: (row[1], row[2]) for row in self.library._read(  # noqa: SLF001
-            "SELECT i.path, e.size, e.mtime FROM image_embeddings e JOIN images i ON i.id = e.image_id "
-            "WHERE e.model = ?", (model,))}
+            sql, (model, *keys) if few else (model,))}
         out = []
-        for path in paths:
-            key = normalize_path(path)
+        for key in keys:
             try:
                 st = os.stat(key)
                 facts = (st.st_size, st.st_mtime)
