@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from ..cli import EXIT_OK, EXIT_SOME_FAILED, UsageError
-from ..paths import ModelNotFoundError, ort_cache_dir, resolve_embedding_model
+from ..paths import ModelNotFoundError, demo_embedding_model_dir, ort_cache_dir, resolve_embedding_model
 from .library import open_library, run_search as run_word_search, snippet_text, wants_bold
 
 
@@ -43,6 +43,9 @@ def load_model(args: argparse.Namespace):  # -> EmbeddingModel
     from ..engine.embeddings import EmbeddingModel
 
     folder = resolve_embedding_model(args.embedding_model)
+    if folder == demo_embedding_model_dir():
+        print("note: the demo embedding model has random weights: its rankings are noise",
+              file=sys.stderr)
     return EmbeddingModel.load(folder, variant=args.variant, provider=args.provider,
                                threads=args.threads, cache_dir=ort_cache_dir())
 
