@@ -84,12 +84,15 @@ def test_a_folder_indexed_from_the_library_page_is_searchable_by_meaning(qtbot, 
         shoot(window, f"21-library-more-like-this-{theme}")
 
 
-def test_more_like_this_puts_the_larger_copy_first(qtbot, tmp_path):
+def test_more_like_the_selected_image_puts_its_larger_copy_first(qtbot, tmp_path):
     images = folder_of_images(tmp_path / "photos")
     window = open_window(qtbot, settings())
     index(qtbot, window, tmp_path / "photos")
-    window.library.more_like(str(images[1].resolve()))
+    add_images(qtbot, window, [images[1]])
+    window.gallery.select_paths([str(images[1])])
+    window.actions["more_like_selected"].trigger()  # Library ▸ More like the selected image
     panel = window.library_panel
+    assert window.tabs.currentWidget() is panel
     qtbot.waitUntil(lambda: panel.count.text().startswith("More like photo1.png"), timeout=TIMEOUT_MS)
     assert Path(panel.hits.item(0).data(0x0100).path).name == "photo1-large.png"
 

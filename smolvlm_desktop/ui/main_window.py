@@ -402,6 +402,19 @@ class MainWindow(QMainWindow):
         self.library_panel.search.setFocus()
         self.library_panel.search.selectAll()
 
+    def more_like_selected(self) -> None:
+        """Search by meaning for images that look like the first selected one."""
+        selected = self.gallery.selected_paths()
+        if not selected:
+            self.status.showMessage("Select an image in the gallery first", 5000)
+            return
+        self.tabs.setCurrentWidget(self.library_panel)
+        self.library.more_like(selected[0])
+
+    def index_folder(self) -> None:
+        self.tabs.setCurrentWidget(self.library_panel)
+        self.library.index_folder()
+
     def forget_selected(self) -> None:
         self.library.forget_images(self, self.gallery.selected_paths())
 
