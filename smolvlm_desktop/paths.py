@@ -74,7 +74,8 @@ def model_kind(folder: Path) -> str:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return CHAT
-    return EMBEDDING if isinstance(config, dict) and config.get("model_type") in EMBEDDING_MODEL_TYPES else CHAT
+    embedding = isinstance(config, dict) and config.get("model_type") in EMBEDDING_MODEL_TYPES
+    return EMBEDDING if embedding else CHAT
 
 
 def installed_models(kind: str | None = CHAT) -> list[Path]:

@@ -95,7 +95,8 @@ def is_embedding_folder(folder: Path) -> bool:
         return False
 
 
-def _pair(value: object, key: str) -> tuple[int, int] | None:
+def _pair(value: object) -> tuple[int, int] | None:
+    """{"height": h, "width": w} or a single edge -> (h, w); anything else -> None."""
     if isinstance(value, dict) and "height" in value and "width" in value:
         return int(value["height"]), int(value["width"])
     if isinstance(value, int):
@@ -112,8 +113,8 @@ def read_image_settings(folder: Path, family: str) -> ImageSettings:
     try:
         return ImageSettings(
             resize_shortest=int(shortest) if shortest else None,
-            resize_to=None if shortest else _pair(size, "size"),
-            crop=_pair(raw.get("crop_size"), "crop_size") if raw.get("do_center_crop", family == "clip") else None,
+            resize_to=None if shortest else _pair(size),
+            crop=_pair(raw.get("crop_size")) if raw.get("do_center_crop", family == "clip") else None,
             rescale_factor=float(raw.get("rescale_factor", 1 / 255)),
             mean=tuple(float(x) for x in raw.get("image_mean", default_mean)),  # type: ignore[arg-type]
             std=tuple(float(x) for x in raw.get("image_std", default_std)),  # type: ignore[arg-type]
@@ -131,7 +132,8 @@ def find_embedding_variants(folder: Path) -> dict[str, dict[str, Path]]:
         if all(p.is_file() for p in paths.values()):
             variants[variant] = paths
     if not variants:
-        present = ", ".join(sorted(p.name for p in onnx_dir.glob("*.onnx"))) if onnx_dir.is_dir() else "no onnx/ folder"
+        present = (", ".join(sorted(p.name for p in onnx_dir.glob("*.onnx"))) or "no .onnx files"
+                   if onnx_dir.is_dir() else "no onnx/ folder")
         raise ModelFolderError(
             f"{folder} has no complete embedding model: each variant needs onnx/vision_model.onnx "
             f"and onnx/text_model.onnx (or both with the same suffix, e.g. _int8, _quantized); "

@@ -13,7 +13,7 @@ the same transaction, with the same secure_delete and checkpoint. The table is c
 on the Library's own connection, so the library's schema migrations stay db.py's alone.
 
 Search is brute force: one matrix-vector product over all stored vectors, in numpy. Measured
-(AMD EPYC, 2 threads, 512-d float32; tests/bench_vectors.py): see README "Search by meaning".
+(bench/vectors.py; AMD EPYC, 2 cores): see README "Search by meaning".
 """
 
 from __future__ import annotations
