@@ -198,3 +198,24 @@ def test_siglip_graphs_pixels_and_padding_equal_transformers(tiny_siglip, tmp_pa
         image_ref = reference.get_image_features(
             pixel_values=processor(images, return_tensors="pt")["pixel_values"], return_dict=True).pooler_output.numpy()
     assert _cosines(ours.embed_images(images), image_ref).min() >= 0.9999
+
+
+def test_the_original_openai_preprocessor_file_with_bare_numbers_is_read_like_transformers(tmp_path):
+    """openai/clip-vit-base-patch32 writes "size": 224 and "crop_size": 224 (older format)."""
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((TINY_CLIP / name).read_bytes())
+    (folder / "onnx").mkdir()
+    for name in ("vision_model.onnx", "text_model.onnx"):
+        (folder / "onnx" / name).write_bytes((TINY_CLIP / "onnx" / name).read_bytes())
+    (folder / "preprocessor_config.json").write_text(
+        '{"crop_size": 224, "do_center_crop": true, "do_normalize": true, "do_resize": true, '
+        '"feature_extractor_type": "CLIPFeatureExtractor", '
+        '"image_mean": [0.48145466, 0.4578275, 0.40821073], '
+        '"image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": 224}')
+    settings = load_embedding_files(folder).processor
+    assert (settings.resize_shortest, settings.resize_to, settings.crop) == (224, None, (224, 224))
+    image = Image.fromarray(np.random.default_rng(4).integers(0, 256, (300, 500, 3), dtype=np.uint8))
+    expected = transformers.CLIPImageProcessorPil.from_pretrained(folder)(image, return_tensors="np")
+    assert np.abs(preprocess(image, settings) - expected["pixel_values"][0]).max() <= 1e-5

@@ -107,7 +107,10 @@ def _pair(value: object) -> tuple[int, int] | None:
 def read_image_settings(folder: Path, family: str) -> ImageSettings:
     raw = read_json(folder / "preprocessor_config.json")
     size = raw.get("size", {"shortest_edge": 224} if family == "clip" else {"height": 224, "width": 224})
-    shortest = size.get("shortest_edge") if isinstance(size, dict) else None
+    # The original openai/clip-vit-base-patch32 file says "size": 224, "crop_size": 224: a
+    # bare number is the shortest edge for CLIP (transformers' default_to_square=False).
+    shortest = size.get("shortest_edge") if isinstance(size, dict) else (
+        size if isinstance(size, int) and family == "clip" else None)
     default_mean = (0.48145466, 0.4578275, 0.40821073) if family == "clip" else (0.5, 0.5, 0.5)
     default_std = (0.26862954, 0.26130258, 0.27577711) if family == "clip" else (0.5, 0.5, 0.5)
     try:
