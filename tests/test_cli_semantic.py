@@ -94,6 +94,13 @@ def test_search_combines_caption_words_with_meaning(tmp_path, capsys):
     assert len(rows) == 3
     assert rows[0]["path"] == str(images[4].resolve())  # found by words and by meaning: first
     assert rows[0]["by_words"] and rows[0]["by_meaning"] and "receipt" in rows[0]["text"]
+    elsewhere = photos(tmp_path / "not-indexed", 1)[0]
+    with Library(paths.library_path()) as library:
+        library.record_caption(elsewhere, "another receipt", model="m", prompt="p")
+    assert main(["search", "receipt", "--json", *DEMO]) == EXIT_OK
+    by_path = {r["path"]: r for r in json_lines(capsys.readouterr().out)}
+    words_only = by_path[str(elsewhere.resolve())]
+    assert words_only["by_words"] and not words_only["by_meaning"] and words_only["score"] is None
 
 
 def test_more_like_this_finds_a_resized_copy_first_and_never_the_image_itself(tmp_path, capsys):

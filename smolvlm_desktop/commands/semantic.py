@@ -107,13 +107,15 @@ def run_search(args: argparse.Namespace) -> int:
     bold = wants_bold(sys.stdout)
     for m in matches:
         if args.json:
-            print(json.dumps({"path": m.path, "score": round(m.score, 4), "rank_score": round(m.rank_score, 6),
+            print(json.dumps({"path": m.path, "score": round(m.score, 4) if m.by_meaning else None,
+                              "rank_score": round(m.rank_score, 6),
                               "text": m.caption, "by_meaning": m.by_meaning, "by_words": m.by_words},
                              ensure_ascii=False))
         else:
             how = "+".join(w for w, on in (("meaning", m.by_meaning), ("words", m.by_words)) if on)
             caption = f"  {snippet_text(m.caption, bold)[:100]}" if m.caption else ""
-            print(f"{m.path}\n    {m.score:.3f} ({how}){caption}")
+            score = f"{m.score:.3f}" if m.by_meaning else "-"  # found by its caption alone
+            print(f"{m.path}\n    {score} ({how}){caption}")
     if not matches and not args.json:
         print(f"nothing found for {args.query or str(args.image)!r}")
     return EXIT_OK
