@@ -26,7 +26,8 @@ from .commands.common import (  # noqa: F401 - re-exported: tests and scripts im
 COMMANDS = {
     "caption": ("caption", "run_caption"),
     "models": ("models", "run_models"),
-    "search": ("library", "run_search"),
+    "search": ("semantic", "run_search"),
+    "index": ("semantic", "run_index"),
     "library": ("library", "run_library"),
     "jobs": ("library", "run_jobs"),
 }
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .commands.library import add_library_parsers
 
     add_library_parsers(sub)
+    from .commands.semantic import add_semantic_parsers
+
+    add_semantic_parsers(sub)
     bench = sub.add_parser("bench", help="measure speed on this machine (builds a random-weight model)")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to bench/run.py")
     return parser

@@ -116,13 +116,18 @@ class CatalogEntry:
     known_files: dict[str, dict[str, Any]] = field(default_factory=dict)
     common_files: tuple[str, ...] = ()
     optional_files: tuple[str, ...] = ()
+    kind: str = paths.CHAT  # or paths.EMBEDDING: a CLIP-style model for search by meaning
 
     def graph_files(self, variant: str) -> list[str]:
-        """The three ONNX graphs of one variant, named as the official release names them."""
+        """The ONNX graphs of one variant, named as the official release names them."""
         from .engine.files import VARIANT_SUFFIXES, expected_files
 
         if variant not in VARIANT_SUFFIXES:
             raise HubError(f"unknown variant {variant!r}; known variants: {', '.join(VARIANT_SUFFIXES)}")
+        if self.kind == paths.EMBEDDING:
+            from .engine.embeddings import GRAPHS
+
+            return [f"onnx/{g}{VARIANT_SUFFIXES[variant]}.onnx" for g in GRAPHS]
         return expected_files(variant)
 
 
@@ -137,6 +142,7 @@ def load_catalog(path: Path | None = None) -> list[CatalogEntry]:
             onnx=bool(m.get("onnx", True)),
             variants=tuple(m["variants"]) if m.get("variants") is not None else None,
             known_files=dict(m.get("known_files") or {}), common_files=common, optional_files=optional,
+            kind=m.get("kind", paths.CHAT),
         )
         for m in raw["models"]
     ]
@@ -730,11 +736,13 @@ def _remove_if_empty(folder: Path) -> None:
 
 def _validate_folder(folder: Path, variant: str | None, cleanup: Path | None) -> Any:
     """Load the folder as the engine will; on failure delete `cleanup` and explain."""
+    from .engine.embeddings import load_embedding_files
     from .engine.files import load_model_files
     from .engine.types import ModelFolderError
 
     try:
-        files = load_model_files(folder)
+        embedding = paths.model_kind(folder) == paths.EMBEDDING
+        files = load_embedding_files(folder) if embedding else load_model_files(folder)
         if variant is not None:
             files.choose_variant(variant)
         return files
@@ -830,7 +838,7 @@ def _installed_folder(name: str) -> Path:
     folder = paths.models_dir() / name
     if NAME_RE.match(name) and folder.is_dir():
         return folder
-    names = ", ".join(p.name for p in paths.installed_models()) or "none"
+    names = ", ".join(p.name for p in paths.installed_models(kind=None)) or "none"
     raise NotInstalledError(f"no installed model named {name!r} (installed: {names})")
 
 
@@ -881,6 +889,8 @@ def _smoke_test(folder: Path) -> None:
     from .engine.model import VisionLanguageModel
     from .engine.types import EngineError, GenerationSettings, Message
 
+    if paths.model_kind(folder) == paths.EMBEDDING:
+        return _smoke_test_embedding(folder)
     try:
         model = VisionLanguageModel.load(folder, provider="cpu", threads=1)
         try:
@@ -890,6 +900,24 @@ def _smoke_test(folder: Path) -> None:
             model.close()
     except EngineError as exc:  # ModelFolderError included
         raise HubError(f"the files do not form a usable SmolVLM model: {exc}") from exc
+
+
+def _smoke_test_embedding(folder: Path) -> None:
+    """An embedding model (search by meaning) is checked the same way: a picture and a text
+    must each come out as one vector of the model's size."""
+    from PIL import Image
+
+    from .engine.embeddings import EmbeddingModel
+    from .engine.types import EngineError
+
+    try:
+        model = EmbeddingModel.load(folder, provider="cpu", threads=1)
+        pictures, texts = model.embed_images([Image.new("RGB", (32, 32))]), model.embed_texts(["a"])
+    except EngineError as exc:
+        raise HubError(f"the files do not form a usable embedding model: {exc}") from exc
+    if pictures.shape[0] != 1 or texts.shape != pictures.shape:
+        raise HubError(f"the embedding model gives vectors of {pictures.shape} for a picture and "
+                       f"{texts.shape} for a text; they must match")
 
 
 @contextmanager
@@ -1048,7 +1076,11 @@ def remove(name: str) -> None:
 def set_default(name: str) -> None:
     """Make `name` the model used when none is given (an installed model, or 'demo')."""
     if name != paths.DEMO_MODEL_NAME:
-        name = _installed_folder(name).name
+        folder = _installed_folder(name)
+        if paths.model_kind(folder) == paths.EMBEDDING:
+            raise HubError(f"{name} is an embedding model (for search by meaning), not a chat model; "
+                           "search uses it without being made the default")
+        name = folder.name
     paths.private_dir(paths.models_dir())  # a new data folder is owner-only from the start
     _atomic_write(paths.default_model_file(), name + "\n")
 
@@ -1067,13 +1099,14 @@ class ModelStatus:
     size_bytes: int | None = None
     is_default: bool = False
     source: str | None = None  # "hub", "import", or None (no manifest)
+    kind: str = paths.CHAT  # or paths.EMBEDDING (never offered as a chat model)
 
 
 def list_models() -> list[ModelStatus]:
     """Catalog models (installed or not), then other installed folders, then the bundled demo.
     What killed imports left behind is removed first (clean_stale_partials)."""
     clean_stale_partials()
-    installed = {p.name: p for p in paths.installed_models()}
+    installed = {p.name: p for p in paths.installed_models(kind=None)}
     default = paths.default_model_name()
     rows = []
     for entry in load_catalog():
@@ -1085,7 +1118,7 @@ def list_models() -> list[ModelStatus]:
         started = (partials / entry.name).is_dir() or (partials / (entry.name + WEIGHTS_SUFFIX)).is_dir()
         state = "no-onnx" if not entry.onnx else "partial" if started else "available"
         rows.append(ModelStatus(entry.name, state, None, entry.summary, entry.repo, entry.revision,
-                                entry.variants or ()))
+                                entry.variants or (), kind=entry.kind))
     rows += [_installed_status(folder, default, None) for folder in installed.values()]
     rows.append(ModelStatus(paths.DEMO_MODEL_NAME, "bundled", paths.demo_model_dir(),
                             "tiny random-weight model shipped with the app; its answers are noise",
@@ -1100,7 +1133,8 @@ def _installed_status(folder: Path, default: str | None, entry: CatalogEntry | N
     return ModelStatus(
         folder.name, "installed", folder, entry.summary if entry else "",
         manifest.get("repo") or (entry.repo if entry else None), manifest.get("revision"),
-        tuple(manifest.get("variants") or ()), size, folder.name == default, manifest.get("source"))
+        tuple(manifest.get("variants") or ()), size, folder.name == default, manifest.get("source"),
+        paths.model_kind(folder))
 
 
 def _folder_size(folder: Path) -> int:

@@ -7,6 +7,7 @@ Tests and portable installs redirect them with environment variables instead of 
 from __future__ import annotations
 
 import logging
+import json
 import os
 import stat
 from pathlib import Path
@@ -16,6 +17,10 @@ from platformdirs import user_cache_path, user_config_path, user_data_path
 APP_NAME = "SmolVLM Desktop"
 APP_ID = "smolvlm-desktop"
 DEMO_MODEL_NAME = "demo"
+# Model kinds: chat models (SmolVLM) answer questions; embedding models (CLIP, SigLIP) turn
+# images and texts into vectors for search by meaning. config.json's model_type tells them apart.
+CHAT, EMBEDDING = "chat", "embedding"
+EMBEDDING_MODEL_TYPES = ("clip", "siglip")
 
 
 # The data folder holds the private library (prompts, captions, chats) and the logs: only its
@@ -120,12 +125,53 @@ def default_model_file() -> Path:
     return models_dir() / "default.txt"
 
 
-def installed_models() -> list[Path]:
-    """Folders under the models dir that look like model folders (have a config.json)."""
+def demo_embedding_model_dir() -> Path:
+    """The tiny random-weight CLIP shipped inside the package: its search results are noise."""
+    return Path(__file__).resolve().parent / "data" / "tiny-clip"
+
+
+def model_kind(folder: Path) -> str:
+    """CHAT or EMBEDDING, from config.json's model_type (unreadable: CHAT, whose loader then
+    says what is wrong)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return CHAT
+    embedding = isinstance(config, dict) and config.get("model_type") in EMBEDDING_MODEL_TYPES
+    return EMBEDDING if embedding else CHAT
+
+
+def installed_models(kind: str | None = CHAT) -> list[Path]:
+    """Folders under the models dir that look like model folders (have a config.json), of one
+    kind (chat models by default: what the chat model chooser offers), or of any kind (None)."""
     root = models_dir()
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if (p / "config.json").is_file())
+    return sorted(p for p in root.iterdir() if (p / "config.json").is_file()
+                  and (kind is None or model_kind(p) == kind))
+
+
+def resolve_embedding_model(name_or_dir: str | None) -> Path:
+    """--embedding-model (a folder, an installed name, or 'demo') -> a folder. Without it:
+    SMOLVLM_EMBEDDING_MODEL, then the only installed embedding model (or the first by name)."""
+    wanted = name_or_dir or os.environ.get("SMOLVLM_EMBEDDING_MODEL")
+    if wanted == DEMO_MODEL_NAME:
+        return demo_embedding_model_dir()
+    if wanted:
+        as_path = Path(wanted).expanduser()
+        folder = as_path if as_path.is_dir() else models_dir() / wanted
+        if folder.is_dir() and model_kind(folder) == EMBEDDING:
+            return folder
+    installed = installed_models(EMBEDDING)
+    if not wanted and installed:
+        return installed[0]
+    names = ", ".join(p.name for p in installed) or "none"
+    raise ModelNotFoundError(
+        (f"{wanted!r} is not an embedding model folder or installed embedding model "
+         if wanted else "no embedding model is installed ")
+        + f"(installed: {names}). Search by meaning needs one: run "
+        "`smolvlm-desktop models pull clip-vit-base-patch32`, or try the bundled noise model "
+        f"with `--embedding-model {DEMO_MODEL_NAME}`.")
 
 
 def default_model_name() -> str | None:

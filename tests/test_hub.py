@@ -445,13 +445,14 @@ def test_the_catalog_is_well_formed() -> None:
     catalog = hub.load_catalog()
     assert [e.name for e in catalog if e.onnx] == [
         "SmolVLM-256M-Instruct", "SmolVLM-500M-Instruct", "SmolVLM-Instruct",
-        "SmolVLM2-256M-Video-Instruct", "SmolVLM2-500M-Video-Instruct"]
+        "SmolVLM2-256M-Video-Instruct", "SmolVLM2-500M-Video-Instruct", "clip-vit-base-patch32"]
     for entry in catalog:
         assert entry.revision is None or len(entry.revision) == 40 and int(entry.revision, 16) >= 0
         for rel, known in entry.known_files.items():
             assert known["sha256"] is None or len(known["sha256"]) == 64
         if entry.onnx:
-            assert "config.json" in entry.common_files and len(entry.graph_files("int8")) == 3
+            graphs = 2 if entry.kind == paths.EMBEDDING else 3  # vision + text / the three SmolVLM graphs
+            assert "config.json" in entry.common_files and len(entry.graph_files("int8")) == graphs
 
 
 def test_manifest_and_default_writes_use_the_apps_atomic_writer(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -150,3 +150,15 @@ def test_the_model_in_use_cannot_be_removed(qtbot, tiny_model_dir: Path) -> None
     dialog.remove_btn.click()
     assert "is the model in use" in dialog.error.text()
     assert (paths.models_dir() / tiny_model_dir.name).is_dir()
+
+
+def test_an_embedding_model_is_listed_for_search_but_never_offered_for_chat(qtbot) -> None:
+    hub.import_folder(paths.demo_embedding_model_dir(), name="my-clip")
+    window = open_window(qtbot, settings(), model=None)
+    dialog = manager_for(qtbot, window)
+    qtbot.waitUntil(lambda: "my-clip" in [r.name for r in dialog.rows], timeout=TIMEOUT_MS)
+    select(dialog, "my-clip")
+    row = [r.name for r in dialog.rows].index("my-clip")
+    assert dialog.table.item(row, 1).text().endswith("for search")
+    assert not dialog.use_btn.isEnabled() and not dialog.default_btn.isEnabled()
+    assert dialog.remove_btn.isEnabled()

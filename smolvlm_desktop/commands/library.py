@@ -24,8 +24,9 @@ BOLD, PLAIN = "\x1b[1m", "\x1b[0m"
 
 
 def add_library_parsers(sub: argparse._SubParsersAction) -> None:
-    search = sub.add_parser("search", help="find images by what was said about them")
-    search.add_argument("query", help='words to find, e.g. "red car" (all words must match)')
+    search = sub.add_parser("search", help="find images by what they show and what was said about them")
+    search.add_argument("query", nargs="?", default="",
+                        help='words to find, e.g. "red car" (all words must match)')
     search.add_argument("--limit", type=positive_int, default=50, metavar="N",
                         help="show at most N images, best matches first (default 50)")
     search.add_argument("--json", action="store_true", help="one JSON object per hit per line")

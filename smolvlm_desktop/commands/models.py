@@ -39,7 +39,7 @@ def run_models(args: argparse.Namespace) -> int:
 def list_models() -> int:
     for row in hub.list_models():
         mark = "*" if row.is_default else " "
-        details = [row.state]
+        details = [row.state] + (["embedding"] if row.kind == "embedding" else [])
         if row.variants and row.state == "installed":
             details.append(",".join(row.variants))
         if row.size_bytes:
@@ -86,7 +86,7 @@ def import_(args: argparse.Namespace) -> int:
 
 
 def verify(name: str | None) -> int:
-    names = [name] if name else [p.name for p in installed_models()]
+    names = [name] if name else [p.name for p in installed_models(kind=None)]
     if not names:
         print("no models are installed")
         return EXIT_OK

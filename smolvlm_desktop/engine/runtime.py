@@ -45,6 +45,10 @@ EXPECTED_INPUTS: dict[str, tuple[str, ...]] = {
     "vision_encoder": ("pixel_values", "pixel_attention_mask"),
     "embed_tokens": ("input_ids",),
     "decoder_model_merged": ("inputs_embeds", "attention_mask", "position_ids"),
+    # Embedding models (docs/CLIP_FORMAT.md); their outputs differ by family (CLIP:
+    # image_embeds / text_embeds, SigLIP: pooler_output), so engine/embeddings.py checks those.
+    "vision_model": ("pixel_values",),
+    "text_model": ("input_ids",),
 }
 EXPECTED_OUTPUTS: dict[str, tuple[str, ...]] = {
     "vision_encoder": ("image_features",),
@@ -250,17 +254,17 @@ def _cached_cpu_session(path: Path, threads: int | None, cache_dir: Path) -> ort
 def check_graph_names(graph: GraphSession) -> None:
     """Raise a ModelFolderError naming the file and the inputs it should have had."""
     missing_in = [n for n in EXPECTED_INPUTS[graph.name] if n not in graph.input_names]
-    missing_out = [n for n in EXPECTED_OUTPUTS[graph.name] if n not in graph.output_names]
+    missing_out = [n for n in EXPECTED_OUTPUTS.get(graph.name, ()) if n not in graph.output_names]
     if graph.name == "decoder_model_merged" and not any(
         n.startswith("past_key_values.") for n in graph.input_names
     ):
         missing_in.append("past_key_values.{i}.key/value")
     if missing_in or missing_out:
         raise ModelFolderError(
-            f"{graph.path.name} does not look like a SmolVLM {graph.name} graph: expected inputs "
+            f"{graph.path.name} does not look like a {graph.name} graph: expected inputs "
             f"{', '.join(EXPECTED_INPUTS[graph.name])}"
             f"{', past_key_values.{i}.key/value' if graph.name == 'decoder_model_merged' else ''}"
-            f" and outputs {', '.join(EXPECTED_OUTPUTS[graph.name])}; found inputs "
+            f" and outputs {', '.join(EXPECTED_OUTPUTS.get(graph.name, ())) or 'any'}; found inputs "
             f"{', '.join(graph.input_names)} and outputs {', '.join(graph.output_names)}."
         )
 

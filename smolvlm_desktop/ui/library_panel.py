@@ -7,7 +7,8 @@
     └────────────────────────────────────────────────────────┘
 
 Each hit is a rich-text label inside a list row; clicking a row (or Enter on it) shows its
-image in the gallery, selected.
+image in the gallery, selected. With an embedding model installed (search by meaning), a
+result row also shows the image's thumbnail, its similarity and a "More like this" button.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import html
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QIcon
-from PySide6.QtWidgets import (QLabel, QLineEdit, QListWidget, QListWidgetItem, QStackedWidget,
-                               QVBoxLayout, QWidget)
+from PySide6.QtGui import QIcon, QPixmap
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
+                               QPushButton, QStackedWidget, QVBoxLayout, QWidget)
 
 from ..library.db import SNIPPET_END, SNIPPET_START, SearchHit
+from ..library.vectors import Match
 from . import theme
 from .text import local_time
 
@@ -71,10 +73,24 @@ def hit_html(hit: SearchHit, colours: dict[str, str], selected: bool = False) ->
             f'<div style="color:{colours["muted"]}; font-size:small">{where}</div></div>')
 
 
+def match_html(match: Match, colours: dict[str, str]) -> str:
+    """A search-by-meaning result: name, how it was found, its caption (escaped), its folder."""
+    how = " + ".join(w for w, on in (("meaning", match.by_meaning), ("caption words", match.by_words)) if on)
+    meta = f"similarity {match.score:.2f} · {how}" if match.by_meaning else how
+    caption = html.escape(match.caption.replace("\n", " ")[:200]) if match.caption else ""
+    return (f'<div><b>{html.escape(Path(match.path).name)}</b> '
+            f'<span style="color:{colours["muted"]}">— {html.escape(meta)}</span></div>'
+            + (f'<div style="margin-top:2px">{caption}</div>' if caption else "")
+            + f'<div style="color:{colours["muted"]}; font-size:small">'
+              f'{html.escape(str(Path(match.path).parent))}</div>')
+
+
 class LibraryPanel(QWidget):
     """Search field on top; below it either a message (empty, no results) or the hits."""
 
-    hit_chosen = Signal(object)  # SearchHit
+    hit_chosen = Signal(object)  # SearchHit or Match
+    more_like_this = Signal(str)  # an image path: find images that look like it
+    index_folder = Signal()  # "Index a folder…" was clicked
 
     def __init__(self) -> None:
         super().__init__()
@@ -109,6 +125,13 @@ class LibraryPanel(QWidget):
         self.hits.itemClicked.connect(self._chosen)
         self.count = QLabel()
         self.count.setObjectName("Hint")
+        self.index_btn = QPushButton("Index a folder…")
+        self.index_btn.setToolTip("Make every image in a folder searchable by what it shows")
+        self.index_btn.clicked.connect(self.index_folder)
+        self.index_btn.hide()  # shown when an embedding model is installed
+        count_row = QHBoxLayout()
+        count_row.addWidget(self.count, 1)
+        count_row.addWidget(self.index_btn)
         self.pages = QStackedWidget()
         self.pages.addWidget(message_page)
         self.pages.addWidget(self.hits)
@@ -116,7 +139,7 @@ class LibraryPanel(QWidget):
         layout.setContentsMargins(10, 10, 10, 10)
         layout.setSpacing(8)
         layout.addWidget(self.search)
-        layout.addWidget(self.count)
+        layout.addLayout(count_row)
         layout.addWidget(self.pages, 1)
         self.show_message("Search what the app has learned",
                           "Every chat answer and batch caption is kept in a private library on "
@@ -165,6 +188,41 @@ class LibraryPanel(QWidget):
             label = self.hits.itemWidget(item)
             if isinstance(label, QLabel):
                 label.setText(hit_html(item.data(HIT_ROLE), self._colours, item.isSelected()))
+    def show_matches(self, rows: list[tuple[Match, object]], colours: dict[str, str],
+                     heading: str) -> None:
+        """Results of a search by meaning: (Match, Thumb) rows, thumbnails already decoded."""
+        self.hits.clear()
+        for match, thumb in rows:
+            row = QWidget()
+            line = QHBoxLayout(row)
+            line.setContentsMargins(6, 4, 6, 4)
+            picture = QLabel()
+            picture.setFixedSize(64, 64)
+            picture.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            image = getattr(thumb, "image", None)
+            if image is not None:
+                picture.setPixmap(QPixmap.fromImage(image).scaled(
+                    64, 64, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation))
+            text = QLabel(match_html(match, colours))
+            text.setTextFormat(Qt.TextFormat.RichText)
+            text.setWordWrap(True)
+            for passive in (picture, text):  # clicks go to the row (show the image), not the labels
+                passive.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+            more = QPushButton("More like this")
+            more.setAccessibleName(f"More like {Path(match.path).name}")
+            more.clicked.connect(lambda _=False, path=match.path: self.more_like_this.emit(path))
+            line.addWidget(picture)
+            line.addWidget(text, 1)
+            line.addWidget(more)
+            item = QListWidgetItem()
+            item.setData(HIT_ROLE, match)
+            item.setToolTip(match.path)
+            item.setSizeHint(QSize(0, max(row.sizeHint().height(), 72)))
+            self.hits.addItem(item)
+            self.hits.setItemWidget(item, row)
+        n = len(rows)
+        self.count.setText(f"{heading}: {n} image{'s' if n != 1 else ''}, best first")
+        self.pages.setCurrentIndex(1)
 
     def _chosen(self, item: QListWidgetItem) -> None:
         self.hit_chosen.emit(item.data(HIT_ROLE))

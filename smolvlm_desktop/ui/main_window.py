@@ -385,6 +385,9 @@ class MainWindow(QMainWindow):
         if self.gallery.isHidden():  # dropped on a folder batch: show where they went
             self.show_chat()
         added = self.gallery.add_images([str(p) for p in images])
+        # searchable by meaning too (pasted pictures are temporary files: not those)
+        pasted = self._paste_dir or "\0"
+        self.library.index_in_background([p for p in added if not p.startswith(pasted)])
         for path, reason in problems:
             self.gallery.add_problem(str(path), reason)
         # A .heic without its decoder is added (its thumbnail says why it cannot be read, and
@@ -513,6 +516,19 @@ class MainWindow(QMainWindow):
         self.library_panel.search.setFocus()
         self.library_panel.search.selectAll()
 
+    def more_like_selected(self) -> None:
+        """Search by meaning for images that look like the first selected one."""
+        selected = self.gallery.selected_paths()
+        if not selected:
+            self.status.showMessage("Select an image in the gallery first", 5000)
+            return
+        self.tabs.setCurrentWidget(self.library_panel)
+        self.library.more_like(selected[0])
+
+    def index_folder(self) -> None:
+        self.tabs.setCurrentWidget(self.library_panel)
+        self.library.index_folder()
+
     def forget_selected(self) -> None:
         self.library.forget_images(self, self.gallery.selected_paths())
 
@@ -621,6 +637,7 @@ class MainWindow(QMainWindow):
         if self.thread is not None:
             self.thread.shutdown()
         self.tasks.shutdown()
+        self.library.stop_indexing()  # after the image being embedded; what is done is kept
         self.worker.close_library()  # after the pool: a search may still have been using it
         self.settings.window_geometry = bytes(self.saveGeometry().toBase64()).decode()
         self.batch.remember_settings()

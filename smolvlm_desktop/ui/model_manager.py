@@ -220,6 +220,8 @@ class ModelManagerDialog(QDialog):
             state = STATE_TEXT.get(status.state, status.state)
             if status.is_default:
                 state += " · default"
+            if getattr(status, "kind", "chat") == "embedding":
+                state += " · for search"  # not a chat model: never used or made default as one
             if status.state in ("installed", "bundled"):
                 size = f"{human_size(sizes.get(status.name))} on disk"
             elif status.state in ("available", "partial"):
@@ -259,7 +261,7 @@ class ModelManagerDialog(QDialog):
         self.download_btn.setText("Resume download" if state == "partial" else "Download")
         self.download_btn.setEnabled(not busy and state in ("available", "partial"))
         self.remove_btn.setEnabled(not busy and state in ("installed", "partial"))
-        usable = state in ("installed", "bundled")
+        usable = state in ("installed", "bundled") and getattr(status, "kind", "chat") == "chat"
         self.default_btn.setEnabled(not busy and usable and not status.is_default)
         self.use_btn.setEnabled(not busy and usable)
         self.import_btn.setEnabled(not busy)
