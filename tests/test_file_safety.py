@@ -221,3 +221,30 @@ def test_the_temporary_name_is_never_what_is_too_long(tmp_path: Path):
     with CaptionWriter(["txt"]) as writer:
         writer.write(image, "fits", META)
     assert (tmp_path / ("y" * 240 + ".txt")).read_text() == "fits"
+
+
+@pytest.mark.parametrize("fmt,name,content", [("csv", "captions.csv", b"name,text\nx,y\n"),
+                                              ("jsonl", "metadata.jsonl", b"\xff\xfe not utf-8\n")])
+def test_an_aggregate_that_cannot_be_read_fails_each_image_not_the_batch(tmp_path: Path, capsys,
+                                                                          fmt, name, content):
+    """A captions.csv without a file_name column aborted a default (skip) batch with a traceback."""
+    for i in range(2):
+        make_image(tmp_path / f"p{i}.png")
+    (tmp_path / name).write_bytes(content)
+    code = main(["caption", str(tmp_path), "--model", "demo", "--write", fmt,
+                 "--max-new-tokens", "3", "--no-library", "--json"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 4 and len(rows) == 2 and not any(r["ok"] for r in rows)
+    assert "left unchanged" in rows[0]["error"]
+    assert (tmp_path / name).read_bytes() == content
+
+
+@pytest.mark.parametrize("value", ["=sum", "@x", "'=quoted", "''=twice", "'plain", "plain"])
+def test_every_csv_cell_reads_back_exactly_as_written(tmp_path: Path, value: str):
+    image = make_image(tmp_path / f"{value}.png")
+    with CaptionWriter(["csv"], flush_seconds=0) as writer:
+        writer.write(image, value, META)
+    with CaptionWriter(["csv"], flush_seconds=0) as writer:
+        assert writer.has_caption(image)
+        row = writer._aggregate_for("csv", image).rows[image.name]
+    assert row["text"] == value and row["file_name"] == image.name

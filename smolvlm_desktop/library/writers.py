@@ -217,7 +217,11 @@ class CaptionWriter:
         image_path = Path(image_path)
         for fmt in self.formats:
             if fmt in AGGREGATE_NAMES:
-                if not self._aggregate_for(fmt, image_path).has(self._key(image_path, fmt)):
+                try:
+                    aggregate = self._aggregate_for(fmt, image_path)
+                except OutputError:
+                    return False  # unreadable: write() says why, for this image
+                if not aggregate.has(self._key(image_path, fmt)):
                     return False
             elif not _sidecar_has_caption(output_path(image_path, fmt), fmt):
                 return False
@@ -535,14 +539,21 @@ def _cell(value: Any) -> Any:
     and file names are anyone's choice). `_uncell` takes it off again when the file is read."""
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+    if isinstance(value, str) and _needs_guard(value):
         return "'" + value
     return "" if value is None else value
 
 
+def _needs_guard(value: str) -> bool:
+    """A formula start, also behind apostrophes: `'=x` is guarded as `''=x`, so that reading
+    back (`_uncell`) gives every value exactly as it was written."""
+    bare = value.lstrip("'")
+    return bare[:1] != "" and bare[0] in _FORMULA_STARTS
+
+
 def _uncell(value: Any) -> Any:
     """The cell as it was before `_cell` guarded it, so that `=sum.png` is found again."""
-    if isinstance(value, str) and value[:1] == "'" and value[1:2] and value[1] in _FORMULA_STARTS:
+    if isinstance(value, str) and value[:1] == "'" and _needs_guard(value[1:]):
         return value[1:]
     return value
 
