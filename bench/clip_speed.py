@@ -25,7 +25,7 @@ from PIL import Image
 
 
 def build(folder: Path) -> None:
-    from smolvlm_desktop.tiny_clip import write_tiny_clip
+    from smolvlm_desktop.export.tiny_clip import write_tiny_clip
 
     if (folder / "onnx" / "text_model_int8.onnx").is_file():
         return

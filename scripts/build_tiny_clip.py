@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/build_tiny_clip.py [--out FOLDER]
 
-Builds it (smolvlm_desktop.tiny_clip) in a staging folder next to FOLDER, then swaps it in.
+Builds it (smolvlm_desktop.export.tiny_clip) in a staging folder next to FOLDER, then swaps it in.
 The sha256 of every file is printed so that two builds are easy to compare.
 Needs the export extra (torch, transformers, onnx).
 """
@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from build_tiny_model import folder_size, sha256_listing  # noqa: E402
-from smolvlm_desktop.tiny_clip import write_tiny_clip  # noqa: E402
+from smolvlm_desktop.export.tiny_clip import write_tiny_clip  # noqa: E402
 
 DEFAULT_OUT = REPO / "smolvlm_desktop" / "data" / "tiny-clip"
 SIZE_BUDGET = 2_000_000

@@ -34,7 +34,7 @@ ODD_TEXTS = [
 
 @pytest.fixture(scope="module")
 def reference():
-    from smolvlm_desktop.tiny_clip import build_tiny_clip
+    from smolvlm_desktop.export.tiny_clip import build_tiny_clip
 
     return build_tiny_clip()
 
@@ -162,7 +162,7 @@ def test_a_big_jpeg_is_reduced_while_decoding_without_changing_its_embedding(tmp
 
 @pytest.fixture(scope="module")
 def tiny_siglip(tmp_path_factory):
-    from smolvlm_desktop.tiny_clip import write_tiny_siglip
+    from smolvlm_desktop.export.tiny_clip import write_tiny_siglip
 
     folder = tmp_path_factory.mktemp("siglip") / "tiny-siglip"
     write_tiny_siglip(folder)
