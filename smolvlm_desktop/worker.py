@@ -111,6 +111,7 @@ class Measurement:
     prefill_ms: float  # grows with the image tokens, so counted per tile too
     decode_ms: float
     new_tokens: int
+    kind: str = "chat"  # or "batch": a caption of a batch, decoded in a group, of batch length
 
 
 def tile_count(size: tuple[int, int], cfg: Any, detail: int | None) -> int:
@@ -421,14 +422,14 @@ class EngineWorker(QObject):
             return 0
 
     def _measure(self, model: Any, sizes: list[tuple[int, int]], detail: int | None,
-                 timings: Any, stop_reason: str = "") -> None:
+                 timings: Any, stop_reason: str = "", kind: str = "chat") -> None:
         if not sizes or stop_reason == "cancelled" or timings.new_tokens < 1 or timings.image_ms <= 0:
             return
         tiles = self._tiles(model, sizes, detail)
         if not tiles or timings.tiles_read != tiles:  # features kept from before: no estimate
             return
         self.measured.emit(Measurement(tiles, timings.image_ms, timings.prefill_ms,
-                                       timings.decode_ms, timings.new_tokens))
+                                       timings.decode_ms, timings.new_tokens, kind))
 
     def _measure_file(self, model: Any, path: Any, detail: int | None, timings: Any) -> None:
         from PIL import Image
@@ -438,7 +439,7 @@ class EngineWorker(QObject):
                 size = image.size
         except Exception:  # noqa: BLE001 - a HEIC without its plugin...: no estimate from it
             return
-        self._measure(model, [size], detail, timings)
+        self._measure(model, [size], detail, timings, kind="batch")
 
     def _record_chat(self, job: ChatJob, answer: str, model_name: str) -> None:
         library = self._open_library()

@@ -195,7 +195,7 @@ def test_expected_time_per_detail_level_appears_once_measured(qtbot, window, tmp
     for level in ("512 px ≈", "1024 px ≈", "1536 px ≈", "2048 px ≈"):
         assert level in text
     assert "<b>1024 px ≈" in text, "the chosen level stands out"
-    assert "measured over 1 answer this session" in text
+    assert "measured over 1 chat answer this session" in text
     checks = list(setup.format_checks.values())
     qtbot.waitUntil(lambda: all(c.height() >= c.sizeHint().height() for c in checks),
                     timeout=TIMEOUT_MS)  # the form laid out again with the new row
@@ -224,3 +224,23 @@ def test_a_group_decoded_together_is_named_as_a_group(qtbot, window, folder: Pat
     gate.open()
     wait_for_summary(qtbot, window)
     assert window.batch.in_flight == {}
+
+
+def test_the_estimate_prefers_what_batches_measured_over_chat_answers() -> None:
+    """Issue 15, item 7: one long chat answer made the estimate 9.8 s an image; the batch then
+    ran at 3.1-3.9 s. A batch's own captions (their length, their decode speed in groups)
+    say what a batch costs; chat answers only stand in until one was measured."""
+    from smolvlm_desktop.ui.batch_controller import SpeedEstimate
+    from smolvlm_desktop.worker import Measurement
+
+    speed = SpeedEstimate()
+    speed.add(Measurement(tiles=13, image_ms=3900, prefill_ms=1300, decode_ms=2000, new_tokens=200,
+                          kind="chat"))
+    from_chat = speed.seconds(13)
+    assert from_chat == pytest.approx((5200 + 2000) / 1000)
+    speed.add(Measurement(tiles=13, image_ms=3900, prefill_ms=1300, decode_ms=240, new_tokens=40,
+                          kind="batch"))
+    assert speed.seconds(13) == pytest.approx((5200 + 240) / 1000)  # the batch's caption length
+    speed.add(Measurement(tiles=1, image_ms=300, prefill_ms=100, decode_ms=9000, new_tokens=900,
+                          kind="chat"))
+    assert speed.seconds(13) == pytest.approx((5200 + 240) / 1000)  # later chats change nothing

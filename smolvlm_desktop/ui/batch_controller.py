@@ -43,7 +43,41 @@ DETAIL_LEVELS = tuple(DETAIL_LEVEL_TEXT)  # 512, 1024, 1536, 2048
 
 class SpeedEstimate:
     """Time per image on this machine, from the answers measured this session (worker.Measurement):
-    vision + prefill per tile, decode per token, and the caption length seen so far."""
+    vision + prefill per tile, decode per token, and the caption length seen so far.
+
+    A batch's own captions are what a batch costs (their length, and their decoding in
+    groups); chat answers, often much longer, only stand in until a batch was measured."""
+
+    def __init__(self) -> None:
+        self._sums = {kind: _Sums() for kind in ("chat", "batch")}
+
+    def add(self, m: Any) -> None:
+        self._sums["batch" if m.kind == "batch" else "chat"].add(m)
+
+    @property
+    def _best(self) -> "_Sums":
+        return self._sums["batch"] if self._sums["batch"].known else self._sums["chat"]
+
+    @property
+    def known(self) -> bool:
+        return self._best.known
+
+    @property
+    def answers(self) -> int:
+        """How many answers the estimate stands on."""
+        return self._best.answers
+
+    @property
+    def source(self) -> str:
+        """What they were, as the estimate's note says it: "batch caption" or "chat answer"."""
+        return "batch caption" if self._best is self._sums["batch"] else "chat answer"
+
+    def seconds(self, passes: int) -> float:
+        return self._best.seconds(passes)
+
+
+class _Sums:
+    """The measurements of one kind of work, added up."""
 
     def __init__(self) -> None:
         self.tiles = 0
@@ -389,9 +423,9 @@ class BatchController(QObject):
         for level in DETAIL_LEVELS:
             text = f"{level} px ≈ {short_duration(self.speed.seconds(vision_passes(level)))}"
             parts.append(f"<b>{text}</b>" if level == chosen else text)
-        n = self.speed.answers
+        n, source = self.speed.answers, self.speed.source
         label.setText("Expected per image on this computer: " + " · ".join(parts)
-                      + f"<br>(measured over {n} answer{'s' if n != 1 else ''} this session, "
+                      + f"<br>(measured over {n} {source}{'s' if n != 1 else ''} this session, "
                       "for a square image and captions as long as so far)")
         label.setToolTip("512, 1024, 1536 and 2048 px take 1, 5, 10 and 17 vision passes")
         label.show()
