@@ -30,7 +30,7 @@ from .generate import (Answer, BatchDecoder, CacheLayout, DecoderState, InPlaceD
                        new_run_options)
 from .conversation import DEFAULT_MAX_BYTES as DEFAULT_CONVERSATION_BYTES, Conversation
 from .features import FeatureCache, ImageFeatures, image_digest
-from .processor import ProcessedImages, preprocess
+from .processor import ProcessedImages
 from .prompt import PromptBuilder
 from .runtime import GraphSession, numpy_dtype, open_graph
 from .types import (
@@ -387,7 +387,7 @@ class VisionLanguageModel:
         kept = self.features.get(key)
         if kept is not None:
             return ImageRead(key, kept.grid, kept.features.shape[0], None, kept.features)
-        processed = preprocess([image], self.files.image_processor, longest)
+        processed = self.files.family.preprocess([image], self.files.image_processor, longest)
         return ImageRead(key, processed.grids[0], processed.pixel_values.shape[1], processed, None)
 
     def _read_images(self, reads: Sequence[ImageRead], run_options: ort.RunOptions,
@@ -476,8 +476,8 @@ class VisionLanguageModel:
         step = VISION_TILES_PER_CALL
         parts = []
         for i in range(0, pixel_values.shape[1], step):
-            parts.append(_run(graph, {"pixel_values": pixel_values[:, i:i + step],
-                                      "pixel_attention_mask": mask[:, i:i + step]}, run_options)[0])
+            feeds = self.files.family.vision_feeds(pixel_values[:, i:i + step], mask[:, i:i + step])
+            parts.append(_run(graph, feeds, run_options)[0])
             self.vision_runs += 1
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
