@@ -52,6 +52,8 @@ class ImageProcessorConfig:
     resample: int  # PIL resample id (1 = LANCZOS)
     do_pad: bool
     do_convert_rgb: bool
+    do_center_crop: bool = False  # FastVLM's CLIP processor: crop the resized picture to tile_size
+
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,11 @@ class ModelFiles:
     stop_ids: tuple[int, ...]
     variants: dict[str, dict[str, Path]]
     family: "Family"  # what differs per model family (families/): SmolVLM, FastVLM
+
+    @property
+    def text_config(self) -> dict:
+        """The language model's settings, wherever this family's config.json keeps them."""
+        return self.family.text_config(self.config)
 
     def choose_variant(self, requested: str | None = None) -> str:
         """The variant to load: the one asked for, else the best one present for the CPU."""
@@ -307,7 +314,8 @@ def stop_ids(generation_config: dict, tokenizer_config: dict, config: dict,
     <end_of_utterance>, in that order, without repeats."""
     ids = _ids(generation_config.get("eos_token_id"))
     if not ids:
-        ids = _ids(config.get("text_config", {}).get("eos_token_id"))
+        text = config.get("text_config")
+        ids = _ids((text if isinstance(text, dict) else config).get("eos_token_id"))
     for text in (_token_text(tokenizer_config.get("eos_token")), END_OF_UTTERANCE):
         if text is not None and text in added_tokens:
             ids.append(added_tokens[text])

@@ -103,7 +103,7 @@ class VisionLanguageModel:
         self.graphs = graphs
         self.prompt = PromptBuilder.from_files(files)
         self.cache_layout = CacheLayout.from_graph(
-            graphs["decoder_model_merged"], files.config.get("text_config", {}))
+            graphs["decoder_model_merged"], files.text_config)
         self._batch_invariant: bool | None = None
         self._in_place: bool | None = None
         self.features = FeatureCache()  # vision features by image content (features.py)
@@ -278,7 +278,7 @@ class VisionLanguageModel:
         return DecoderState(decoder, self.cache_layout)
 
     def _hidden_size(self) -> int:
-        return int(self.files.config.get("text_config", {}).get("hidden_size") or 0) or int(
+        return int(self.files.text_config.get("hidden_size") or 0) or int(
             self.graphs["embed_tokens"].session.get_outputs()[0].shape[-1])
 
     def _decode_together(self, rows: list[tuple[int, Answer, DecoderState, np.ndarray]],
@@ -459,7 +459,7 @@ class VisionLanguageModel:
     def _max_positions(self) -> int | None:
         """max_position_embeddings of the text model, if the config says (a long answer stops
         there with stop_reason "length" instead of running into the graph's limit)."""
-        limit = self.files.config.get("text_config", {}).get("max_position_embeddings")
+        limit = self.files.text_config.get("max_position_embeddings")
         return int(limit) if limit else None
 
     def _vision(self, pixel_values: np.ndarray, mask: np.ndarray, run_options: ort.RunOptions) -> np.ndarray:

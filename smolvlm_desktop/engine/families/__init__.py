@@ -4,9 +4,10 @@ what a family provides). `family_for(config)` picks one from config.json's model
 from __future__ import annotations
 
 from .base import Family
+from .fastvlm import FASTVLM
 from .smolvlm import SMOLVLM
 
-FAMILIES: tuple[Family, ...] = (SMOLVLM,)
+FAMILIES: tuple[Family, ...] = (SMOLVLM, FASTVLM)
 
 
 def family_for(config: dict) -> Family:
@@ -19,4 +20,4 @@ def family_for(config: dict) -> Family:
     return SMOLVLM
 
 
-__all__ = ["FAMILIES", "Family", "SMOLVLM", "family_for"]
+__all__ = ["FAMILIES", "FASTVLM", "Family", "SMOLVLM", "family_for"]

@@ -8,6 +8,7 @@ folder, its pictures and its prompt look:
 - which folders it reads (`model_types`: config.json's model_type values);
 - its image processor settings, read from the folder into the shared ImageProcessorConfig
   (`read_image_processor`), and how many image tokens one vision pass gives (`image_seq_len`);
+- where config.json keeps the language model's settings (`text_config`);
 - how a picture becomes vision-graph input (`preprocess`: tiles, or one padded square);
 - what text stands for one picture in the prompt (`image_placeholder`, given the grid that
   `preprocess` returned and image_seq_len);
@@ -49,6 +50,10 @@ class Family(Protocol):
     def preprocess(self, images: Sequence[Image.Image], cfg: "ImageProcessorConfig",
                    longest_edge: int | None = None) -> "ProcessedImages":
         """Pictures -> vision-graph pixels [1, passes, 3, H, W], a mask, and a grid per picture."""
+        ...
+
+    def text_config(self, config: dict) -> dict:
+        """The language model's settings (hidden_size, max_position_embeddings, ...) in config.json."""
         ...
 
     def image_placeholder(self, rows: int, cols: int, seq_len: int) -> str:

@@ -31,6 +31,9 @@ class SmolVLMFamily:
                    longest_edge: int | None = None) -> processor.ProcessedImages:
         return processor.preprocess(images, cfg, longest_edge)
 
+    def text_config(self, config: dict) -> dict:
+        return config.get("text_config", {})
+
     def image_placeholder(self, rows: int, cols: int, seq_len: int) -> str:
         return prompt.image_placeholder(rows, cols, seq_len)
 
