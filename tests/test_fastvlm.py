@@ -75,3 +75,75 @@ def test_pixels_identical_to_transformers_clip_processor(case: str) -> None:
     assert ours.shape == theirs.shape == (1, 3, 1024, 1024)
     assert ours.dtype == np.float32
     np.testing.assert_array_equal(ours, theirs)
+
+
+# --- the tiny FastVLM, run by the engine ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_fastvlm():
+    from smolvlm_desktop.engine.model import VisionLanguageModel
+
+    model = VisionLanguageModel.load(TINY, variant="fp32", threads=1)
+    yield model
+    model.close()
+
+
+def test_the_tiny_folder_reads_as_fastvlm_in_the_official_layout() -> None:
+    from smolvlm_desktop.engine.files import load_model_files
+
+    files = load_model_files(TINY)
+    assert files.family is FASTVLM
+    assert files.image_seq_len == 16  # (256 / 64)^2: processor_config.json's patch_size
+    assert files.text_config["hidden_size"] == 64  # the flat llava_qwen2 config
+    assert files.image_processor.tile_size == 256 and not files.image_processor.do_image_splitting
+    assert files.stop_ids == (json.loads((TINY / "config.json").read_text())["eos_token_id"],)
+    assert sorted(p.name for p in (TINY / "onnx").iterdir()) == [
+        "decoder_model_merged.onnx", "embed_tokens.onnx", "vision_encoder.onnx"]
+
+
+def test_the_prompt_is_the_qwen2_template_with_one_image_token_per_feature_row(tiny_fastvlm) -> None:
+    from smolvlm_desktop.engine.types import Message
+
+    builder = tiny_fastvlm.prompt
+    text = builder.expand(builder.render([Message("user", "What is it?", images=(photo(64, 64),))]), [(0, 0)])
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                    + "<image>" * 16 + "\nWhat is it?<|im_end|>\n<|im_start|>assistant\n")
+    ids = builder.encode([Message("user", "What is it?", images=(photo(64, 64),))], [(0, 0)])
+    assert int((ids == tiny_fastvlm.files.image_token_id).sum()) == 16
+
+
+def test_the_engine_captions_a_photo_with_the_tiny_fastvlm(tiny_fastvlm) -> None:
+    from smolvlm_desktop.engine.types import GenerationSettings, Message
+
+    settings = GenerationSettings(max_new_tokens=8)
+    question = [Message("user", "Describe this picture.", images=(photo(400, 300, 21),))]
+    first = tiny_fastvlm.generate(question, settings)
+    assert first.stop_reason in ("max_tokens", "stop") and first.token_ids
+    assert first.timings.tiles_read == 1  # one vision pass for the whole picture
+    again = tiny_fastvlm.generate(question, settings)
+    assert again.token_ids == first.token_ids and again.timings.tiles_read == 0  # features kept
+    other = [Message("user", "Describe this picture.", images=(Image.new("RGB", (400, 300), "white"),))]
+    difference = tiny_fastvlm.teacher_forced_logits(other, []) - tiny_fastvlm.teacher_forced_logits(question, [])
+    assert np.abs(difference).max() > 1e-3  # the picture reaches the answer
+
+
+def test_a_conversation_with_the_tiny_fastvlm_gives_the_same_answer_as_a_fresh_start(tiny_fastvlm) -> None:
+    from smolvlm_desktop.engine.types import GenerationSettings, Message
+
+    settings = GenerationSettings(max_new_tokens=6)
+    turn = [Message("user", "What is it?", images=(photo(300, 300, 23),))]
+    chat = tiny_fastvlm.conversation()
+    answer = chat.generate(turn, settings)
+    follow = [*turn, Message("assistant", answer.text), Message("user", "And the colour?")]
+    assert chat.generate(follow, settings).token_ids == tiny_fastvlm.generate(follow, settings).token_ids
+
+
+def test_a_vision_graph_without_pixel_values_is_refused_with_the_family_named(tmp_path: Path) -> None:
+    from smolvlm_desktop.engine.model import VisionLanguageModel
+    from smolvlm_desktop.engine.types import ModelFolderError
+
+    folder = tmp_path / "broken"
+    shutil.copytree(TINY, folder)
+    shutil.copy(folder / "onnx" / "embed_tokens.onnx", folder / "onnx" / "vision_encoder.onnx")
+    with pytest.raises(ModelFolderError, match="FastVLM vision_encoder graph: expected inputs pixel_values"):
+        VisionLanguageModel.load(folder)

@@ -131,7 +131,8 @@ class VisionLanguageModel:
         chosen = files.choose_variant(variant)
         cache = Path(cache_dir) if cache_dir is not None else None
         graphs = {
-            name: open_graph(name, files.graph_path(name, chosen), provider, threads, cache)
+            name: open_graph(name, files.graph_path(name, chosen), provider, threads, cache,
+                             files.family.name, files.family.graph_inputs.get(name))
             for name in GRAPHS
         }
         return cls(files, chosen, graphs)

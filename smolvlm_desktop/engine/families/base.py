@@ -12,7 +12,7 @@ folder, its pictures and its prompt look:
 - how a picture becomes vision-graph input (`preprocess`: tiles, or one padded square);
 - what text stands for one picture in the prompt (`image_placeholder`, given the grid that
   `preprocess` returned and image_seq_len);
-- the vision graph's input names (`vision_feeds`).
+- the vision graph's input names (`vision_feeds`, and `graph_inputs` for the check on load).
 
 The graphs themselves keep the one layout (onnx/vision_encoder*.onnx, embed_tokens*.onnx,
 decoder_model_merged*.onnx; decoder inputs inputs_embeds/attention_mask/position_ids/past_key_values.*),
@@ -38,6 +38,7 @@ class Family(Protocol):
 
     name: str  # shown to the user: "SmolVLM", "FastVLM"
     model_types: tuple[str, ...]  # config.json model_type values this family reads
+    graph_inputs: dict[str, tuple[str, ...]]  # inputs a graph must have, where not SmolVLM's
 
     def read_image_processor(self, folder: Path, processor_config: dict) -> "ImageProcessorConfig":
         """The image processor settings, as the folder states them."""

@@ -99,6 +99,7 @@ def to_square(image: Image.Image, cfg: ImageProcessorConfig, shortest: int) -> n
 
 class FastVLMFamily:
     name = "FastVLM"
+    graph_inputs: dict[str, tuple[str, ...]] = {"vision_encoder": ("pixel_values",)}
     model_types = ("llava_qwen2", "fast_vlm")
 
     def read_image_processor(self, folder: Path, processor_config: dict) -> ImageProcessorConfig:

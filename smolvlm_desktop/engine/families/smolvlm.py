@@ -19,6 +19,7 @@ from .. import files, processor, prompt
 
 class SmolVLMFamily:
     name = "SmolVLM"
+    graph_inputs: dict[str, tuple[str, ...]] = {}  # the defaults (runtime.EXPECTED_INPUTS) are SmolVLM's
     model_types = ("idefics3", "smolvlm")
 
     def read_image_processor(self, folder: Path, processor_config: dict) -> files.ImageProcessorConfig:
