@@ -147,3 +147,57 @@ def test_a_vision_graph_without_pixel_values_is_refused_with_the_family_named(tm
     shutil.copy(folder / "onnx" / "embed_tokens.onnx", folder / "onnx" / "vision_encoder.onnx")
     with pytest.raises(ModelFolderError, match="FastVLM vision_encoder graph: expected inputs pixel_values"):
         VisionLanguageModel.load(folder)
+
+
+# --- the catalog: strengths, licence, asked before the first download -----------------------
+
+FASTVLM_NAME = "FastVLM-0.5B"
+
+
+def test_models_list_shows_fastvlm_strengths_and_licence(capsys: pytest.CaptureFixture) -> None:
+    from smolvlm_desktop.cli import EXIT_OK, main
+
+    assert main(["models", "list"]) == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line[2:].split()[:2] == [FASTVLM_NAME, "available"])
+    details = "\n".join(lines[at + 1:at + 3])
+    assert "DocVQA 82.5" in details and "one 1024-px vision pass" in details
+    assert "licence: apple-amlr" in details and "asks before the first download" in details
+
+
+@pytest.mark.loopback
+def test_pull_of_fastvlm_asks_for_the_licence_first_and_touches_no_network(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from fake_hub import FakeHub
+    from test_hub import tiny_repo
+
+    from smolvlm_desktop import paths
+    from smolvlm_desktop.cli import EXIT_ERROR, main
+
+    with FakeHub([tiny_repo(FASTVLM_NAME, TINY)]) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        code = main(["models", "pull", FASTVLM_NAME, "--variant", "fp32"])
+        assert server.requests == []
+    err = capsys.readouterr().err
+    assert code == EXIT_ERROR
+    assert "apple-amlr" in err and "--accept-licence" in err and "LICENSE" in err
+    assert not (paths.models_dir() / FASTVLM_NAME).exists()
+
+
+@pytest.mark.loopback
+def test_pull_of_fastvlm_with_the_licence_accepted_installs_a_fastvlm_folder(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from fake_hub import FakeHub
+    from test_hub import tiny_repo
+
+    from smolvlm_desktop import hub, paths
+    from smolvlm_desktop.cli import EXIT_OK, main
+    from smolvlm_desktop.engine.files import load_model_files
+
+    with FakeHub([tiny_repo(FASTVLM_NAME, TINY)]) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        code = main(["models", "pull", FASTVLM_NAME, "--variant", "fp32", "--accept-licence"])
+    assert code == EXIT_OK, capsys.readouterr().err
+    folder = paths.models_dir() / FASTVLM_NAME
+    assert load_model_files(folder).family is FASTVLM
+    assert (hub.read_manifest(folder) or {}).get("licence_accepted") == "apple-amlr"
