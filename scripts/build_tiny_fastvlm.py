@@ -155,6 +155,38 @@ def export(model: Any, out: Path) -> None:
                       output_names=["logits", *present_names], dynamic_axes=axes, **kw)
 
 
+def constants_to_initializers(path: Path) -> None:
+    """Weights as initializers, as in the official files: the tracer wrote the (frozen)
+    parameters as Constant nodes, which the quantiser does not look at."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kept, moved = [], []
+    for node in model.graph.node:
+        value = next((a for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is not None and len(value.t.dims) >= 2:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value.t)
+            tensor.name = node.output[0]
+            moved.append(tensor)
+        else:
+            kept.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    model.graph.initializer.extend(moved)
+    onnx.save(model, str(path))
+
+
+def quantize(out: Path) -> None:
+    """The int8 variant of each graph, as the official release's `_int8` files: dynamic
+    quantisation of the MatMul and Gather weights (export.quantize, numpy only)."""
+    from smolvlm_desktop.export.quantize import quantize_graph
+
+    for name in ("vision_encoder", "embed_tokens", "decoder_model_merged"):
+        constants_to_initializers(out / "onnx" / f"{name}.onnx")
+        quantize_graph(out / "onnx" / f"{name}.onnx", out / "onnx" / f"{name}_int8.onnx", "int8")
+
+
 def write_folder(out: Path) -> None:
     tok = build_tokenizer()
     ids = {t: tok.token_to_id(t) for t in SPECIALS}
@@ -162,6 +194,7 @@ def write_folder(out: Path) -> None:
     model = build_model(vocab_size, ids["<image>"])
     out.mkdir(parents=True, exist_ok=True)
     export(model, out)
+    quantize(out)
     text = model.config.text_config
     (out / "tokenizer.json").write_text(tok.to_str(pretty=False) + "\n", encoding="utf-8")
 
