@@ -204,6 +204,8 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
                            "the official files")
     pull.add_argument("--official", action="store_true",
                       help="download the official ONNX files of --variant instead of building the graphs")
+    pull.add_argument("--accept-licence", action="store_true",
+                      help="accept the licence of a model that asks first (FastVLM: apple-amlr; `models list` says which)")
     pull.add_argument("--revision", help="a Hub commit, branch or tag instead of the pinned revision")
     imp = msub.add_parser("import", help="install a SmolVLM ONNX folder copied from elsewhere, or build one "
                                          "from a transformers checkpoint folder (config.json + model.safetensors)")

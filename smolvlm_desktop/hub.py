@@ -97,6 +97,16 @@ class ChecksumError(HubError):
     """A downloaded file does not match the checksum the Hub reports for it."""
 
 
+class LicenceNotAccepted(HubError):
+    """The model's licence asks for the user's consent before the first download."""
+
+
+def licence_question(entry: "CatalogEntry") -> str:
+    """What the user is asked before the first download of a model under such a licence."""
+    return (f"{entry.name} is published under the {entry.licence} licence, not an open-source one: "
+            f"read it at {entry.licence_url} before using the model. Nothing of it ships with this app.")
+
+
 class PullCancelled(HubError):
     """The user cancelled a pull; what was downloaded is kept and the next pull resumes it."""
 
@@ -117,6 +127,9 @@ class CatalogEntry:
     common_files: tuple[str, ...] = ()
     optional_files: tuple[str, ...] = ()
     kind: str = paths.CHAT  # or paths.EMBEDDING: a CLIP-style model for search by meaning
+    licence: str = ""  # the Hub's licence id, e.g. "apple-amlr"
+    licence_url: str = ""
+    ask_before_download: bool = False  # a licence the user must accept before the first download
 
     def graph_files(self, variant: str) -> list[str]:
         """The ONNX graphs of one variant, named as the official release names them."""
@@ -143,6 +156,8 @@ def load_catalog(path: Path | None = None) -> list[CatalogEntry]:
             variants=tuple(m["variants"]) if m.get("variants") is not None else None,
             known_files=dict(m.get("known_files") or {}), common_files=common, optional_files=optional,
             kind=m.get("kind", paths.CHAT),
+            licence=m.get("licence", ""), licence_url=m.get("licence_url", ""),
+            ask_before_download=bool(m.get("ask_before_download", False)),
         )
         for m in raw["models"]
     ]
@@ -341,7 +356,8 @@ def _remote_file(entry: CatalogEntry, sibling: Any) -> RemoteFile:
 
 
 def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback | None = None,
-         cancel: threading.Event | None = None, *, revision: str | None = None, official: bool = False) -> Path:
+         cancel: threading.Event | None = None, *, revision: str | None = None, official: bool = False,
+         accept_licence: bool = False) -> Path:
     """Get a catalog model into `paths.models_dir()/NAME` and return that folder.
 
     When the release has its weights (model.safetensors, up to MAX_BUILD_WEIGHTS_BYTES) and
@@ -364,6 +380,9 @@ def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback |
     entry.graph_files(variant)  # rejects an unknown variant name before any network access
     wanted_revision = revision or entry.revision or "main"
     dest = paths.models_dir() / entry.name
+    if entry.ask_before_download and not accept_licence and read_manifest(dest) is None:
+        raise LicenceNotAccepted(f"{licence_question(entry)} To accept it and download, pull again "
+                                 "with --accept-licence (in the window: answer Yes when asked).")
     with _hub_online():
         info, endpoint = _model_info(entry, wanted_revision)
         weights = _weights_plan(entry, info) if _has_weights(info) else []
@@ -375,6 +394,8 @@ def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback |
         staging = _staging_dir(entry.name + (WEIGHTS_SUFFIX if build else ""), entry.repo, info.sha)
         recorded = _fetch_all(entry.repo, info.sha, files, staging, endpoint, progress, cancel)
     manifest = _hub_manifest(entry, wanted_revision, info.sha, variant, recorded, endpoint)
+    if entry.ask_before_download:
+        manifest["licence_accepted"] = entry.licence
     if build:
         return _build_and_install(staging, dest, manifest, progress, cancel)
     return _install_download(staging, dest, manifest, variant)
@@ -1100,6 +1121,8 @@ class ModelStatus:
     is_default: bool = False
     source: str | None = None  # "hub", "import", or None (no manifest)
     kind: str = paths.CHAT  # or paths.EMBEDDING (never offered as a chat model)
+    licence: str = ""
+    ask_before_download: bool = False
 
 
 def list_models() -> list[ModelStatus]:
@@ -1118,7 +1141,8 @@ def list_models() -> list[ModelStatus]:
         started = (partials / entry.name).is_dir() or (partials / (entry.name + WEIGHTS_SUFFIX)).is_dir()
         state = "no-onnx" if not entry.onnx else "partial" if started else "available"
         rows.append(ModelStatus(entry.name, state, None, entry.summary, entry.repo, entry.revision,
-                                entry.variants or (), kind=entry.kind))
+                               entry.variants or (), kind=entry.kind, licence=entry.licence,
+                               ask_before_download=entry.ask_before_download))
     rows += [_installed_status(folder, default, None) for folder in installed.values()]
     rows.append(ModelStatus(paths.DEMO_MODEL_NAME, "bundled", paths.demo_model_dir(),
                             "tiny random-weight model shipped with the app; its answers are noise",

@@ -162,3 +162,24 @@ def test_an_embedding_model_is_listed_for_search_but_never_offered_for_chat(qtbo
     assert dialog.table.item(row, 1).text().endswith("for search")
     assert not dialog.use_btn.isEnabled() and not dialog.default_btn.isEnabled()
     assert dialog.remove_btn.isEnabled()
+@pytest.mark.loopback
+def test_fastvlm_download_asks_for_its_licence_first(qtbot, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Declining downloads nothing (no request reaches the Hub); accepting downloads it."""
+    tiny_fastvlm = Path(__file__).resolve().parent.parent / "smolvlm_desktop" / "data" / "tiny-fastvlm"
+    window = open_window(qtbot, settings(), model=None)
+    dialog = manager_for(qtbot, window)
+    select(dialog, "FastVLM-0.5B")
+    assert "apple-amlr" in dialog.summary.text() and "DocVQA 82.5" in dialog.summary.text()
+    with FakeHub([tiny_repo("FastVLM-0.5B", tiny_fastvlm)]) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setattr(dialog, "variant_for", lambda status: "fp32")  # the tiny model has only fp32
+        seen: list[str] = []
+        answer_next_dialog("No", seen)
+        dialog.download_btn.click()
+        assert dialog.task is None and server.requests == []
+        assert "apple-amlr" in seen[0]
+        answer_next_dialog("Yes")
+        dialog.download_btn.click()
+        qtbot.waitUntil(lambda: dialog.task is None, timeout=TIMEOUT_MS)
+    assert not dialog.error.isVisibleTo(dialog), dialog.error.text()
+    assert (hub.read_manifest(paths.models_dir() / "FastVLM-0.5B") or {}).get("licence_accepted") == "apple-amlr"

@@ -48,6 +48,8 @@ def list_models() -> int:
         print(f"{mark} {row.name:<30} {' '.join(details):<28} {where}")
         if row.summary and row.state != "installed":
             print(f"  {'':<30} {row.summary}")
+        if row.ask_before_download and row.state != "installed":
+            print(f"  {'':<30} licence: {row.licence} (asks before the first download: --accept-licence)")
     return EXIT_OK
 
 
@@ -66,7 +68,8 @@ def download(fetch: Callable[[Callable[[PullProgress], None]], T]) -> T | None:
 
 def pull(args: argparse.Namespace) -> int:
     folder = download(lambda progress: hub.pull(args.name, variant=args.variant, progress=progress,
-                                                revision=args.revision, official=args.official))
+                                                revision=args.revision, official=args.official,
+                                                accept_licence=args.accept_licence))
     if folder is None:
         return EXIT_INTERRUPTED
     manifest = hub.read_manifest(folder) or {}

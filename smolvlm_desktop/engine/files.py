@@ -15,9 +15,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .types import ModelFolderError
+
+if TYPE_CHECKING:
+    from .families import Family
 
 GRAPH_NAMES = ("vision_encoder", "embed_tokens", "decoder_model_merged")
 # File suffix of each ONNX variant as released ("" is fp32).
@@ -49,6 +52,8 @@ class ImageProcessorConfig:
     resample: int  # PIL resample id (1 = LANCZOS)
     do_pad: bool
     do_convert_rgb: bool
+    do_center_crop: bool = False  # FastVLM's CLIP processor: crop the resized picture to tile_size
+
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,12 @@ class ModelFiles:
     tokenizer_config: dict
     stop_ids: tuple[int, ...]
     variants: dict[str, dict[str, Path]]
+    family: "Family"  # what differs per model family (families/): SmolVLM, FastVLM
+
+    @property
+    def text_config(self) -> dict:
+        """The language model's settings, wherever this family's config.json keeps them."""
+        return self.family.text_config(self.config)
 
     def choose_variant(self, requested: str | None = None) -> str:
         """The variant to load: the one asked for, else the best one present for the CPU."""
@@ -125,6 +136,8 @@ def read_json(path: Path, required: bool = True) -> dict:
 
 def load_model_files(folder: str | Path) -> ModelFiles:
     """Read a model folder; raise ModelFolderError saying exactly what is wrong."""
+    from .families import family_for  # here, not at the top: the families read their folders with this module
+
     folder = Path(folder).expanduser()
     if not folder.exists():
         raise ModelFolderError(f"model folder {folder} does not exist")
@@ -138,19 +151,21 @@ def load_model_files(folder: str | Path) -> ModelFiles:
     processor_config = read_json(folder / "processor_config.json", required=False)
     generation_config = read_json(folder / "generation_config.json", required=False)
     added_tokens = read_added_tokens(tokenizer_path)
+    family = family_for(config)
     return ModelFiles(
         folder=folder,
         name=display_name(folder, config),
         config=config,
         generation_config=generation_config,
-        image_processor=read_image_processor(folder, processor_config),
-        image_seq_len=image_seq_len(config, processor_config, folder),
+        image_processor=family.read_image_processor(folder, processor_config),
+        image_seq_len=family.image_seq_len(config, processor_config, folder),
         image_token_id=image_token_id(config, folder),
         chat_template=chat_template(folder, tokenizer_config),
         tokenizer_path=tokenizer_path,
         tokenizer_config=tokenizer_config,
         stop_ids=stop_ids(generation_config, tokenizer_config, config, added_tokens),
         variants=find_variants(folder),
+        family=family,
     )
 
 
@@ -299,7 +314,8 @@ def stop_ids(generation_config: dict, tokenizer_config: dict, config: dict,
     <end_of_utterance>, in that order, without repeats."""
     ids = _ids(generation_config.get("eos_token_id"))
     if not ids:
-        ids = _ids(config.get("text_config", {}).get("eos_token_id"))
+        text = config.get("text_config")
+        ids = _ids((text if isinstance(text, dict) else config).get("eos_token_id"))
     for text in (_token_text(tokenizer_config.get("eos_token")), END_OF_UTTERANCE):
         if text is not None and text in added_tokens:
             ids.append(added_tokens[text])

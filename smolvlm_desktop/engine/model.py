@@ -30,7 +30,7 @@ from .generate import (Answer, BatchDecoder, CacheLayout, DecoderState, InPlaceD
                        new_run_options)
 from .conversation import DEFAULT_MAX_BYTES as DEFAULT_CONVERSATION_BYTES, Conversation
 from .features import FeatureCache, ImageFeatures, image_digest
-from .processor import ProcessedImages, preprocess
+from .processor import ProcessedImages
 from .prompt import PromptBuilder
 from .runtime import GraphSession, numpy_dtype, open_graph
 from .types import (
@@ -103,7 +103,7 @@ class VisionLanguageModel:
         self.graphs = graphs
         self.prompt = PromptBuilder.from_files(files)
         self.cache_layout = CacheLayout.from_graph(
-            graphs["decoder_model_merged"], files.config.get("text_config", {}))
+            graphs["decoder_model_merged"], files.text_config)
         self._batch_invariant: bool | None = None
         self._in_place: bool | None = None
         self.features = FeatureCache()  # vision features by image content (features.py)
@@ -131,7 +131,8 @@ class VisionLanguageModel:
         chosen = files.choose_variant(variant)
         cache = Path(cache_dir) if cache_dir is not None else None
         graphs = {
-            name: open_graph(name, files.graph_path(name, chosen), provider, threads, cache)
+            name: open_graph(name, files.graph_path(name, chosen), provider, threads, cache,
+                             files.family.name, files.family.graph_inputs.get(name))
             for name in GRAPHS
         }
         return cls(files, chosen, graphs)
@@ -278,7 +279,7 @@ class VisionLanguageModel:
         return DecoderState(decoder, self.cache_layout)
 
     def _hidden_size(self) -> int:
-        return int(self.files.config.get("text_config", {}).get("hidden_size") or 0) or int(
+        return int(self.files.text_config.get("hidden_size") or 0) or int(
             self.graphs["embed_tokens"].session.get_outputs()[0].shape[-1])
 
     def _decode_together(self, rows: list[tuple[int, Answer, DecoderState, np.ndarray]],
@@ -387,7 +388,7 @@ class VisionLanguageModel:
         kept = self.features.get(key)
         if kept is not None:
             return ImageRead(key, kept.grid, kept.features.shape[0], None, kept.features)
-        processed = preprocess([image], self.files.image_processor, longest)
+        processed = self.files.family.preprocess([image], self.files.image_processor, longest)
         return ImageRead(key, processed.grids[0], processed.pixel_values.shape[1], processed, None)
 
     def _read_images(self, reads: Sequence[ImageRead], run_options: ort.RunOptions,
@@ -459,7 +460,7 @@ class VisionLanguageModel:
     def _max_positions(self) -> int | None:
         """max_position_embeddings of the text model, if the config says (a long answer stops
         there with stop_reason "length" instead of running into the graph's limit)."""
-        limit = self.files.config.get("text_config", {}).get("max_position_embeddings")
+        limit = self.files.text_config.get("max_position_embeddings")
         return int(limit) if limit else None
 
     def _vision(self, pixel_values: np.ndarray, mask: np.ndarray, run_options: ort.RunOptions) -> np.ndarray:
@@ -476,8 +477,8 @@ class VisionLanguageModel:
         step = VISION_TILES_PER_CALL
         parts = []
         for i in range(0, pixel_values.shape[1], step):
-            parts.append(_run(graph, {"pixel_values": pixel_values[:, i:i + step],
-                                      "pixel_attention_mask": mask[:, i:i + step]}, run_options)[0])
+            feeds = self.files.family.vision_feeds(pixel_values[:, i:i + step], mask[:, i:i + step])
+            parts.append(_run(graph, feeds, run_options)[0])
             self.vision_runs += 1
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jinja2
 import jinja2.ext
@@ -100,8 +100,10 @@ class PromptBuilder:
     """The model's tokenizer and chat template, and the image-token expansion between them."""
 
     def __init__(self, tokenizer: Tokenizer, template: str, image_seq_len: int,
-                 special: dict[str, str]) -> None:
+                 special: dict[str, str],
+                 placeholder: Callable[[int, int, int], str] = image_placeholder) -> None:
         self.tokenizer = tokenizer
+        self.placeholder = placeholder  # the family's text for one image (families/)
         self.image_seq_len = image_seq_len
         self.special = special
         try:
@@ -116,7 +118,8 @@ class PromptBuilder:
         except Exception as exc:  # noqa: BLE001 - the tokenizers library raises plain Exception
             raise ModelFolderError(f"cannot read {files.tokenizer_path}: {exc}") from None
         special = special_tokens(files.folder, files.tokenizer_config)
-        return cls(tokenizer, files.chat_template, files.image_seq_len, special)
+        return cls(tokenizer, files.chat_template, files.image_seq_len, special,
+                   files.family.image_placeholder)
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
         """The chat template's text, with one `<image>` per image."""
@@ -137,7 +140,7 @@ class PromptBuilder:
             raise EngineError(f"the prompt has {len(pieces) - 1} images but {len(grids)} were processed")
         out = [pieces[0]]
         for (rows, cols), piece in zip(grids, pieces[1:]):
-            out.append(image_placeholder(rows, cols, self.image_seq_len))
+            out.append(self.placeholder(rows, cols, self.image_seq_len))
             out.append(piece)
         return "".join(out)
 

@@ -138,7 +138,8 @@ def session_options(threads: int | None) -> ort.SessionOptions:
 
 
 def open_graph(name: str, path: Path, requested_provider: str = "auto",
-               threads: int | None = None, cache_dir: Path | None = None) -> GraphSession:
+               threads: int | None = None, cache_dir: Path | None = None,
+               family: str = "SmolVLM", expected_inputs: tuple[str, ...] | None = None) -> GraphSession:
     """Create a session for one graph, trying providers in order and falling back to the CPU.
 
     `cache_dir` (chosen by the caller; the engine picks no place to write) keeps a copy of the
@@ -180,7 +181,7 @@ def open_graph(name: str, path: Path, requested_provider: str = "auto",
             output_names=tuple(o.name for o in session.get_outputs()),
             optional_inputs=tuple(i.name for i in session.get_overridable_initializers()),
         )
-        check_graph_names(graph)
+        check_graph_names(graph, family, expected_inputs)
         return graph
     raise AssertionError("unreachable: the CPU is always tried last")
 
@@ -251,9 +252,12 @@ def _cached_cpu_session(path: Path, threads: int | None, cache_dir: Path) -> ort
         shutil.rmtree(work, ignore_errors=True)
 
 
-def check_graph_names(graph: GraphSession) -> None:
-    """Raise a ModelFolderError naming the file and the inputs it should have had."""
-    missing_in = [n for n in EXPECTED_INPUTS[graph.name] if n not in graph.input_names]
+def check_graph_names(graph: GraphSession, family: str = "SmolVLM",
+                      expected_inputs: tuple[str, ...] | None = None) -> None:
+    """Raise a ModelFolderError naming the file and the inputs it should have had
+    (`expected_inputs`: the family's, where they differ from SmolVLM's)."""
+    inputs = EXPECTED_INPUTS[graph.name] if expected_inputs is None else expected_inputs
+    missing_in = [n for n in inputs if n not in graph.input_names]
     missing_out = [n for n in EXPECTED_OUTPUTS.get(graph.name, ()) if n not in graph.output_names]
     if graph.name == "decoder_model_merged" and not any(
         n.startswith("past_key_values.") for n in graph.input_names
@@ -261,8 +265,8 @@ def check_graph_names(graph: GraphSession) -> None:
         missing_in.append("past_key_values.{i}.key/value")
     if missing_in or missing_out:
         raise ModelFolderError(
-            f"{graph.path.name} does not look like a {graph.name} graph: expected inputs "
-            f"{', '.join(EXPECTED_INPUTS[graph.name])}"
+            f"{graph.path.name} does not look like a {family} {graph.name} graph: expected inputs "
+            f"{', '.join(inputs)}"
             f"{', past_key_values.{i}.key/value' if graph.name == 'decoder_model_merged' else ''}"
             f" and outputs {', '.join(EXPECTED_OUTPUTS.get(graph.name, ())) or 'any'}; found inputs "
             f"{', '.join(graph.input_names)} and outputs {', '.join(graph.output_names)}."

@@ -268,6 +268,8 @@ class ModelManagerDialog(QDialog):
         text = ""
         if status is not None:
             text = status.summary[:1].upper() + status.summary[1:] if status.summary else ""
+            if status.ask_before_download and status.state != "installed":
+                text += ("\n" if text else "") + f"Licence: {status.licence} (you are asked before the download)"
             if status.folder:
                 text += ("\n" if text else "") + str(status.folder)
         self.summary.setText(text)
@@ -294,9 +296,25 @@ class ModelManagerDialog(QDialog):
         if status is None or self.task is not None:
             return
         name, variant = status.name, self.variant_for(status)
+        accepted = status.ask_before_download and self._accepts_licence(name)
+        if status.ask_before_download and not accepted:
+            return
         self._start(f"Downloading {name} ({variant})",
-                    lambda progress, cancel: hub.pull(name, variant, progress=progress, cancel=cancel),
+                    lambda progress, cancel: hub.pull(name, variant, progress=progress, cancel=cancel,
+                                                      accept_licence=accepted),
                     name)
+
+    def _accepts_licence(self, name: str) -> bool:
+        """Ask, before the first download of a model whose licence wants consent (FastVLM's)."""
+        from .. import hub
+
+        question = hub.licence_question(hub.catalog_entry(name))
+        box = QMessageBox(QMessageBox.Icon.Question, "Accept the licence?",
+                          f"{question}\n\nAccept it and download {name}?",
+                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, self)
+        box.setDefaultButton(QMessageBox.StandardButton.No)
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        return box.exec() == QMessageBox.StandardButton.Yes
 
     def pick_import(self) -> None:
         folder = QFileDialog.getExistingDirectory(
