@@ -12,6 +12,11 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+# Before any test module imports onnxruntime: the package turns its telemetry off, and warns
+# (an error under pytest's filters) when onnxruntime came first. Without this, a file that
+# imports onnxruntime at its top could be run on its own only after another test file.
+import smolvlm_desktop  # noqa: E402, F401
+
 TINY_MODEL = Path(__file__).resolve().parent.parent / "smolvlm_desktop" / "data" / "tiny-smolvlm"
 
 

@@ -73,6 +73,8 @@ def reference_generate(reference, messages: list[Message], detail: int | None) -
 CASES = {
     "split image (300x200 -> 4x3 tiles + global)": (
         [Message("user", "Describe this image.", images=(gradient_image(300, 200, 1),))], None),
+    "square photo (4x4 tiles + global: a prompt long enough for the int8 prompt decoder)": (
+        [Message("user", "Describe this image.", images=(gradient_image(300, 300, 8),))], None),
     "unsplit image (detail = one tile)": (
         [Message("user", "What is in this picture?", images=(gradient_image(120, 90, 2),))], 64),
     "tiny image scaled up (40x30)": (

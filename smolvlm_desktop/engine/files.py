@@ -23,6 +23,11 @@ if TYPE_CHECKING:
     from .families import Family
 
 GRAPH_NAMES = ("vision_encoder", "embed_tokens", "decoder_model_merged")
+# This project's int8 builds carry a second decoder for reading long prompts, named after the
+# variant's decoder with this suffix (decoder_model_merged_int8_prompt.onnx): same inputs and
+# outputs, weights in the form that is fast for many rows (export/quantize.py). Optional: the
+# official files have none, and the engine then reads prompts with the one decoder.
+PROMPT_GRAPH_SUFFIX = "_prompt"
 # File suffix of each ONNX variant as released ("" is fp32).
 VARIANT_SUFFIXES = {
     "fp32": "", "fp16": "_fp16", "int8": "_int8", "uint8": "_uint8", "q4": "_q4",
@@ -106,6 +111,12 @@ class ModelFiles:
             raise ModelFolderError(
                 f"{self.folder} has no {graph} graph for variant {variant!r}; "
                 f"complete variants here: {self._present()}") from None
+
+    def prompt_graph_path(self, variant: str) -> Path | None:
+        """The variant's prompt decoder (PROMPT_GRAPH_SUFFIX), if the folder has one."""
+        decoder = self.graph_path("decoder_model_merged", variant)
+        path = decoder.with_name(decoder.stem + PROMPT_GRAPH_SUFFIX + decoder.suffix)
+        return path if path.is_file() else None
 
     def _present(self) -> str:
         return ", ".join(self.variants) or "none"

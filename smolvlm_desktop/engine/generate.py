@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -31,6 +31,12 @@ if TYPE_CHECKING:
 # An optional decoder input (the exporter's graphs have it, with a default of 0: every
 # position): how many of the last positions get logits. A prefill needs only the last.
 LOGITS_TO_KEEP = "logits_to_keep"
+# From how many new positions a read goes through the prompt decoder, where the model has one
+# (engine/files.py, PROMPT_GRAPH_SUFFIX). Measured on SmolVLM-256M (EPYC, AVX-512 VNNI): it is
+# faster from a few rows on, but it holds a second copy of the decoder's weights (~150 MB,
+# opened on first use), worth it for a photo of several tiles (878 tokens: 13 tiles), not for
+# a one-tile picture (79 tokens) or a follow-up question, which stay on the one decoder.
+PROMPT_GRAPH_MIN_TOKENS = 256
 
 
 @dataclass
@@ -57,10 +63,16 @@ class CacheLayout:
 
 
 class DecoderState:
-    """The KV cache, attention mask and position of one conversation being generated."""
+    """The KV cache, attention mask and position of one conversation being generated.
 
-    def __init__(self, decoder: GraphSession, layout: CacheLayout) -> None:
+    `prompt_decoder`, when given, opens the model's prompt decoder: a read of at least
+    PROMPT_GRAPH_MIN_TOKENS positions goes through it (same inputs, outputs and cache), every
+    other call through `decoder`."""
+
+    def __init__(self, decoder: GraphSession, layout: CacheLayout,
+                 prompt_decoder: Callable[[], GraphSession] | None = None) -> None:
         self.decoder = decoder
+        self.prompt_decoder = prompt_decoder
         self.layout = layout
         empty = np.zeros((1, layout.kv_heads, 0, layout.head_dim), dtype=layout.dtype)
         self.past: dict[str, Any] = {}
@@ -86,7 +98,10 @@ class DecoderState:
     def forward(self, embeds: np.ndarray, run_options: ort.RunOptions | None = None) -> np.ndarray:
         """Feed `embeds` [1, seq, hidden]; return the logits of the last position [vocab] (float32)."""
         total = self.length + embeds.shape[1]
-        logits, *present = self.decoder.run({**self._feeds(embeds), **self.past}, run_options, self._outputs)
+        decoder = self.decoder
+        if self.prompt_decoder is not None and embeds.shape[1] >= PROMPT_GRAPH_MIN_TOKENS:
+            decoder = self.prompt_decoder()
+        logits, *present = decoder.run({**self._feeds(embeds), **self.past}, run_options, self._outputs)
         self.past.update(pasts_from_presents(self._present_names, present))
         self.length = total
         return logits[0, -1].astype(np.float32, copy=False)
@@ -181,8 +196,9 @@ class InPlaceDecoderState(DecoderState):
     """A DecoderState whose cache is a BoundCache while it decodes: nothing copied per token
     (256M int8: 0.3-0.6 ms less per token of ~6.5-7.5, in A/B runs of the engine's loop)."""
 
-    def __init__(self, decoder: GraphSession, layout: CacheLayout, capacity: int = BoundCache.GROWTH) -> None:
-        super().__init__(decoder, layout)
+    def __init__(self, decoder: GraphSession, layout: CacheLayout, capacity: int = BoundCache.GROWTH,
+                 prompt_decoder: Callable[[], GraphSession] | None = None) -> None:
+        super().__init__(decoder, layout, prompt_decoder)
         self.cache = BoundCache(decoder, self.past, capacity)
 
     @property

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -97,10 +98,15 @@ class Generation:
 class VisionLanguageModel:
     """A SmolVLM model folder loaded into three ONNX Runtime sessions."""
 
-    def __init__(self, files: ModelFiles, variant: str, graphs: dict[str, GraphSession]) -> None:
+    def __init__(self, files: ModelFiles, variant: str, graphs: dict[str, GraphSession],
+                 open_prompt_decoder: Callable[[], GraphSession] | None = None) -> None:
         self.files = files
         self.variant = variant
         self.graphs = graphs
+        # The prompt decoder (engine/files.py, PROMPT_GRAPH_SUFFIX), opened on the first long
+        # prompt: a one-tile picture never pays its memory.
+        self._open_prompt_decoder = open_prompt_decoder
+        self._prompt_decoder: GraphSession | None = None
         self.prompt = PromptBuilder.from_files(files)
         self.cache_layout = CacheLayout.from_graph(
             graphs["decoder_model_merged"], files.text_config)
@@ -135,7 +141,13 @@ class VisionLanguageModel:
                              files.family.name, files.family.graph_inputs.get(name))
             for name in GRAPHS
         }
-        return cls(files, chosen, graphs)
+        prompt_path = files.prompt_graph_path(chosen)
+        open_prompt = None
+        if prompt_path is not None:
+            inputs = files.family.graph_inputs.get("decoder_model_merged")
+            open_prompt = partial(open_graph, "decoder_model_merged", prompt_path, provider, threads, cache,
+                                  files.family.name, inputs)
+        return cls(files, chosen, graphs, open_prompt)
 
     @property
     def fallback_notes(self) -> dict[str, str]:
@@ -145,6 +157,7 @@ class VisionLanguageModel:
     def close(self) -> None:
         """Drop the sessions so their memory is returned (idle unload)."""
         self.graphs.clear()
+        self._prompt_decoder = None
         self.features.clear()
 
     # --- generation -------------------------------------------------------------------
@@ -274,9 +287,19 @@ class VisionLanguageModel:
         decoder = self.graphs["decoder_model_merged"]
         if self._in_place is None:
             self._in_place = updates_cache_in_place(decoder, self.cache_layout, self._hidden_size())
+        prompt = self.prompt_decoder if self._open_prompt_decoder is not None else None
         if self._in_place:
-            return InPlaceDecoderState(decoder, self.cache_layout)
-        return DecoderState(decoder, self.cache_layout)
+            return InPlaceDecoderState(decoder, self.cache_layout, prompt_decoder=prompt)
+        return DecoderState(decoder, self.cache_layout, prompt)
+
+    def prompt_decoder(self) -> GraphSession:
+        """The prompt decoder, opened on first use (only for a model that has one)."""
+        if self._prompt_decoder is None:
+            if self._open_prompt_decoder is None or not self.graphs:
+                raise EngineError("this model has no prompt decoder" if self.graphs else
+                                  "the model was unloaded; load it again")
+            self._prompt_decoder = self._open_prompt_decoder()
+        return self._prompt_decoder
 
     def _hidden_size(self) -> int:
         return int(self.files.text_config.get("hidden_size") or 0) or int(

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.files import PROMPT_GRAPH_SUFFIX
 from .layout import DECODER_GRAPH, GRAPHS, save_normalised
 
 
@@ -133,34 +134,121 @@ def quantize_decoder_weights(fp32_path: Path, out_path: Path, block: int) -> Non
     Written here rather than with onnxruntime.quantization's MatMulNBitsQuantizer, which does
     the same with the same kernel (quantize_matmul_8bits, in the runtime itself) but imports
     onnx_ir and sympy (80 MB), too much to ship for this: the graphs are built at a user's."""
+    _replace_weight_matmuls(fp32_path, out_path, lambda node, weight: _nbits_matmul(node, weight, block))
+
+
+def quantize_decoder_prompt_weights(fp32_path: Path, out_path: Path, block: int) -> None:
+    """The decoder's int8 *prompt* graph (PROMPT_GRAPH_SUFFIX): the same decoder, its layers'
+    weights int8 per output column and each activation row quantised on its own at run time,
+    multiplied by MatMulInteger (ONNX Runtime's QGEMM, with VNNI and AMX kernels).
+
+    Why a second graph: MatMulNBits is the fastest form for one row (a decoding step) but
+    slow for many (an 878-token prompt: 178 vs 2,670 GOP/s on a Xeon with AMX; 5.7 vs 2.5 ms
+    for one 878x576x1536 product on an EPYC with AVX-512 VNNI). QGEMM is the reverse at one
+    row (0.030 vs 0.018 ms), so prompts of many tokens are read with this graph and the
+    answer decoded with the other (engine/generate.py, PROMPT_GRAPH_MIN_TOKENS).
+
+    Why per row and not DynamicQuantizeMatMul's one scale per tensor (a little faster): a
+    row's numbers then depend only on that row, so a prompt read in two pieces equals one
+    read, and a token whose activations are far larger than the others' (language models
+    have such tokens, often the first) does not flatten every other token's precision.
+    Symmetric, with a fixed zero point of 128 in uint8 so that ONNX Runtime's u8s8 kernels
+    apply. The head (one row after logits_to_keep) stays MatMulNBits as in the decode graph."""
+    def replace(node: Any, weight: np.ndarray) -> tuple[list[Any], list[Any]]:
+        if HEAD_OUTPUT in node.output:
+            return _nbits_matmul(node, weight, block)
+        return _per_row_int8_matmul(node, weight)
+
+    _replace_weight_matmuls(fp32_path, out_path, replace)
+
+
+# The decoder's output that the head MatMul writes (one row in a prompt, by logits_to_keep).
+HEAD_OUTPUT = "logits"
+# Shared constants of the per-row subgraphs (one copy each in the graph).
+_PER_ROW_CONSTANTS = {"per_row_q_max": np.array(127, np.float32), "per_row_q_offset": np.array(128, np.float32),
+                      "per_row_zero_point": np.array(128, np.uint8), "per_row_tiny": np.array(1e-30, np.float32)}
+
+
+def _replace_weight_matmuls(fp32_path: Path, out_path: Path,
+                            replace: Callable[[Any, np.ndarray], tuple[list[Any], list[Any]]]) -> None:
+    """Rewrite each MatMul by a 2-D weight initializer with `replace(node, weight)`'s nodes and
+    initializers; keep everything else; save normalised."""
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(fp32_path))
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
-    nodes, added = [], []
+    nodes: list[Any] = []
+    added: dict[str, Any] = {}
     for node in graph.node:
         weight = initializers.get(node.input[1]) if node.op_type == "MatMul" else None
         if weight is None or len(weight.dims) != 2:
             nodes.append(node)
             continue
-        packed, scales = _blockwise_int8(numpy_helper.to_array(weight).astype(np.float32), block)
-        k, n = weight.dims
-        added += [numpy_helper.from_array(packed, f"{weight.name}_Q8"),
-                  numpy_helper.from_array(scales, f"{weight.name}_scales")]
-        nodes.append(helper.make_node("MatMulNBits", [node.input[0], added[-2].name, added[-1].name], list(node.output),
-                                      name=f"{node.name}_Q8", domain="com.microsoft", K=k, N=n, bits=8,
-                                      block_size=block, accuracy_level=4))
+        new_nodes, new_tensors = replace(node, numpy_helper.to_array(weight).astype(np.float32))
+        nodes += new_nodes
+        added.update({t.name: t for t in new_tensors})
     used = {name for node in nodes for name in node.input}
     kept = [t for t in graph.initializer if t.name in used]
     graph.ClearField("node")
     graph.node.extend(nodes)
     graph.ClearField("initializer")
-    graph.initializer.extend(kept + added)
+    graph.initializer.extend(kept + list(added.values()))
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     save_normalised(model, out_path)
+
+
+def _nbits_matmul(node: Any, weight: np.ndarray, block: int) -> tuple[list[Any], list[Any]]:
+    """One MatMul as MatMulNBits: 8-bit block-wise symmetric weights, accuracy level 4."""
+    from onnx import helper, numpy_helper
+
+    packed, scales = _blockwise_int8(weight, block)
+    k, n = weight.shape
+    name = node.input[1]
+    tensors = [numpy_helper.from_array(packed, f"{name}_Q8"), numpy_helper.from_array(scales, f"{name}_scales")]
+    matmul = helper.make_node("MatMulNBits", [node.input[0], tensors[0].name, tensors[1].name], list(node.output),
+                              name=f"{node.name}_Q8", domain="com.microsoft", K=k, N=n, bits=8,
+                              block_size=block, accuracy_level=4)
+    return [matmul], tensors
+
+
+def _per_row_int8_matmul(node: Any, weight: np.ndarray) -> tuple[list[Any], list[Any]]:
+    """One MatMul as x -> per-row symmetric uint8 (zero point 128) x int8 per-column weights
+    -> MatMulInteger -> float, scaled by the row's and the column's scales.
+
+    The row scale is max|x|/127 and x is multiplied by its reciprocal, as MatMulNBits'
+    int8 path quantises (rounded half to even; clipped by construction to 1..255)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    x, (y,) = node.input[0], node.output
+    stem, name = node.name, node.input[1]
+    column_max = np.abs(weight).max(axis=0)
+    column_scale = np.where(column_max > 0, column_max / 127.0, 1.0).astype(np.float32)
+    quantised = np.clip(np.round(weight / column_scale), -127, 127).astype(np.int8)
+    tensors = [numpy_helper.from_array(quantised, f"{name}_int8"),
+               numpy_helper.from_array(column_scale, f"{name}_column_scale"),
+               *(numpy_helper.from_array(v, k) for k, v in _PER_ROW_CONSTANTS.items())]
+    t = {s: f"{stem}/per_row/{s}" for s in ("abs", "max", "safe_max", "reciprocal", "row_scale", "scaled",
+                                             "rounded", "shifted", "quantised", "product", "float", "row_scaled")}
+    nodes = [
+        helper.make_node("Abs", [x], [t["abs"]], name=t["abs"]),
+        helper.make_node("ReduceMax", [t["abs"]], [t["max"]], name=t["max"], axes=[-1], keepdims=1),
+        helper.make_node("Max", [t["max"], "per_row_tiny"], [t["safe_max"]], name=t["safe_max"]),
+        helper.make_node("Div", ["per_row_q_max", t["safe_max"]], [t["reciprocal"]], name=t["reciprocal"]),
+        helper.make_node("Div", [t["safe_max"], "per_row_q_max"], [t["row_scale"]], name=t["row_scale"]),
+        helper.make_node("Mul", [x, t["reciprocal"]], [t["scaled"]], name=t["scaled"]),
+        helper.make_node("Round", [t["scaled"]], [t["rounded"]], name=t["rounded"]),
+        helper.make_node("Add", [t["rounded"], "per_row_q_offset"], [t["shifted"]], name=t["shifted"]),
+        helper.make_node("Cast", [t["shifted"]], [t["quantised"]], name=t["quantised"], to=TensorProto.UINT8),
+        helper.make_node("MatMulInteger", [t["quantised"], tensors[0].name, "per_row_zero_point"], [t["product"]],
+                         name=t["product"]),
+        helper.make_node("Cast", [t["product"]], [t["float"]], name=t["float"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", [t["float"], t["row_scale"]], [t["row_scaled"]], name=t["row_scaled"]),
+        helper.make_node("Mul", [t["row_scaled"], tensors[1].name], [y], name=f"{stem}/per_row/output"),
+    ]
+    return nodes, tensors
 
 
 def _blockwise_int8(weight: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -189,13 +277,18 @@ def _blockwise_int8(weight: np.ndarray, block: int) -> tuple[np.ndarray, np.ndar
 def quantize_variants(onnx_dir: Path, kinds: Sequence[str], text_config: Any,
                       on_step: Callable[[str, int, int], None] | None = None) -> None:
     """Write each fp32 graph's `kinds` variants next to it: the decoder's int8 as MatMulNBits
-    (quantize_decoder_weights), everything else with dynamic quantisation."""
+    (quantize_decoder_weights) plus its prompt graph (quantize_decoder_prompt_weights),
+    everything else with dynamic quantisation."""
     jobs = [(name, kind) for kind in kinds for name in GRAPHS]
+    jobs += [(DECODER_GRAPH, kind + PROMPT_GRAPH_SUFFIX) for kind in kinds if kind == "int8"]
+    block = decoder_weight_block(text_config)
     for done, (name, kind) in enumerate(jobs):
         if on_step:
             on_step(f"quantising {name} to {kind}", done, len(jobs))
         source, target = onnx_dir / f"{name}.onnx", onnx_dir / f"{name}_{kind}.onnx"
         if name == DECODER_GRAPH and kind == "int8":
-            quantize_decoder_weights(source, target, decoder_weight_block(text_config))
+            quantize_decoder_weights(source, target, block)
+        elif name == DECODER_GRAPH and kind == "int8" + PROMPT_GRAPH_SUFFIX:
+            quantize_decoder_prompt_weights(source, target, block)
         else:
             quantize_graph(source, target, kind)
