@@ -53,7 +53,7 @@ def test_the_prompt_decoder_has_the_decoders_inputs_and_outputs_and_int8_rows(ti
     assert [(i.name, i.type) for i in prompt.get_inputs()] == [(i.name, i.type) for i in decoder.get_inputs()]
     assert [(o.name, o.type) for o in prompt.get_outputs()] == [(o.name, o.type) for o in decoder.get_outputs()]
     ops = [n.op_type for n in onnx.load(str(onnx_dir / "decoder_model_merged_int8_prompt.onnx")).graph.node]
-    assert ops.count("MatMulInteger") == 2 * 4  # 2 layers: qkv, o_proj, gate_up, down
+    assert ops.count("MatMulIntegerToFloat") == 2 * 4  # 2 layers: qkv, o_proj, gate_up, down
     assert ops.count("MatMulNBits") == 1  # the head: one row after logits_to_keep
     assert "MatMul" not in ops
 

@@ -165,8 +165,12 @@ def quantize_decoder_prompt_weights(fp32_path: Path, out_path: Path, block: int)
 # The decoder's output that the head MatMul writes (one row in a prompt, by logits_to_keep).
 HEAD_OUTPUT = "logits"
 # Shared constants of the per-row subgraphs (one copy each in the graph).
-_PER_ROW_CONSTANTS = {"per_row_q_max": np.array(127, np.float32), "per_row_q_offset": np.array(128, np.float32),
-                      "per_row_zero_point": np.array(128, np.uint8), "per_row_tiny": np.array(1e-30, np.float32)}
+_PER_ROW_CONSTANTS = {
+    "per_row/q_max": np.array(127, np.float32), "per_row/tiny": np.array(1e-30, np.float32),
+    "per_row/one": np.array(1, np.float32), "per_row/zero_point": np.array(128, np.uint8),
+    "per_row/rows": np.array([-1], np.int64), "per_row/column": np.array([-1, 1], np.int64),
+    "per_row/start": np.array([0], np.int64), "per_row/last": np.array([-1], np.int64),
+}
 
 
 def _replace_weight_matmuls(fp32_path: Path, out_path: Path,
@@ -215,38 +219,52 @@ def _nbits_matmul(node: Any, weight: np.ndarray, block: int) -> tuple[list[Any],
 
 
 def _per_row_int8_matmul(node: Any, weight: np.ndarray) -> tuple[list[Any], list[Any]]:
-    """One MatMul as x -> per-row symmetric uint8 (zero point 128) x int8 per-column weights
-    -> MatMulInteger -> float, scaled by the row's and the column's scales.
+    """One MatMul as: each row of x quantised on its own (symmetric, scale max|row|/127, uint8
+    with zero point 128), times int8 weights quantised per column, by MatMulIntegerToFloat
+    (which applies the column scales inside the QGEMM), then times the row scales.
 
-    The row scale is max|x|/127 and x is multiplied by its reciprocal, as MatMulNBits'
-    int8 path quantises (rounded half to even; clipped by construction to 1..255)."""
+    Written for as few passes over the activations as ONNX Runtime allows (measured, 875 x
+    576 x 1536, CPU time): ReduceMax and ReduceMin rather than Abs (0.10 vs 0.13 ms), one
+    QuantizeLinear per row (per-axis on the rows flattened to 2-D, so any batch works), and
+    one Mul after the product; about 1.3x the CPU time of the per-tensor
+    DynamicQuantizeMatMul, which cannot keep rows apart."""
     from onnx import TensorProto, helper, numpy_helper
 
     x, (y,) = node.input[0], node.output
-    stem, name = node.name, node.input[1]
+    name, k, n = node.input[1], *weight.shape
     column_max = np.abs(weight).max(axis=0)
     column_scale = np.where(column_max > 0, column_max / 127.0, 1.0).astype(np.float32)
     quantised = np.clip(np.round(weight / column_scale), -127, 127).astype(np.int8)
     tensors = [numpy_helper.from_array(quantised, f"{name}_int8"),
                numpy_helper.from_array(column_scale, f"{name}_column_scale"),
-               *(numpy_helper.from_array(v, k) for k, v in _PER_ROW_CONSTANTS.items())]
-    t = {s: f"{stem}/per_row/{s}" for s in ("abs", "max", "safe_max", "reciprocal", "row_scale", "scaled",
-                                             "rounded", "shifted", "quantised", "product", "float", "row_scaled")}
+               numpy_helper.from_array(np.array([-1, k], np.int64), f"per_row/flat_{k}"),
+               numpy_helper.from_array(np.array([n], np.int64), f"per_row/width_{n}"),
+               *(numpy_helper.from_array(v, c) for c, v in _PER_ROW_CONSTANTS.items())]
+    t = {s: f"{node.name}/per_row/{s}" for s in (
+        "max", "min", "neg_min", "amax", "scale", "scales", "zero_points_shape", "zero_points", "rows",
+        "quantised", "product", "row_scales", "scaled", "x_shape", "lead", "y_shape")}
     nodes = [
-        helper.make_node("Abs", [x], [t["abs"]], name=t["abs"]),
-        helper.make_node("ReduceMax", [t["abs"]], [t["max"]], name=t["max"], axes=[-1], keepdims=1),
-        helper.make_node("Max", [t["max"], "per_row_tiny"], [t["safe_max"]], name=t["safe_max"]),
-        helper.make_node("Div", ["per_row_q_max", t["safe_max"]], [t["reciprocal"]], name=t["reciprocal"]),
-        helper.make_node("Div", [t["safe_max"], "per_row_q_max"], [t["row_scale"]], name=t["row_scale"]),
-        helper.make_node("Mul", [x, t["reciprocal"]], [t["scaled"]], name=t["scaled"]),
-        helper.make_node("Round", [t["scaled"]], [t["rounded"]], name=t["rounded"]),
-        helper.make_node("Add", [t["rounded"], "per_row_q_offset"], [t["shifted"]], name=t["shifted"]),
-        helper.make_node("Cast", [t["shifted"]], [t["quantised"]], name=t["quantised"], to=TensorProto.UINT8),
-        helper.make_node("MatMulInteger", [t["quantised"], tensors[0].name, "per_row_zero_point"], [t["product"]],
-                         name=t["product"]),
-        helper.make_node("Cast", [t["product"]], [t["float"]], name=t["float"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", [t["float"], t["row_scale"]], [t["row_scaled"]], name=t["row_scaled"]),
-        helper.make_node("Mul", [t["row_scaled"], tensors[1].name], [y], name=f"{stem}/per_row/output"),
+        helper.make_node("ReduceMax", [x], [t["max"]], name=t["max"], axes=[-1], keepdims=1),
+        helper.make_node("ReduceMin", [x], [t["min"]], name=t["min"], axes=[-1], keepdims=1),
+        helper.make_node("Neg", [t["min"]], [t["neg_min"]], name=t["neg_min"]),
+        helper.make_node("Max", [t["max"], t["neg_min"], "per_row/tiny"], [t["amax"]], name=t["amax"]),
+        helper.make_node("Div", [t["amax"], "per_row/q_max"], [t["scale"]], name=t["scale"]),
+        helper.make_node("Reshape", [t["scale"], "per_row/rows"], [t["scales"]], name=t["scales"]),
+        helper.make_node("Shape", [t["scales"]], [t["zero_points_shape"]], name=t["zero_points_shape"]),
+        helper.make_node("ConstantOfShape", [t["zero_points_shape"]], [t["zero_points"]], name=t["zero_points"],
+                         value=helper.make_tensor("value", TensorProto.UINT8, [1], [128])),
+        helper.make_node("Reshape", [x, f"per_row/flat_{k}"], [t["rows"]], name=t["rows"]),
+        helper.make_node("QuantizeLinear", [t["rows"], t["scales"], t["zero_points"]], [t["quantised"]],
+                         name=t["quantised"], axis=0),
+        helper.make_node("MatMulIntegerToFloat", [t["quantised"], tensors[0].name, "per_row/one", tensors[1].name,
+                                                  "per_row/zero_point"], [t["product"]], name=t["product"],
+                         domain="com.microsoft"),
+        helper.make_node("Reshape", [t["scale"], "per_row/column"], [t["row_scales"]], name=t["row_scales"]),
+        helper.make_node("Mul", [t["product"], t["row_scales"]], [t["scaled"]], name=t["scaled"]),
+        helper.make_node("Shape", [x], [t["x_shape"]], name=t["x_shape"]),
+        helper.make_node("Slice", [t["x_shape"], "per_row/start", "per_row/last"], [t["lead"]], name=t["lead"]),
+        helper.make_node("Concat", [t["lead"], f"per_row/width_{n}"], [t["y_shape"]], name=t["y_shape"], axis=0),
+        helper.make_node("Reshape", [t["scaled"], t["y_shape"]], [y], name=f"{node.name}/per_row/output"),
     ]
     return nodes, tensors
 
