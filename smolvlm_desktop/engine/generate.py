@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 LOGITS_TO_KEEP = "logits_to_keep"
 # From how many new positions a read goes through the prompt decoder, where the model has one
 # (engine/files.py, PROMPT_GRAPH_SUFFIX). Measured on SmolVLM-256M (EPYC, AVX-512 VNNI): it is
-# faster from a few rows on, but it holds a second copy of the decoder's weights (~150 MB,
+# faster from a few rows on, but it holds a second copy of the decoder's weights (~160 MB on 256M,
 # opened on first use), worth it for a photo of several tiles (878 tokens: 13 tiles), not for
 # a one-tile picture (79 tokens) or a follow-up question, which stay on the one decoder.
 PROMPT_GRAPH_MIN_TOKENS = 256

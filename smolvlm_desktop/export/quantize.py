@@ -140,12 +140,13 @@ def quantize_decoder_weights(fp32_path: Path, out_path: Path, block: int) -> Non
 def quantize_decoder_prompt_weights(fp32_path: Path, out_path: Path, block: int) -> None:
     """The decoder's int8 *prompt* graph (PROMPT_GRAPH_SUFFIX): the same decoder, its layers'
     weights int8 per output column and each activation row quantised on its own at run time,
-    multiplied by MatMulInteger (ONNX Runtime's QGEMM, with VNNI and AMX kernels).
+    multiplied by ONNX Runtime's QGEMM (MatMulIntegerToFloat; VNNI and AMX kernels).
 
     Why a second graph: MatMulNBits is the fastest form for one row (a decoding step) but
     slow for many (an 878-token prompt: 178 vs 2,670 GOP/s on a Xeon with AMX; 5.7 vs 2.5 ms
-    for one 878x576x1536 product on an EPYC with AVX-512 VNNI). QGEMM is the reverse at one
-    row (0.030 vs 0.018 ms), so prompts of many tokens are read with this graph and the
+    for one 878x576x1536 product on an EPYC with AVX-512 VNNI; 338 vs 117 million
+    instructions on the AVX2 kernels, counted under valgrind). The per-row steps make it the
+    slower one for a single row (0.030 vs 0.018 ms), so prompts of many tokens are read with this graph and the
     answer decoded with the other (engine/generate.py, PROMPT_GRAPH_MIN_TOKENS).
 
     Why per row and not DynamicQuantizeMatMul's one scale per tensor (a little faster): a
