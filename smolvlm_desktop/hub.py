@@ -1089,21 +1089,23 @@ def remove(name: str) -> None:
             return
         raise
     shutil.rmtree(folder)
-    marker = paths.default_model_file()
-    if marker.is_file() and marker.read_text(encoding="utf-8").strip() == name:
-        marker.unlink()
+    for marker in (paths.default_model_file(), paths.default_embedding_file()):
+        if marker.is_file() and marker.read_text(encoding="utf-8").strip() == name:
+            marker.unlink()
 
 
-def set_default(name: str) -> None:
-    """Make `name` the model used when none is given (an installed model, or 'demo')."""
+def set_default(name: str) -> str:
+    """Make `name` the model used when none is given (an installed model, or 'demo'). An
+    embedding model becomes the one search by meaning uses (the chat default is untouched).
+    Returns its kind."""
+    kind = paths.CHAT
     if name != paths.DEMO_MODEL_NAME:
         folder = _installed_folder(name)
-        if paths.model_kind(folder) == paths.EMBEDDING:
-            raise HubError(f"{name} is an embedding model (for search by meaning), not a chat model; "
-                           "search uses it without being made the default")
-        name = folder.name
+        kind, name = paths.model_kind(folder), folder.name
     paths.private_dir(paths.models_dir())  # a new data folder is owner-only from the start
-    _atomic_write(paths.default_model_file(), name + "\n")
+    marker = paths.default_embedding_file() if kind == paths.EMBEDDING else paths.default_model_file()
+    _atomic_write(marker, name + "\n")
+    return kind
 
 
 @dataclass(frozen=True)
@@ -1131,11 +1133,12 @@ def list_models() -> list[ModelStatus]:
     clean_stale_partials()
     installed = {p.name: p for p in paths.installed_models(kind=None)}
     default = paths.default_model_name()
+    search_default = paths.default_embedding_model_name()
     rows = []
     for entry in load_catalog():
         folder = installed.pop(entry.name, None)
         if folder is not None:
-            rows.append(_installed_status(folder, default, entry))
+            rows.append(_installed_status(folder, default, entry, search_default))
             continue
         partials = paths.models_dir() / PARTIAL_DIR_NAME
         started = (partials / entry.name).is_dir() or (partials / (entry.name + WEIGHTS_SUFFIX)).is_dir()
@@ -1143,22 +1146,25 @@ def list_models() -> list[ModelStatus]:
         rows.append(ModelStatus(entry.name, state, None, entry.summary, entry.repo, entry.revision,
                                entry.variants or (), kind=entry.kind, licence=entry.licence,
                                ask_before_download=entry.ask_before_download))
-    rows += [_installed_status(folder, default, None) for folder in installed.values()]
+    rows += [_installed_status(folder, default, None, search_default) for folder in installed.values()]
     rows.append(ModelStatus(paths.DEMO_MODEL_NAME, "bundled", paths.demo_model_dir(),
                             "tiny random-weight model shipped with the app; its answers are noise",
                             is_default=default == paths.DEMO_MODEL_NAME))
     return rows
 
 
-def _installed_status(folder: Path, default: str | None, entry: CatalogEntry | None) -> ModelStatus:
+def _installed_status(folder: Path, default: str | None, entry: CatalogEntry | None,
+                      search_default: str | None = None) -> ModelStatus:
+    """`default` is the chat models' default, `search_default` the embedding models' one."""
     manifest = read_manifest(folder) or {}
     files = manifest.get("files") or {}
     size = sum(int(f.get("size", 0)) for f in files.values()) if files else _folder_size(folder)
+    kind = paths.model_kind(folder)
     return ModelStatus(
         folder.name, "installed", folder, entry.summary if entry else "",
         manifest.get("repo") or (entry.repo if entry else None), manifest.get("revision"),
-        tuple(manifest.get("variants") or ()), size, folder.name == default, manifest.get("source"),
-        paths.model_kind(folder))
+        tuple(manifest.get("variants") or ()), size,
+        folder.name == (search_default if kind == paths.EMBEDDING else default), manifest.get("source"), kind)
 
 
 def _folder_size(folder: Path) -> int:

@@ -113,8 +113,11 @@ def remove(name: str) -> int:
 
 
 def set_default(name: str) -> int:
-    hub.set_default(name)
-    print(f"default model: {name}")
+    if hub.set_default(name) == "embedding":
+        print(f"search by meaning uses {name} from now on; images indexed with another model are "
+              f"found by meaning again once `smolvlm-desktop index` has embedded them with this one")
+    else:
+        print(f"default model: {name}")
     return EXIT_OK
 
 
