@@ -186,6 +186,9 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
                    help="also write the caption into the image file's own XMP (needs pyexiv2)")
     p.add_argument("--no-library", action="store_true",
                    help="do not record captions or the job in the private library")
+    p.add_argument("--no-index", action="store_true",
+                   help="with --write: do not embed the captioned images for search by meaning "
+                        "afterwards (done when an embedding model is installed)")
 
 
 def add_models_parser(sub: argparse._SubParsersAction) -> None:

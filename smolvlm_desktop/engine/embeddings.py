@@ -85,6 +85,11 @@ class EmbeddingFiles:
     siglip_lower_case: bool | None = None
     eos_token: str | None = None  # tokenizer_config's end token (SigLIP: </s>, ends every text)
 
+    @property
+    def key(self) -> str:
+        """What stored vectors are tagged with: vectors of different models never mix."""
+        return f"{self.name}/{self.dim}"
+
     def choose_variant(self, requested: str | None = None) -> str:
         if requested is None:
             return next((v for v in CPU_VARIANT_ORDER if v in self.variants), next(iter(self.variants)))
@@ -289,8 +294,7 @@ class EmbeddingModel:
 
     @property
     def key(self) -> str:
-        """What stored vectors are tagged with: vectors of different models never mix."""
-        return f"{self.files.name}/{self.files.dim}"
+        return self.files.key
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         """int64 [n, length]: CLIPTokenizer's (SiglipTokenizer's) ids, truncated to max_tokens
