@@ -141,3 +141,29 @@ def test_images_opened_in_the_window_are_indexed_in_the_background(qtbot, tmp_pa
     qtbot.waitUntil(lambda: embedded() == 3 and window.library.indexing is None, timeout=TIMEOUT_MS)
     window.library.index_folder(str(tmp_path / "photos"))  # the rest; the three are unchanged
     qtbot.waitUntil(lambda: window.library.indexing is None and embedded() == 6, timeout=TIMEOUT_MS)
+
+
+def test_images_captioned_by_a_folder_batch_are_indexed_after_it(qtbot, tmp_path):
+    """A folder batch's images never enter the gallery; once the batch ends they are embedded
+    in the background like opened ones (nothing while the batch runs)."""
+    from smolvlm_desktop.library.db import Library
+    from smolvlm_desktop.library.vectors import VectorStore
+
+    folder_of_images(tmp_path / "photos")
+    window = open_window(qtbot, settings())
+
+    def embedded() -> int:
+        with Library() as library:
+            return VectorStore(library).count("tiny-clip/16")[0]
+
+    counts: list[int] = []
+    window.worker.image_done.connect(lambda *_: counts.append(embedded()))  # worker thread
+    setup = window.batch_panel.setup
+    window.show_batch()
+    setup.folder_edit.setText(str(tmp_path / "photos"))
+    setup.start_btn.click()
+    qtbot.waitUntil(lambda: window.batch_panel.currentWidget() is window.batch_panel.summary,
+                    timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: embedded() == 6 and window.library.indexing is None, timeout=TIMEOUT_MS)
+    assert counts == [0] * 6, "nothing is embedded while the batch captions"
+    assert window.gallery.paths() == []  # they were never opened: the batch brought them in
