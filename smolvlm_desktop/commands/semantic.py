@@ -118,7 +118,7 @@ def run_search(args: argparse.Namespace) -> int:
                              ensure_ascii=False))
         else:
             how = "+".join(w for w, on in (("meaning", m.by_meaning), ("words", m.by_words)) if on)
-            caption = f"  {snippet_text(m.caption, bold)[:100]}" if m.caption else ""
+            caption = f"  {snippet_text(m.snippet or m.caption, bold)[:100]}" if m.caption else ""
             score = f"{m.score:.3f}" if m.by_meaning else "-"  # found by its caption alone
             print(f"{printable(m.path)}\n    {score} ({how}){caption}")
     if not matches and not args.json:
