@@ -67,6 +67,9 @@ BUILT_VARIANTS = ("fp32", "int8")  # what a pull that builds writes (export.buil
 MAX_BUILD_WEIGHTS_BYTES = 3_000_000_000
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_VARIANT = "int8"
+# Embedding models come as Xenova's 8-bit `_quantized` files (CLIP and SigLIP alike, confirmed
+# from public material: docs/CLIP_FORMAT.md); `_int8` is not confirmed for either.
+EMBEDDING_VARIANT = "quantized"
 CHUNK_RETRIES = 3  # reconnects per file after the connection drops mid-body
 PROGRESS_INTERVAL_S = 0.1
 MANIFEST_SCHEMA = 1
@@ -355,7 +358,12 @@ def _remote_file(entry: CatalogEntry, sibling: Any) -> RemoteFile:
 # pull
 
 
-def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback | None = None,
+def default_variant(kind: str) -> str:
+    """What `pull` (and the model manager's Download) fetches when no variant is asked for."""
+    return EMBEDDING_VARIANT if kind == paths.EMBEDDING else DEFAULT_VARIANT
+
+
+def pull(name: str, variant: str | None = None, progress: ProgressCallback | None = None,
          cancel: threading.Event | None = None, *, revision: str | None = None, official: bool = False,
          accept_licence: bool = False) -> Path:
     """Get a catalog model into `paths.models_dir()/NAME` and return that folder.
@@ -375,6 +383,7 @@ def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback |
     entry = catalog_entry(name)
     if not entry.onnx:
         raise HubError(f"{entry.name} has no ONNX release on the Hub. {entry.summary}")
+    variant = variant or default_variant(entry.kind)
     if entry.variants is not None and variant not in entry.variants:
         raise HubError(f"{entry.name} has no {variant} release; available: {', '.join(entry.variants)}")
     entry.graph_files(variant)  # rejects an unknown variant name before any network access
@@ -386,7 +395,8 @@ def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback |
     with _hub_online():
         info, endpoint = _model_info(entry, wanted_revision)
         weights = _weights_plan(entry, info) if _has_weights(info) else []
-        build = not official and variant in BUILT_VARIANTS and _small_enough_to_build(weights)
+        build = (entry.kind == paths.CHAT and not official and variant in BUILT_VARIANTS
+                 and _small_enough_to_build(weights))  # the exporter builds SmolVLMs only
         files = weights if build else _plan(entry, variant, info)
         if _already_built(dest, info.sha, variant) if build else _already_installed(dest, info.sha, variant, files):
             _report_complete(progress, files)

@@ -164,6 +164,16 @@ def test_an_embedding_model_is_listed_for_search_but_never_offered_for_chat(qtbo
     assert dialog.remove_btn.isEnabled()
 
 
+def test_download_of_an_embedding_model_fetches_its_8_bit_quantized_files(qtbot) -> None:
+    window = open_window(qtbot, settings(), model=None)
+    dialog = manager_for(qtbot, window)
+    rows = {r.name: r for r in dialog.rows}
+    assert dialog.variant_for(rows["siglip-base-patch16-224"]) == "quantized"
+    assert dialog.variant_for(rows["SmolVLM-256M-Instruct"]) == "int8"
+    row = [r.name for r in dialog.rows].index("siglip-base-patch16-224")
+    assert dialog.table.item(row, 2).text() == "≈ 201 MB to download"  # 95 + 106 MB, from the catalog
+
+
 def test_set_as_default_on_an_embedding_model_picks_search_s_model_not_the_chat_model(qtbot) -> None:
     hub.import_folder(paths.demo_embedding_model_dir(), name="clip-vit-base-patch32")
     hub.import_folder(paths.demo_embedding_model_dir().parent / "tiny-siglip", name="siglip")

@@ -74,7 +74,8 @@ def pull(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     manifest = hub.read_manifest(folder) or {}
     how = ", built here from its weights" if manifest.get("source") == "built" else ""
-    print(f"installed {args.name} ({args.variant}{how}) in {folder}")
+    variant = args.variant or hub.default_variant(hub.catalog_entry(args.name).kind)
+    print(f"installed {args.name} ({variant}{how}) in {folder}")
     return EXIT_OK
 
 

@@ -250,8 +250,9 @@ class ModelManagerDialog(QDialog):
         variants = tuple(status.variants or ())
         if self.wanted_variant and (not variants or self.wanted_variant in variants):
             return self.wanted_variant
-        if not variants or hub.DEFAULT_VARIANT in variants:
-            return hub.DEFAULT_VARIANT
+        default = hub.default_variant(getattr(status, "kind", "chat"))  # embedding: quantized
+        if not variants or default in variants:
+            return default
         return variants[0]
 
     def _update_buttons(self) -> None:
