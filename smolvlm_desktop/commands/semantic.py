@@ -141,32 +141,14 @@ def index_after_batch(args: argparse.Namespace, library, job_id: int | None) -> 
     It never changes the batch's outcome: no embedding model installed, --no-index or
     --no-library means no pass; a failure or Ctrl+C is one note on stderr. Nothing goes to
     stdout (--json lines stay the batch's alone)."""
-    from ..semantic import index_images
-
     if library is None or job_id is None or getattr(args, "no_index", False):
         return
     try:
         folder = resolve_embedding_model(None)
     except ModelNotFoundError:
         return  # search by meaning is not set up here: nothing to do, nothing to say
-    images = [item.path for item in library.job_items(job_id) if item.state in ("done", "skipped")]
-    if not images:
-        return
-    if getattr(args, "cluster", None):  # this machine would embed the whole cluster's work alone
-        print(f"note: to make these images searchable by what they show, run `smolvlm-desktop index` "
-              f"on them ({len(images)} images)", file=sys.stderr)
-        return
-    from ..engine.embeddings import EmbeddingModel, load_embedding_files
-    from ..library.vectors import VectorStore
-
     try:
-        store = VectorStore(library)
-        if not store.stale(load_embedding_files(folder).key, images):
-            return  # all embedded already (a batch run again): no model to load
-        model = EmbeddingModel.load(folder, provider=args.provider, threads=args.threads,
-                                    cache_dir=ort_cache_dir())
-        with progress_bar(len(images)) as bar:
-            final = index_images(model, store, images, progress=bar.update)
+        final, name = _index_job(args, library, job_id, folder)
     except KeyboardInterrupt:
         print("note: indexing for search by meaning stopped; the captions are all done, and "
               "`smolvlm-desktop index` (or the next batch) embeds the rest", file=sys.stderr)
@@ -175,11 +157,35 @@ def index_after_batch(args: argparse.Namespace, library, job_id: int | None) -> 
         print(f"note: the captions are done, but indexing them for search by meaning failed "
               f"({exc}); `smolvlm-desktop index` can do it later", file=sys.stderr)
         return
-    for path, reason in final.failures:
+    if final is None:
+        return
+    for _, reason in final.failures:
         print(f"note: {printable(reason)} (not indexed for search by meaning)", file=sys.stderr)
     if final.total:
-        print(f"indexed {final.done - final.failed} images for search by meaning with {model.files.name}"
+        print(f"indexed {final.done - final.failed} images for search by meaning with {name}"
               + (f", {final.skipped} unchanged" if final.skipped else ""), file=sys.stderr)
+
+
+def _index_job(args: argparse.Namespace, library, job_id: int, folder: Path):  # type: ignore[no-untyped-def]
+    """(IndexProgress, model name) of embedding the job's done and skipped images, or (None, "")
+    when there is nothing to do: none, all unchanged since embedded (no model is loaded), or a
+    cluster run (said in a note)."""
+    from ..engine.embeddings import EmbeddingModel, load_embedding_files
+    from ..library.vectors import VectorStore
+    from ..semantic import index_images
+
+    images = [item.path for item in library.job_items(job_id) if item.state in ("done", "skipped")]
+    if images and getattr(args, "cluster", None):  # this machine would embed the cluster's work alone
+        print(f"note: to make these {len(images)} images searchable by what they show, run "
+              f"`smolvlm-desktop index` on them", file=sys.stderr)
+        return None, ""
+    store = VectorStore(library)
+    if not images or not store.stale(load_embedding_files(folder).key, images):
+        return None, ""
+    model = EmbeddingModel.load(folder, provider=args.provider, threads=args.threads,
+                                cache_dir=ort_cache_dir())
+    with progress_bar(len(images)) as bar:
+        return index_images(model, store, images, progress=bar.update), model.files.name
 
 
 class progress_bar:  # noqa: N801 - used as a context manager, like tqdm itself
