@@ -5,8 +5,8 @@ into a vector, `text_model` turns a text into a vector in the same space; the co
 vectors says how alike their meanings are. Everything is read from the model folder, exactly as
 released for transformers.js (CLIP: `image_embeds`/`text_embeds`; SigLIP: `pooler_output`), and
 the pre-processing and tokenizer do exactly what transformers' CLIPImageProcessor and
-CLIPTokenizer, or SiglipImageProcessor and SiglipTokenizer, do (tests/test_embeddings.py proves
-it on odd inputs).
+CLIPTokenizer, or SiglipImageProcessor and SiglipTokenizer, do (tests/test_embeddings.py and
+tests/test_embeddings_siglip.py prove it on odd inputs).
 
 Sessions come from runtime.open_graph (same providers and CPU fall-back as the VLM). No Qt,
 no network, no writes: the caller picks any cache folder.
