@@ -1,6 +1,8 @@
 """Search-by-meaning store: time per query and memory for N synthetic 512-d embeddings.
 
-    OMP_NUM_THREADS=2 .venv/bin/python -m bench.vectors [--rows 100000 1000000] [--sqlite]
+    OMP_NUM_THREADS=2 .venv/bin/python -m bench.vectors [--rows 100000 1000000] [--dim 512] [--sqlite]
+
+--dim 768 is SigLIP base's embedding size (CLIP ViT-B/32: 512).
 
 Brute force (library/vectors.py): float32 matrix @ query, then argpartition for the top 50.
 --sqlite also measures storing the rows in a library file and loading them back (the first
@@ -25,11 +27,11 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def random_unit(rows: int, seed: int = 0) -> np.ndarray:
+def random_unit(rows: int, seed: int = 0, dim: int = DIM) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    out = np.empty((rows, DIM), dtype=np.float32)
+    out = np.empty((rows, dim), dtype=np.float32)
     for start in range(0, rows, 100_000):  # in chunks: no float64 copy of the whole matrix
-        block = rng.standard_normal((min(100_000, rows - start), DIM), dtype=np.float32)
+        block = rng.standard_normal((min(100_000, rows - start), dim), dtype=np.float32)
         out[start:start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
 
@@ -37,7 +39,7 @@ def random_unit(rows: int, seed: int = 0) -> np.ndarray:
 def time_queries(matrix: np.ndarray, repeats: int = 30) -> list[float]:
     from smolvlm_desktop.library.vectors import top_indices
 
-    queries = random_unit(repeats, seed=1)
+    queries = random_unit(repeats, seed=1, dim=matrix.shape[1])
     times = []
     for q in queries:
         start = time.perf_counter()
@@ -65,15 +67,18 @@ def time_sqlite(matrix: np.ndarray) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--dim", type=int, default=DIM)
     parser.add_argument("--sqlite", action="store_true")
     args = parser.parse_args()
+    import os
+
     for rows in args.rows:
         before = rss_mb()
-        matrix = random_unit(rows)
+        matrix = random_unit(rows, dim=args.dim)
         times = time_queries(matrix)
-        print(f"{rows:>9,} rows: matrix {matrix.nbytes / 1e6:,.0f} MB (peak RSS {rss_mb():,.0f} MB, "
+        print(f"{rows:>9,} rows x {args.dim}: matrix {matrix.nbytes / 1e6:,.0f} MB (peak RSS {rss_mb():,.0f} MB, "
               f"was {before:,.0f}); query median {statistics.median(times):.1f} ms, "
-              f"max {max(times):.1f} ms")
+              f"max {max(times):.1f} ms (load average {os.getloadavg()[0]:.1f})")
         if args.sqlite:
             stored, loaded = time_sqlite(matrix)
             print(f"    sqlite: stored in {stored:.1f} s, loaded back in {loaded:.2f} s")

@@ -3,8 +3,10 @@
     QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/screenshots.py [OUT_DIR]
 
 The README shows these pictures; run this after changing what a page looks like. It uses the
-bundled demo model (its answers are random words) and the sample images in resources/samples,
-with a private temporary data, config and cache folder: nothing of yours is read or written.
+bundled demo model (its answers are random words), the bundled tiny CLIP installed as the
+embedding model (so the Library page searches by meaning; its rankings are noise too) and the
+sample images in resources/samples, with a private temporary data, config and cache folder:
+nothing of yours is read or written.
 The PNGs are reduced to 64 colours so the whole set stays a few hundred KB.
 
 tests/test_screenshots.py stages the same pages and fails when a page's main action (Send,
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZE = (1024, 700)  # the smallest window size the app promises to lay out well
 WIDE_SIZE = (1600, 1000)  # wide enough for the image preview beside the chat
 THEMES = ("light", "dark")
-PAGES = ("chat", "batch", "library", "no-model")
+PAGES = ("chat", "batch", "library", "library-more", "no-model")
 SAMPLES = ROOT / "resources" / "samples"
 
 
@@ -41,12 +43,23 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
         time.sleep(0.01)
 
 
+def install_demo_embedding_model() -> None:
+    """Search by meaning needs an embedding model: the bundled tiny CLIP, installed into the
+    private data folder as a downloaded one would be (never a chat model, so the first-start
+    page still says no model is installed)."""
+    from smolvlm_desktop import hub, paths
+
+    if not paths.installed_models(paths.EMBEDDING):
+        hub.import_folder(paths.demo_embedding_model_dir(), name="tiny-clip")
+
+
 def open_window(work: Path, model: bool = True) -> Any:
-    """A real main window on the demo model, settled, with the sample images in its gallery;
-    model=False: the first start with no model installed."""
+    """A real main window on the demo model, settled, with the sample images in its gallery
+    (and indexed for search by meaning); model=False: the first start with no model installed."""
     from smolvlm_desktop.settings import Settings
     from smolvlm_desktop.ui.main_window import MainWindow
 
+    install_demo_embedding_model()
     window = MainWindow(Settings(max_new_tokens=24, variant="fp32", provider="cpu", threads=1,
                                  idle_unload_minutes=0), persist=True)
     window.show()
@@ -60,6 +73,7 @@ def open_window(work: Path, model: bool = True) -> Any:
         shutil.copytree(SAMPLES, photos, ignore=shutil.ignore_patterns("*.py", "*.json"))
     window.add_paths([str(p) for p in sorted(photos.glob("*.png"))])
     wait_until(lambda: len(window.gallery.paths()) == 3 and window.tasks.pending == 0)
+    wait_until(lambda: window.library.indexing is None and not window.library.index_queue)
     return window
 
 
@@ -78,11 +92,17 @@ def stage(window: Any, page: str, work: Path) -> Any:
         window.batch_panel.setCurrentWidget(window.batch_panel.setup)
         window.batch_panel.setup.folder_edit.setText(str(work / "photos"))
         return window.batch_panel.setup.start_btn
-    if page == "library":
+    if page == "library":  # by meaning and by the chat's words together
         window.library_search()
-        window.library_panel.search.setText("fruits")
+        window.library_panel.search.setText("fruits in the bowl")
         window.library.search_now()
-        wait_until(lambda: window.tasks.pending == 0)
+        wait_until(lambda: window.tasks.pending == 0 and window.library_panel.hits.count() == 3)
+        return window.library_panel.search
+    if page == "library-more":  # Library ▸ More like the selected image, on house.png
+        window.gallery.select_paths([str(work / "photos" / "house.png")])
+        window.actions["more_like_selected"].trigger()
+        wait_until(lambda: window.library_panel.count.text().startswith("More like house.png")
+                   and window.tasks.pending == 0)
         return window.library_panel.search
     if page == "no-model":
         assert window.pages.currentWidget() is window.no_model, "open_window(work, model=False)"

@@ -186,6 +186,9 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
                    help="also write the caption into the image file's own XMP (needs pyexiv2)")
     p.add_argument("--no-library", action="store_true",
                    help="do not record captions or the job in the private library")
+    p.add_argument("--no-index", action="store_true",
+                   help="with --write: do not embed the captioned images for search by meaning "
+                        "afterwards (done when an embedding model is installed)")
 
 
 def add_models_parser(sub: argparse._SubParsersAction) -> None:
@@ -199,9 +202,9 @@ def add_models_parser(sub: argparse._SubParsersAction) -> None:
                     "ONNX files, with the same answers. --official downloads the official ONNX files instead "
                     "(also what a variant the app does not build, or a repo without weights, gets).")
     pull.add_argument("name", metavar="NAME", help="a model name from `models list`")
-    pull.add_argument("--variant", default="int8",
+    pull.add_argument("--variant",
                       help="int8 (default, fastest on CPU) or fp32 are built here; uint8, fp16, q4, ... are "
-                           "the official files")
+                           "the official files. Embedding models: quantized (default, 8-bit), fp16 or fp32")
     pull.add_argument("--official", action="store_true",
                       help="download the official ONNX files of --variant instead of building the graphs")
     pull.add_argument("--accept-licence", action="store_true",

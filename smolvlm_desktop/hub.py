@@ -67,6 +67,9 @@ BUILT_VARIANTS = ("fp32", "int8")  # what a pull that builds writes (export.buil
 MAX_BUILD_WEIGHTS_BYTES = 3_000_000_000
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_VARIANT = "int8"
+# Embedding models come as Xenova's 8-bit `_quantized` files (CLIP and SigLIP alike, confirmed
+# from public material: docs/CLIP_FORMAT.md); `_int8` is not confirmed for either.
+EMBEDDING_VARIANT = "quantized"
 CHUNK_RETRIES = 3  # reconnects per file after the connection drops mid-body
 PROGRESS_INTERVAL_S = 0.1
 MANIFEST_SCHEMA = 1
@@ -355,7 +358,12 @@ def _remote_file(entry: CatalogEntry, sibling: Any) -> RemoteFile:
 # pull
 
 
-def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback | None = None,
+def default_variant(kind: str) -> str:
+    """What `pull` (and the model manager's Download) fetches when no variant is asked for."""
+    return EMBEDDING_VARIANT if kind == paths.EMBEDDING else DEFAULT_VARIANT
+
+
+def pull(name: str, variant: str | None = None, progress: ProgressCallback | None = None,
          cancel: threading.Event | None = None, *, revision: str | None = None, official: bool = False,
          accept_licence: bool = False) -> Path:
     """Get a catalog model into `paths.models_dir()/NAME` and return that folder.
@@ -375,6 +383,7 @@ def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback |
     entry = catalog_entry(name)
     if not entry.onnx:
         raise HubError(f"{entry.name} has no ONNX release on the Hub. {entry.summary}")
+    variant = variant or default_variant(entry.kind)
     if entry.variants is not None and variant not in entry.variants:
         raise HubError(f"{entry.name} has no {variant} release; available: {', '.join(entry.variants)}")
     entry.graph_files(variant)  # rejects an unknown variant name before any network access
@@ -386,7 +395,8 @@ def pull(name: str, variant: str = DEFAULT_VARIANT, progress: ProgressCallback |
     with _hub_online():
         info, endpoint = _model_info(entry, wanted_revision)
         weights = _weights_plan(entry, info) if _has_weights(info) else []
-        build = not official and variant in BUILT_VARIANTS and _small_enough_to_build(weights)
+        build = (entry.kind == paths.CHAT and not official and variant in BUILT_VARIANTS
+                 and _small_enough_to_build(weights))  # the exporter builds SmolVLMs only
         files = weights if build else _plan(entry, variant, info)
         if _already_built(dest, info.sha, variant) if build else _already_installed(dest, info.sha, variant, files):
             _report_complete(progress, files)
@@ -1089,21 +1099,23 @@ def remove(name: str) -> None:
             return
         raise
     shutil.rmtree(folder)
-    marker = paths.default_model_file()
-    if marker.is_file() and marker.read_text(encoding="utf-8").strip() == name:
-        marker.unlink()
+    for marker in (paths.default_model_file(), paths.default_embedding_file()):
+        if marker.is_file() and marker.read_text(encoding="utf-8").strip() == name:
+            marker.unlink()
 
 
-def set_default(name: str) -> None:
-    """Make `name` the model used when none is given (an installed model, or 'demo')."""
+def set_default(name: str) -> str:
+    """Make `name` the model used when none is given (an installed model, or 'demo'). An
+    embedding model becomes the one search by meaning uses (the chat default is untouched).
+    Returns its kind."""
+    kind = paths.CHAT
     if name != paths.DEMO_MODEL_NAME:
         folder = _installed_folder(name)
-        if paths.model_kind(folder) == paths.EMBEDDING:
-            raise HubError(f"{name} is an embedding model (for search by meaning), not a chat model; "
-                           "search uses it without being made the default")
-        name = folder.name
+        kind, name = paths.model_kind(folder), folder.name
     paths.private_dir(paths.models_dir())  # a new data folder is owner-only from the start
-    _atomic_write(paths.default_model_file(), name + "\n")
+    marker = paths.default_embedding_file() if kind == paths.EMBEDDING else paths.default_model_file()
+    _atomic_write(marker, name + "\n")
+    return kind
 
 
 @dataclass(frozen=True)
@@ -1131,11 +1143,12 @@ def list_models() -> list[ModelStatus]:
     clean_stale_partials()
     installed = {p.name: p for p in paths.installed_models(kind=None)}
     default = paths.default_model_name()
+    search_default = paths.default_embedding_model_name()
     rows = []
     for entry in load_catalog():
         folder = installed.pop(entry.name, None)
         if folder is not None:
-            rows.append(_installed_status(folder, default, entry))
+            rows.append(_installed_status(folder, default, entry, search_default))
             continue
         partials = paths.models_dir() / PARTIAL_DIR_NAME
         started = (partials / entry.name).is_dir() or (partials / (entry.name + WEIGHTS_SUFFIX)).is_dir()
@@ -1143,22 +1156,25 @@ def list_models() -> list[ModelStatus]:
         rows.append(ModelStatus(entry.name, state, None, entry.summary, entry.repo, entry.revision,
                                entry.variants or (), kind=entry.kind, licence=entry.licence,
                                ask_before_download=entry.ask_before_download))
-    rows += [_installed_status(folder, default, None) for folder in installed.values()]
+    rows += [_installed_status(folder, default, None, search_default) for folder in installed.values()]
     rows.append(ModelStatus(paths.DEMO_MODEL_NAME, "bundled", paths.demo_model_dir(),
                             "tiny random-weight model shipped with the app; its answers are noise",
                             is_default=default == paths.DEMO_MODEL_NAME))
     return rows
 
 
-def _installed_status(folder: Path, default: str | None, entry: CatalogEntry | None) -> ModelStatus:
+def _installed_status(folder: Path, default: str | None, entry: CatalogEntry | None,
+                      search_default: str | None = None) -> ModelStatus:
+    """`default` is the chat models' default, `search_default` the embedding models' one."""
     manifest = read_manifest(folder) or {}
     files = manifest.get("files") or {}
     size = sum(int(f.get("size", 0)) for f in files.values()) if files else _folder_size(folder)
+    kind = paths.model_kind(folder)
     return ModelStatus(
         folder.name, "installed", folder, entry.summary if entry else "",
         manifest.get("repo") or (entry.repo if entry else None), manifest.get("revision"),
-        tuple(manifest.get("variants") or ()), size, folder.name == default, manifest.get("source"),
-        paths.model_kind(folder))
+        tuple(manifest.get("variants") or ()), size,
+        folder.name == (search_default if kind == paths.EMBEDDING else default), manifest.get("source"), kind)
 
 
 def _folder_size(folder: Path) -> int:

@@ -151,9 +151,34 @@ def installed_models(kind: str | None = CHAT) -> list[Path]:
                   and (kind is None or model_kind(p) == kind))
 
 
+# The embedding model search by meaning uses when the user has not chosen one: OpenAI's CLIP
+# ViT-B/32 (the smallest and fastest); SigLIP is the better one, picked with `models default`.
+DEFAULT_EMBEDDING_MODEL = "clip-vit-base-patch32"
+
+
+def default_embedding_file() -> Path:
+    """Names the embedding model chosen with `models default` (or the model manager)."""
+    return models_dir() / "default-embedding.txt"
+
+
+def default_embedding_model_name() -> str | None:
+    """The embedding model `index` and `search` use without --embedding-model: the one chosen
+    with `models default NAME` while it is installed, else CLIP ViT-B/32 if installed, else
+    the first installed one by name (None: none is installed). Vectors of two models never mix,
+    so a choice that changed by accident (another model installed) would hide every image
+    indexed so far: hence a choice that holds, not "the newest one"."""
+    installed = [p.name for p in installed_models(EMBEDDING)]
+    marker = default_embedding_file()
+    chosen = marker.read_text(encoding="utf-8").strip() if marker.is_file() else ""
+    for name in (chosen, DEFAULT_EMBEDDING_MODEL):
+        if name in installed:
+            return name
+    return installed[0] if installed else None
+
+
 def resolve_embedding_model(name_or_dir: str | None) -> Path:
     """--embedding-model (a folder, an installed name, or 'demo') -> a folder. Without it:
-    SMOLVLM_EMBEDDING_MODEL, then the only installed embedding model (or the first by name)."""
+    SMOLVLM_EMBEDDING_MODEL, then default_embedding_model_name()."""
     wanted = name_or_dir or os.environ.get("SMOLVLM_EMBEDDING_MODEL")
     if wanted == DEMO_MODEL_NAME:
         return demo_embedding_model_dir()
@@ -162,15 +187,15 @@ def resolve_embedding_model(name_or_dir: str | None) -> Path:
         folder = as_path if as_path.is_dir() else models_dir() / wanted
         if folder.is_dir() and model_kind(folder) == EMBEDDING:
             return folder
-    installed = installed_models(EMBEDDING)
-    if not wanted and installed:
-        return installed[0]
-    names = ", ".join(p.name for p in installed) or "none"
+    default = None if wanted else default_embedding_model_name()
+    if default is not None:
+        return models_dir() / default
+    names = ", ".join(p.name for p in installed_models(EMBEDDING)) or "none"
     raise ModelNotFoundError(
         (f"{wanted!r} is not an embedding model folder or installed embedding model "
          if wanted else "no embedding model is installed ")
         + f"(installed: {names}). Search by meaning needs one: run "
-        "`smolvlm-desktop models pull clip-vit-base-patch32`, or try the bundled noise model "
+        f"`smolvlm-desktop models pull {DEFAULT_EMBEDDING_MODEL}`, or try the bundled noise model "
         f"with `--embedding-model {DEMO_MODEL_NAME}`.")
 
 

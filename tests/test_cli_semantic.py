@@ -138,3 +138,32 @@ def test_without_an_embedding_model_search_is_the_caption_word_search(tmp_path, 
     assert main(["search", "--image", str(images[0])]) == EXIT_USAGE
     assert "no embedding model is installed" in capsys.readouterr().err
     assert main(["search"]) == EXIT_USAGE
+
+
+def test_siglip_made_the_default_indexes_and_searches_apart_from_clip(tmp_path, capsys):
+    """`models default` switches index and search to SigLIP; CLIP's vectors stay (switching back
+    costs nothing) but never answer a SigLIP query: until `index` has run with SigLIP, a search
+    is by caption words alone."""
+    from smolvlm_desktop import hub
+
+    images = photos(tmp_path / "set", 4)
+    hub.import_folder(paths.demo_embedding_model_dir(), name="clip-vit-base-patch32")
+    hub.import_folder(paths.demo_embedding_model_dir().parent / "tiny-siglip", name="siglip")
+    with Library(paths.library_path()) as library:
+        library.record_caption(images[3], "a receipt", model="m", prompt="p")
+    assert main(["index", str(tmp_path / "set"), "--threads", "1"]) == EXIT_OK
+    assert "with clip-vit-base-patch32" in capsys.readouterr().out
+    assert main(["models", "default", "siglip"]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["search", "receipt", "--json"]) == EXIT_OK
+    rows = json_lines(capsys.readouterr().out)
+    assert [Path(r["path"]).name for r in rows] == ["img3.png"] and "kind" in rows[0]  # words only
+    assert main(["index", str(tmp_path / "set"), "--threads", "1"]) == EXIT_OK
+    assert "indexed 4 images with siglip, 0 unchanged" in capsys.readouterr().out
+    assert main(["search", "receipt", "--json"]) == EXIT_OK
+    rows = json_lines(capsys.readouterr().out)
+    assert len(rows) == 4 and all(r["by_meaning"] for r in rows) and rows[0]["by_words"]
+    siglip = EmbeddingModel.load(paths.models_dir() / "siglip", threads=1)
+    with Library(paths.library_path()) as library:
+        store = VectorStore(library)
+        assert store.count(siglip.key) == (4, 0) and store.count("clip-vit-base-patch32/16") == (4, 0)

@@ -160,46 +160,6 @@ def test_a_big_jpeg_is_reduced_while_decoding_without_changing_its_embedding(tmp
     assert float(_cosines(model.embed_images([decoded]), full)[0]) >= 0.999
 
 
-@pytest.fixture(scope="module")
-def tiny_siglip(tmp_path_factory):
-    from smolvlm_desktop.export.tiny_clip import write_tiny_siglip
-
-    folder = tmp_path_factory.mktemp("siglip") / "tiny-siglip"
-    write_tiny_siglip(folder)
-    model = transformers.SiglipModel(transformers.SiglipConfig.from_pretrained(folder)).eval()
-    model.load_state_dict(torch.load(folder / "weights.pt"))
-    return folder, model
-
-
-def test_siglip_graphs_pixels_and_padding_equal_transformers(tiny_siglip, tmp_path):
-    """SigLIP's paths: pooler_output, 224x224 resize without crop at mean/std 0.5, and texts
-    padded to the full 64 tokens (its text graph has no mask and pools the last position)."""
-    folder, reference = tiny_siglip
-    ours = EmbeddingModel.load(folder, provider="cpu", threads=1)
-    assert (ours.files.family, ours.files.max_tokens, ours.files.pad_to_max) == ("siglip", 64, True)
-    ids = ours.tokenize(ODD_TEXTS)
-    theirs_ids = transformers.CLIPTokenizer.from_pretrained(folder)(
-        ODD_TEXTS, padding="max_length", truncation=True, max_length=64)["input_ids"]
-    assert ids.shape == (len(ODD_TEXTS), 64) and ids.tolist() == theirs_ids
-    with torch.no_grad():
-        text_ref = reference.get_text_features(input_ids=torch.tensor(ids), return_dict=True).pooler_output.numpy()
-    assert _cosines(ours.embed_texts(ODD_TEXTS), text_ref).min() >= 0.9999
-    processor = transformers.SiglipImageProcessorPil.from_pretrained(folder)
-    settings = ours.files.processor
-    for name, (path, as_shown) in _odd_images(tmp_path).items():
-        if name == "alpha":
-            continue  # compositing differs by rounding only; covered for CLIP above
-        pixels = preprocess(load_for_embedding(path, settings), settings)
-        expected = processor(as_shown, return_tensors="np")["pixel_values"][0]
-        assert np.abs(pixels - expected).max() <= 1e-5, name
-    rng = np.random.default_rng(3)
-    images = [Image.fromarray(rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)) for _ in range(2)]
-    with torch.no_grad():
-        image_ref = reference.get_image_features(
-            pixel_values=processor(images, return_tensors="pt")["pixel_values"], return_dict=True).pooler_output.numpy()
-    assert _cosines(ours.embed_images(images), image_ref).min() >= 0.9999
-
-
 def test_the_original_openai_preprocessor_file_with_bare_numbers_is_read_like_transformers(tmp_path):
     """openai/clip-vit-base-patch32 writes "size": 224 and "crop_size": 224 (older format)."""
     folder = tmp_path / "clip"

@@ -446,7 +446,7 @@ def test_the_catalog_is_well_formed() -> None:
     assert [e.name for e in catalog if e.onnx] == [
         "SmolVLM-256M-Instruct", "SmolVLM-500M-Instruct", "SmolVLM-Instruct",
         "SmolVLM2-256M-Video-Instruct", "SmolVLM2-500M-Video-Instruct", "FastVLM-0.5B",
-        "clip-vit-base-patch32"]
+        "clip-vit-base-patch32", "siglip-base-patch16-224"]
     for entry in catalog:
         assert entry.revision is None or len(entry.revision) == 40 and int(entry.revision, 16) >= 0
         for rel, known in entry.known_files.items():

@@ -61,6 +61,8 @@ def test_a_folder_indexed_from_the_library_page_is_searchable_by_meaning(qtbot, 
     first = panel.hits.item(0).data(0x0100)
     assert Path(first.path) == images[3].resolve() and first.by_words and first.by_meaning
     assert "“yellow card”: 6 images" in panel.count.text()
+    first_text = panel.hits.itemWidget(panel.hits.item(0)).findChild(type(panel.count), "MatchText").text()
+    assert "font-weight:600\">yellow</span>" in first_text  # the caption's matching words marked
     for theme in ("light", "dark"):
         window.set_theme(theme)
         shoot(window, f"20-library-meaning-{theme}")
@@ -141,3 +143,52 @@ def test_images_opened_in_the_window_are_indexed_in_the_background(qtbot, tmp_pa
     qtbot.waitUntil(lambda: embedded() == 3 and window.library.indexing is None, timeout=TIMEOUT_MS)
     window.library.index_folder(str(tmp_path / "photos"))  # the rest; the three are unchanged
     qtbot.waitUntil(lambda: window.library.indexing is None and embedded() == 6, timeout=TIMEOUT_MS)
+
+
+def test_images_captioned_by_a_folder_batch_are_indexed_after_it(qtbot, tmp_path):
+    """A folder batch's images never enter the gallery; once the batch ends they are embedded
+    in the background like opened ones (nothing while the batch runs)."""
+    from smolvlm_desktop.library.db import Library
+    from smolvlm_desktop.library.vectors import VectorStore
+
+    folder_of_images(tmp_path / "photos")
+    window = open_window(qtbot, settings())
+
+    def embedded() -> int:
+        with Library() as library:
+            return VectorStore(library).count("tiny-clip/16")[0]
+
+    counts: list[int] = []
+    window.worker.image_done.connect(lambda *_: counts.append(embedded()))  # worker thread
+    setup = window.batch_panel.setup
+    window.show_batch()
+    setup.folder_edit.setText(str(tmp_path / "photos"))
+    setup.start_btn.click()
+    qtbot.waitUntil(lambda: window.batch_panel.currentWidget() is window.batch_panel.summary,
+                    timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: embedded() == 6 and window.library.indexing is None, timeout=TIMEOUT_MS)
+    assert counts == [0] * 6, "nothing is embedded while the batch captions"
+    assert window.gallery.paths() == []  # they were never opened: the batch brought them in
+
+
+def test_a_selected_result_stays_selected_and_readable_across_a_theme_change(qtbot, tmp_path):
+    """A selected row sits on the accent colour: its text takes the highlighted-text colour
+    (dark text vanished on it), and a theme change keeps the selection (it was lost)."""
+    from smolvlm_desktop.ui import theme
+
+    folder_of_images(tmp_path / "photos")
+    window = open_window(qtbot, settings())
+    index(qtbot, window, tmp_path / "photos")
+    panel = window.library_panel
+    window.library_search()
+    panel.search.setText("anything")
+    window.library.search_now()
+    qtbot.waitUntil(lambda: panel.hits.count() == 6, timeout=TIMEOUT_MS)
+    panel.hits.setCurrentRow(2)
+    for name in ("dark", "light"):
+        window.set_theme(name)
+        assert panel.hits.currentRow() == 2 and panel.hits.item(2).isSelected()
+        texts = [panel.hits.itemWidget(panel.hits.item(i)).findChild(type(panel.count), "MatchText").text()
+                 for i in (1, 2)]
+        on_accent = theme.colours(name)["highlight_text"]
+        assert f"color:{on_accent}" in texts[1] and f"color:{on_accent}" not in texts[0]

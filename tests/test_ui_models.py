@@ -160,8 +160,35 @@ def test_an_embedding_model_is_listed_for_search_but_never_offered_for_chat(qtbo
     select(dialog, "my-clip")
     row = [r.name for r in dialog.rows].index("my-clip")
     assert dialog.table.item(row, 1).text().endswith("for search")
-    assert not dialog.use_btn.isEnabled() and not dialog.default_btn.isEnabled()
+    assert not dialog.use_btn.isEnabled() and not dialog.default_btn.isEnabled()  # search's already
     assert dialog.remove_btn.isEnabled()
+
+
+def test_download_of_an_embedding_model_fetches_its_8_bit_quantized_files(qtbot) -> None:
+    window = open_window(qtbot, settings(), model=None)
+    dialog = manager_for(qtbot, window)
+    rows = {r.name: r for r in dialog.rows}
+    assert dialog.variant_for(rows["siglip-base-patch16-224"]) == "quantized"
+    assert dialog.variant_for(rows["SmolVLM-256M-Instruct"]) == "int8"
+    row = [r.name for r in dialog.rows].index("siglip-base-patch16-224")
+    assert dialog.table.item(row, 2).text() == "≈ 201 MB to download"  # 95 + 106 MB, from the catalog
+
+
+def test_set_as_default_on_an_embedding_model_picks_search_s_model_not_the_chat_model(qtbot) -> None:
+    hub.import_folder(paths.demo_embedding_model_dir(), name="clip-vit-base-patch32")
+    hub.import_folder(paths.demo_embedding_model_dir().parent / "tiny-siglip", name="siglip")
+    window = open_window(qtbot, settings(), model=None)
+    dialog = manager_for(qtbot, window)
+    qtbot.waitUntil(lambda: "siglip" in [r.name for r in dialog.rows], timeout=TIMEOUT_MS)
+    select(dialog, "siglip")
+    assert not dialog.use_btn.isEnabled() and dialog.default_btn.isEnabled()
+    before = window.model_state
+    dialog.default_btn.click()
+    qtbot.waitUntil(lambda: {r.name: r.is_default for r in dialog.rows}.get("siglip") is True,
+                    timeout=TIMEOUT_MS)
+    assert paths.resolve_embedding_model(None).name == "siglip"
+    assert paths.default_model_name() is None
+    assert window.model_state == before and window.tasks.pending == 0  # it was not loaded for chat
 @pytest.mark.loopback
 def test_fastvlm_download_asks_for_its_licence_first(qtbot, monkeypatch: pytest.MonkeyPatch) -> None:
     """Declining downloads nothing (no request reaches the Hub); accepting downloads it."""

@@ -23,6 +23,7 @@ from ..engine.types import EngineError, GenerationResult, GenerationSettings, Me
 from ..library.joblock import JobBusy
 from ..paths import ort_cache_dir, printable, resolve_model
 from ..presets import DEFAULT_PRESET, preset_prompt
+from .semantic import index_after_batch
 
 
 def generation_settings(args: argparse.Namespace) -> GenerationSettings:
@@ -256,7 +257,8 @@ def run_batch(args: argparse.Namespace, model: VisionLanguageModel, images: list
         job_id = resumable_job(library, batch_settings, images, model.info.name)
         if job_id is not None:
             print(f"resuming job #{job_id} where it stopped", file=sys.stderr)
-        return drive(model, batch_settings, library, images, job_id, reporter, step=step)
+        return drive(model, batch_settings, library, images, job_id, reporter, step=step,
+                     then=lambda job: index_after_batch(args, library, job))
     finally:
         if library is not None:
             library.close()
@@ -282,7 +284,8 @@ def resumable_job(library, settings, images: list[Path], model_name: str) -> int
 
 def drive(model: VisionLanguageModel, settings, library, images: list[Path], job_id: int | None,  # type: ignore[no-untyped-def]
           reporter: Reporter, resume_hint: str = "run the same command again to resume",
-          step=None) -> int:  # type: ignore[no-untyped-def]
+          step=None, then: Callable[[int | None], None] | None = None) -> int:  # type: ignore[no-untyped-def]
+    """Run the batch with a progress bar; `then(job_id)` runs after it (the index pass)."""
     from ..batch import BatchRunner, ImageDone, ImageFailed, ImageSkipped, LibraryStopped, Progress
     from ..library.db import RESET_HINT
 
@@ -323,6 +326,8 @@ def drive(model: VisionLanguageModel, settings, library, images: list[Path], job
             bar.close()
     if summary.cancelled:
         print("cancelled: run the same command again to finish", file=sys.stderr)
+    elif then is not None:
+        then(summary.job_id)
     return len(summary.failed)
 
 
@@ -366,7 +371,8 @@ def resume_job(args: argparse.Namespace) -> int:
         args.json = False
         try:
             failed = drive(model, settings, library, [], job.id, Reporter(args, model),
-                           resume_hint=f"run `smolvlm-desktop jobs resume {job.id}` again to go on")
+                           resume_hint=f"run `smolvlm-desktop jobs resume {job.id}` again to go on",
+                           then=lambda job_id: index_after_batch(args, library, job_id))
         except JobBusy as exc:  # claimed since the look above
             return refuse(exc)
         failed += library.job(job.id).counts.get("failed", 0)

@@ -74,7 +74,8 @@ def pull(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     manifest = hub.read_manifest(folder) or {}
     how = ", built here from its weights" if manifest.get("source") == "built" else ""
-    print(f"installed {args.name} ({args.variant}{how}) in {folder}")
+    variant = args.variant or hub.default_variant(hub.catalog_entry(args.name).kind)
+    print(f"installed {args.name} ({variant}{how}) in {folder}")
     return EXIT_OK
 
 
@@ -113,8 +114,11 @@ def remove(name: str) -> int:
 
 
 def set_default(name: str) -> int:
-    hub.set_default(name)
-    print(f"default model: {name}")
+    if hub.set_default(name) == "embedding":
+        print(f"search by meaning uses {name} from now on; images indexed with another model are "
+              f"found by meaning again once `smolvlm-desktop index` has embedded them with this one")
+    else:
+        print(f"default model: {name}")
     return EXIT_OK
 
 

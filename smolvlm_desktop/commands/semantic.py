@@ -1,5 +1,7 @@
 """`smolvlm-desktop index DIR…` and `smolvlm-desktop search "…" [--image FILE]`: find images
-by what they show (an embedding model, docs/CLIP_FORMAT.md) and by what was said about them."""
+by what they show (an embedding model, docs/CLIP_FORMAT.md) and by what was said about them.
+Also the pass after a caption batch that makes its images searchable by meaning
+(index_after_batch)."""
 
 from __future__ import annotations
 
@@ -102,7 +104,7 @@ def run_search(args: argparse.Namespace) -> int:
     with library_to_read() as library:
         store = VectorStore(library)
         files = load_embedding_files(folder)
-        if args.image is None and store.count(f"{files.name}/{files.dim}")[0] == 0:
+        if args.image is None and store.count(files.key)[0] == 0:
             return run_word_search(args)  # nothing indexed yet: loading the model gains nothing
         if args.image is not None and not args.image.is_file():
             raise UsageError(f"{args.image}: no such image file")
@@ -116,12 +118,74 @@ def run_search(args: argparse.Namespace) -> int:
                              ensure_ascii=False))
         else:
             how = "+".join(w for w, on in (("meaning", m.by_meaning), ("words", m.by_words)) if on)
-            caption = f"  {snippet_text(m.caption, bold)[:100]}" if m.caption else ""
+            caption = f"  {snippet_text(m.snippet or m.caption, bold)[:100]}" if m.caption else ""
             score = f"{m.score:.3f}" if m.by_meaning else "-"  # found by its caption alone
             print(f"{printable(m.path)}\n    {score} ({how}){caption}")
     if not matches and not args.json:
         print(f"nothing found for {args.query or str(args.image)!r}")
     return EXIT_OK
+
+
+def index_after_batch(args: argparse.Namespace, library, job_id: int | None) -> None:  # type: ignore[no-untyped-def]
+    """After `caption --write` (or `jobs resume`): embed the job's captioned images, as `index`
+    would, so that what a batch captioned is found by meaning too.
+
+    Why a pass after the batch, not one image at a time during it: the batch keeps its speed
+    and memory (the embedding model is not even loaded while captions are made), an image
+    whose caption went into its own XMP (--embed-metadata) is embedded once, after its last
+    change, and a command-line user who never opens the window gets them indexed. It costs
+    tens of milliseconds an image against seconds for a caption. It is `index`'s own code
+    (semantic.index_images), so unchanged images are skipped and an interrupted pass is
+    finished by the next batch or `index`.
+
+    It never changes the batch's outcome: no embedding model installed, --no-index or
+    --no-library means no pass; a failure or Ctrl+C is one note on stderr. Nothing goes to
+    stdout (--json lines stay the batch's alone)."""
+    if library is None or job_id is None or getattr(args, "no_index", False):
+        return
+    try:
+        folder = resolve_embedding_model(None)
+    except ModelNotFoundError:
+        return  # search by meaning is not set up here: nothing to do, nothing to say
+    try:
+        final, name = _index_job(args, library, job_id, folder)
+    except KeyboardInterrupt:
+        print("note: indexing for search by meaning stopped; the captions are all done, and "
+              "`smolvlm-desktop index` (or the next batch) embeds the rest", file=sys.stderr)
+        return
+    except Exception as exc:  # noqa: BLE001 - the batch succeeded; this is a note, not a failure
+        print(f"note: the captions are done, but indexing them for search by meaning failed "
+              f"({exc}); `smolvlm-desktop index` can do it later", file=sys.stderr)
+        return
+    if final is None:
+        return
+    for _, reason in final.failures:
+        print(f"note: {printable(reason)} (not indexed for search by meaning)", file=sys.stderr)
+    if final.total:
+        print(f"indexed {final.done - final.failed} images for search by meaning with {name}"
+              + (f", {final.skipped} unchanged" if final.skipped else ""), file=sys.stderr)
+
+
+def _index_job(args: argparse.Namespace, library, job_id: int, folder: Path):  # type: ignore[no-untyped-def]
+    """(IndexProgress, model name) of embedding the job's done and skipped images, or (None, "")
+    when there is nothing to do: none, all unchanged since embedded (no model is loaded), or a
+    cluster run (said in a note)."""
+    from ..engine.embeddings import EmbeddingModel, load_embedding_files
+    from ..library.vectors import VectorStore
+    from ..semantic import index_images
+
+    images = [item.path for item in library.job_items(job_id) if item.state in ("done", "skipped")]
+    if images and getattr(args, "cluster", None):  # this machine would embed the cluster's work alone
+        print(f"note: to make these {len(images)} images searchable by what they show, run "
+              f"`smolvlm-desktop index` on them", file=sys.stderr)
+        return None, ""
+    store = VectorStore(library)
+    if not images or not store.stale(load_embedding_files(folder).key, images):
+        return None, ""
+    model = EmbeddingModel.load(folder, provider=args.provider, threads=args.threads,
+                                cache_dir=ort_cache_dir())
+    with progress_bar(len(images)) as bar:
+        return index_images(model, store, images, progress=bar.update), model.files.name
 
 
 class progress_bar:  # noqa: N801 - used as a context manager, like tqdm itself

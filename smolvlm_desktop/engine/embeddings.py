@@ -5,7 +5,8 @@ into a vector, `text_model` turns a text into a vector in the same space; the co
 vectors says how alike their meanings are. Everything is read from the model folder, exactly as
 released for transformers.js (CLIP: `image_embeds`/`text_embeds`; SigLIP: `pooler_output`), and
 the pre-processing and tokenizer do exactly what transformers' CLIPImageProcessor and
-CLIPTokenizer do (tests/test_embeddings.py proves it on odd inputs).
+CLIPTokenizer, or SiglipImageProcessor and SiglipTokenizer, do (tests/test_embeddings.py and
+tests/test_embeddings_siglip.py prove it on odd inputs).
 
 Sessions come from runtime.open_graph (same providers and CPU fall-back as the VLM). No Qt,
 no network, no writes: the caller picks any cache folder.
@@ -19,6 +20,8 @@ no network, no writes: the caller picks any cache folder.
 from __future__ import annotations
 
 import math
+import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -77,6 +80,15 @@ class EmbeddingFiles:
     pad_to_max: bool  # SigLIP's text graph has no attention mask: pad like its training
     pad_token: str | None  # tokenizer_config's pad token (CLIP: <|endoftext|>)
     variants: dict[str, dict[str, Path]]
+    # SigLIP: clean the text as SiglipTokenizer does (see canonical_text); None for CLIP, whose
+    # tokenizer.json does its own clean-up. The value says whether to lower-case.
+    siglip_lower_case: bool | None = None
+    eos_token: str | None = None  # tokenizer_config's end token (SigLIP: </s>, ends every text)
+
+    @property
+    def key(self) -> str:
+        """What stored vectors are tagged with: vectors of different models never mix."""
+        return f"{self.name}/{self.dim}"
 
     def choose_variant(self, requested: str | None = None) -> str:
         if requested is None:
@@ -161,13 +173,34 @@ def load_embedding_files(folder: str | Path) -> EmbeddingFiles:
     text_config = config.get("text_config", {})
     max_tokens = int(min(tok_config.get("model_max_length", 10**9),
                          text_config.get("max_position_embeddings", 77 if family == "clip" else 64)))
-    dim = int(config.get("projection_dim") or text_config.get("hidden_size") or 0)
+    dim = int(config.get("projection_dim") or text_config.get("projection_size")
+              or text_config.get("hidden_size") or 0)
+    siglip = family == "siglip"
     return EmbeddingFiles(
         folder=folder, name=folder.resolve().name, family=family, dim=dim,
         processor=read_image_settings(folder, family), tokenizer_path=tokenizer_path,
-        max_tokens=max_tokens, pad_to_max=family == "siglip",
-        pad_token=_token_text(tok_config.get("pad_token")),
+        max_tokens=max_tokens, pad_to_max=siglip,
+        pad_token=_token_text(tok_config.get("pad_token", "</s>" if siglip else None)),
+        siglip_lower_case=bool(tok_config.get("do_lower_case", True)) if siglip else None,
+        eos_token=_token_text(tok_config.get("eos_token", "</s>" if siglip else None)),
         variants=find_embedding_variants(folder))
+
+
+# --- text --------------------------------------------------------------------------------------
+
+# Python's own whitespace, as SiglipTokenizer's re.sub(r"\s+", " ", ...) and str.strip() see it
+_SPACES = re.compile(r"\s+")
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def canonical_text(text: str, lower_case: bool = True) -> str:
+    """SigLIP's text clean-up, as transformers' SiglipTokenizer.canonicalize_text does it (from
+    big_vision, where SigLIP was trained): lower case, ASCII punctuation removed, whitespace
+    runs made one space, ends stripped. Done here, not left to tokenizer.json, so the tokens are
+    right whether or not a release's converted tokenizer.json does it too (it is idempotent)."""
+    if lower_case:
+        text = text.lower()
+    return _SPACES.sub(" ", text.translate(_NO_PUNCTUATION)).strip()
 
 
 # --- images ------------------------------------------------------------------------------------
@@ -235,9 +268,20 @@ class EmbeddingModel:
         self._outputs = {g: _embedding_output(s) for g, s in (("vision_model", vision), ("text_model", text))}
         self.tokenizer = Tokenizer.from_file(str(files.tokenizer_path))
         self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(files.max_tokens)
         pad = self.tokenizer.token_to_id(files.pad_token) if files.pad_token else None
         self.pad_id = pad if pad is not None else 0
+        self.append_eos = self._append_eos()
+        self.tokenizer.enable_truncation(files.max_tokens - (1 if self.append_eos is not None else 0))
+
+    def _append_eos(self) -> int | None:
+        """SigLIP's texts end with </s> (SiglipTokenizer adds it). A tokenizer.json whose
+        post-processor does not add it gets it from here, after truncation, so a long text
+        still ends with it. None: nothing to add (CLIP; or the tokenizer.json adds it)."""
+        if self.files.family != "siglip" or not self.files.eos_token:
+            return None
+        eos = self.tokenizer.token_to_id(self.files.eos_token)
+        ends = self.tokenizer.encode("a").ids
+        return None if eos is None or (ends and ends[-1] == eos) else eos
 
     @classmethod
     def load(cls, folder: str | Path, variant: str | None = None, provider: str = "auto",
@@ -250,13 +294,16 @@ class EmbeddingModel:
 
     @property
     def key(self) -> str:
-        """What stored vectors are tagged with: vectors of different models never mix."""
-        return f"{self.files.name}/{self.files.dim}"
+        return self.files.key
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
-        """int64 [n, length]: CLIPTokenizer's ids (truncated to max_tokens, end token kept),
-        padded with the pad id to the longest (SigLIP: to max_tokens)."""
+        """int64 [n, length]: CLIPTokenizer's (SiglipTokenizer's) ids, truncated to max_tokens
+        with the end token kept, padded with the pad id to the longest (SigLIP: to max_tokens)."""
+        if self.files.siglip_lower_case is not None:
+            texts = [canonical_text(t, self.files.siglip_lower_case) for t in texts]
         rows = [enc.ids for enc in self.tokenizer.encode_batch(list(texts))]
+        if self.append_eos is not None:
+            rows = [row + [self.append_eos] for row in rows]
         length = self.files.max_tokens if self.files.pad_to_max else max(len(r) for r in rows)
         ids = np.full((len(rows), length), self.pad_id, dtype=np.int64)
         for i, row in enumerate(rows):

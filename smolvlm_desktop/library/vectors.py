@@ -55,6 +55,7 @@ class Match:
     caption: str = ""  # the caption or chat text that matched the words, if any
     by_meaning: bool = False
     by_words: bool = False
+    snippet: str = ""  # the caption's matching words, marked as in SearchHit.snippet
 
 
 class VectorStore:
@@ -203,8 +204,8 @@ def rank_together(by_meaning: Sequence[tuple[str, float]], by_words: Sequence[Se
             if entry["w"]:
                 continue  # the image's best caption counts once
             rank += 1
-            entry.update(caption=hit.text, w=True)
+            entry.update(caption=hit.text, snippet=hit.snippet, w=True)
             entry["rank"] += 1 / (RRF_K + rank)
     ordered = sorted(fused.items(), key=lambda kv: (-kv[1]["rank"], -kv[1]["score"], kv[0]))
-    return [Match(path, e["score"], e["rank"], e["caption"], e["m"], e["w"])
+    return [Match(path, e["score"], e["rank"], e["caption"], e["m"], e["w"], e.get("snippet", ""))
             for path, e in ordered[:limit]]

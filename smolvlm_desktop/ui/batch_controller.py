@@ -124,6 +124,7 @@ class BatchController(QObject):
     reveal = Signal(str)  # a failed file the user clicked: select it in the gallery
     status = Signal(str)
     job_ended = Signal()  # a batch ended (finished, cancelled or failed): look for one to resume
+    captioned = Signal(list)  # the ended job's captioned images: to index for search by meaning
 
     def __init__(self, panel: BatchPanel, worker: EngineWorker, tasks: TaskRunner,
                  selection: Callable[[], list[str]], settings: Settings,
@@ -637,8 +638,21 @@ class BatchController(QObject):
             if refused is not None:
                 self._show_refusal(refused)
             else:
+                job = getattr(self.summary, "job_id", None)  # _show_summary clears the summary
                 self._show_summary()
+                self._announce_captioned(job)
             self.job_ended.emit()
+
+    def _announce_captioned(self, job_id: int | None) -> None:
+        """The job's captioned (or already captioned) images, read from the library (so a
+        resumed job's earlier images count too), for the background indexer, which embeds
+        them after the batch, at low priority, skipping those unchanged since embedded."""
+        library = self.worker.library
+        if library is None or job_id is None:
+            return
+        self.tasks.run(lambda: [str(item.path) for item in library.job_items(job_id)
+                                if item.state in ("done", "skipped")],
+                       lambda images: self.captioned.emit(images) if images else None)
 
     def _show_refusal(self, reason: str) -> None:
         """The batch never started (another process runs it): back to the set-up page with

@@ -228,7 +228,9 @@ class LibraryController(QObject):
             self._thumbnails(self.last_hits)
             self.panel.hits.setCurrentRow(row)  # the selection survives a theme change
         elif self.last_matches and self.last_matches[1]:
+            row = self.panel.hits.currentRow()
             self.panel.show_matches(self.last_matches[1], self.colours(), self.last_matches[0])
+            self.panel.hits.setCurrentRow(row)
 
     def _thumbnails(self, hits: list[Any]) -> None:
         """Each result's image, small: decoded once in the task pool, then kept."""

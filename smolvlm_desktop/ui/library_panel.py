@@ -73,16 +73,25 @@ def hit_html(hit: SearchHit, colours: dict[str, str], selected: bool = False) ->
             f'<div style="color:{colours["muted"]}; font-size:small">{where}</div></div>')
 
 
-def match_html(match: Match, colours: dict[str, str]) -> str:
-    """A search-by-meaning result: name, how it was found, its caption (escaped), its folder."""
+def match_html(match: Match, colours: dict[str, str], selected: bool = False) -> str:
+    """A search-by-meaning result: name, how it was found, its caption (the matching words
+    marked, as in a caption-word result), its folder. Selected: in the highlighted-text colour
+    on the accent, like hit_html."""
+    if selected:
+        on = colours["highlight_text"]
+        colours = {**colours, "text": on, "muted": on}
+        mark = f"color:{on}; font-weight:600; text-decoration:underline"
+    else:
+        mark = f"background:{colours['accent_soft']}; color:{colours['text']}; font-weight:600"
     how = " + ".join(w for w, on in (("meaning", match.by_meaning), ("caption words", match.by_words)) if on)
     meta = f"similarity {match.score:.2f} · {how}" if match.by_meaning else how
-    caption = html.escape(match.caption.replace("\n", " ")[:200]) if match.caption else ""
-    return (f'<div><b>{html.escape(Path(match.path).name)}</b> '
+    caption = (snippet_html(match.snippet.replace("\n", " "), mark) if match.snippet else
+               html.escape(match.caption.replace("\n", " ")[:200]) if match.caption else "")
+    return (f'<div style="color:{colours["text"]}"><div><b>{html.escape(Path(match.path).name)}</b> '
             f'<span style="color:{colours["muted"]}">— {html.escape(meta)}</span></div>'
             + (f'<div style="margin-top:2px">{caption}</div>' if caption else "")
             + f'<div style="color:{colours["muted"]}; font-size:small">'
-              f'{html.escape(str(Path(match.path).parent))}</div>')
+              f'{html.escape(str(Path(match.path).parent))}</div></div>')
 
 
 class LibraryPanel(QWidget):
@@ -188,9 +197,12 @@ class LibraryPanel(QWidget):
             label = self.hits.itemWidget(item)
             if isinstance(label, QLabel):
                 label.setText(hit_html(item.data(HIT_ROLE), self._colours, item.isSelected()))
+            elif label is not None and (text := label.findChild(QLabel, "MatchText")) is not None:
+                text.setText(match_html(item.data(HIT_ROLE), self._colours, item.isSelected()))
     def show_matches(self, rows: list[tuple[Match, object]], colours: dict[str, str],
                      heading: str) -> None:
         """Results of a search by meaning: (Match, Thumb) rows, thumbnails already decoded."""
+        self._colours = colours
         self.hits.clear()
         for match, thumb in rows:
             row = QWidget()
@@ -204,6 +216,7 @@ class LibraryPanel(QWidget):
                 picture.setPixmap(QPixmap.fromImage(image).scaled(
                     64, 64, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation))
             text = QLabel(match_html(match, colours))
+            text.setObjectName("MatchText")  # restyled when the row is selected
             text.setTextFormat(Qt.TextFormat.RichText)
             text.setWordWrap(True)
             for passive in (picture, text):  # clicks go to the row (show the image), not the labels

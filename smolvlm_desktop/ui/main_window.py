@@ -136,6 +136,7 @@ class MainWindow(QMainWindow):
         self.library.show_paths.connect(self.show_in_gallery)
         self.library.forgotten.connect(self.check_unfinished_batch)
         self.library.files_deleted.connect(self.gallery.remove_paths)
+        self.batch.captioned.connect(self.library.index_in_background)  # searchable by meaning too
         self.gallery.selection_changed.connect(self.chat.set_images)
         self.gallery.selection_changed.connect(self.batch.update_actions)
         self.gallery.selection_changed.connect(self._preview_selection)

@@ -1,9 +1,11 @@
 """Search by meaning from the window: the embedding model and the vector store, used from the
 task pool (never the GUI thread), and indexing that gives way to chat.
 
-The embedding model is the installed one (or SMOLVLM_EMBEDDING_MODEL, 'demo' = the bundled
-tiny CLIP); it is loaded on the first search, in a pool thread, and kept. Without one, the
-Library page keeps its caption-word search and says how to get search by meaning.
+The embedding model is the one `paths.resolve_embedding_model` names (SMOLVLM_EMBEDDING_MODEL,
+'demo' = the bundled tiny CLIP; else the one chosen with Set as default, else CLIP ViT-B/32);
+it is loaded on the first search, in a pool thread, and kept until another one is chosen.
+Without one, the Library page keeps its caption-word search and says how to get search by
+meaning.
 """
 
 from __future__ import annotations
@@ -39,11 +41,12 @@ class MeaningSearch:
 
     def model(self) -> Any:
         """The EmbeddingModel, loaded on first use (ModelNotFoundError if none is installed)."""
+        folder = resolve_embedding_model(None)
         with self._lock:
-            if self._model is None:
+            if self._model is None or self._model.files.folder != folder:
                 from ..engine.embeddings import EmbeddingModel
 
-                self._model = EmbeddingModel.load(resolve_embedding_model(None), cache_dir=ort_cache_dir())
+                self._model = EmbeddingModel.load(folder, cache_dir=ort_cache_dir())
             return self._model
 
     def store(self, library: Any) -> VectorStore:

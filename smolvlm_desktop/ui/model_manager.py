@@ -221,7 +221,7 @@ class ModelManagerDialog(QDialog):
             if status.is_default:
                 state += " · default"
             if getattr(status, "kind", "chat") == "embedding":
-                state += " · for search"  # not a chat model: never used or made default as one
+                state += " · for search"  # not a chat model: never used for chat; its default is search's
             if status.state in ("installed", "bundled"):
                 size = f"{human_size(sizes.get(status.name))} on disk"
             elif status.state in ("available", "partial"):
@@ -250,8 +250,9 @@ class ModelManagerDialog(QDialog):
         variants = tuple(status.variants or ())
         if self.wanted_variant and (not variants or self.wanted_variant in variants):
             return self.wanted_variant
-        if not variants or hub.DEFAULT_VARIANT in variants:
-            return hub.DEFAULT_VARIANT
+        default = hub.default_variant(getattr(status, "kind", "chat"))  # embedding: quantized
+        if not variants or default in variants:
+            return default
         return variants[0]
 
     def _update_buttons(self) -> None:
@@ -262,7 +263,9 @@ class ModelManagerDialog(QDialog):
         self.download_btn.setEnabled(not busy and state in ("available", "partial"))
         self.remove_btn.setEnabled(not busy and state in ("installed", "partial"))
         usable = state in ("installed", "bundled") and getattr(status, "kind", "chat") == "chat"
-        self.default_btn.setEnabled(not busy and usable and not status.is_default)
+        # an embedding model can be made the one search by meaning uses, never used for chat
+        installed = state in ("installed", "bundled")
+        self.default_btn.setEnabled(not busy and installed and not status.is_default)
         self.use_btn.setEnabled(not busy and usable)
         self.import_btn.setEnabled(not busy)
         text = ""
@@ -427,9 +430,10 @@ class ModelManagerDialog(QDialog):
             return
         folder, demo = str(status.folder), status.state == "bundled"
 
-        def done(_: object) -> None:
-            self.refresh(select=status.name)
-            self.default_changed.emit(folder, demo)
+        def done(kind: object) -> None:
+            self.refresh(select=status.name)  # its row says "default · for search"
+            if kind != "embedding":  # search by meaning picks an embedding model up by itself
+                self.default_changed.emit(folder, demo)
 
         self.tasks.run(lambda: hub.set_default(status.name), done,
                        lambda exc: self.show_error(f"Could not set the default: {exc}"))
