@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -39,24 +40,30 @@ Built by `scripts/build_tiny_clip.py`.
 """
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    out = parser.parse_args().out.resolve()
+def build(out: Path, write: Callable[[Path], None], readme: str, label: str) -> int:
+    """Write a tiny model with `write` into a staging folder beside `out`, check its size, then
+    swap it in and print every file's sha256 (two builds are easy to compare)."""
+    out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".tiny-clip-") as tmp:
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
         staging = Path(tmp) / "model"
-        write_tiny_clip(staging)
-        (staging / "README.md").write_text(README, encoding="utf-8")
+        write(staging)
+        (staging / "README.md").write_text(readme, encoding="utf-8")
         size = folder_size(staging)
         if size > SIZE_BUDGET:
-            print(f"tiny CLIP is {size:,} bytes, over the {SIZE_BUDGET:,} budget", file=sys.stderr)
+            print(f"{label} is {size:,} bytes, over the {SIZE_BUDGET:,} budget", file=sys.stderr)
             return 1
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)
     print("\n".join(sha256_listing(out)))
     print(f"{folder_size(out):,} bytes in {out}")
     return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    return build(parser.parse_args().out, write_tiny_clip, README, "tiny CLIP")
 
 
 if __name__ == "__main__":

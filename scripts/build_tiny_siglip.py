@@ -10,20 +10,17 @@ Needs the export extra (torch, transformers, onnx, sentencepiece).
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from build_tiny_model import folder_size, sha256_listing  # noqa: E402
+from build_tiny_clip import build  # noqa: E402
 from smolvlm_desktop.export.tiny_siglip import write_tiny_siglip  # noqa: E402
 
 DEFAULT_OUT = REPO / "smolvlm_desktop" / "data" / "tiny-siglip"
-SIZE_BUDGET = 2_000_000
 
 README = """\
 # tiny-siglip: a random-weight test embedding model with a real SentencePiece tokenizer
@@ -45,21 +42,7 @@ Built by `scripts/build_tiny_siglip.py`.
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    out = parser.parse_args().out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".tiny-siglip-") as tmp:
-        staging = Path(tmp) / "model"
-        write_tiny_siglip(staging)
-        (staging / "README.md").write_text(README, encoding="utf-8")
-        size = folder_size(staging)
-        if size > SIZE_BUDGET:
-            print(f"tiny SigLIP is {size:,} bytes, over the {SIZE_BUDGET:,} budget", file=sys.stderr)
-            return 1
-        shutil.rmtree(out, ignore_errors=True)
-        staging.rename(out)
-    print("\n".join(sha256_listing(out)))
-    print(f"{folder_size(out):,} bytes in {out}")
-    return 0
+    return build(parser.parse_args().out, write_tiny_siglip, README, "tiny SigLIP")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ _CORPUS = (
     "code . the invoice and the contract . a plate of food . flowers in the garden ."
 )
 NUM_MERGES = 120
+# The tiny towers' sizes (CLIP and SigLIP alike): two layers of width 32.
+SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 
 
 def _byte_encoder() -> dict[int, str]:
@@ -107,23 +109,29 @@ def build_tiny_clip(full_size: bool = False) -> Any:
     """A CLIPModel with the real structure at toy sizes, random weights from a fixed seed.
     full_size=True: ViT-B/32's real sizes (12+12 layers, 768/512 wide, 512-d embeddings), for
     measuring speed (bench/clip_speed.py); only the vocabulary stays small."""
-    import torch
     from transformers import CLIPConfig, CLIPModel
 
     vocab, _ = build_vocab()
     text = {"vocab_size": len(vocab), "max_position_embeddings": MAX_TEXT_TOKENS,
             "bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS], "pad_token_id": vocab[EOS]}
     vision = {"image_size": IMAGE_SIZE, "patch_size": 32}
-    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
     if full_size:  # CLIPConfig's defaults are ViT-B/32's
         config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)
     else:
-        config = CLIPConfig(text_config={**text, **small}, vision_config={**vision, **small},
+        config = CLIPConfig(text_config={**text, **SMALL}, vision_config={**vision, **SMALL},
                             projection_dim=16)
+    return seeded_model(CLIPModel, config, spread=not full_size)
+
+
+def seeded_model(model_class: Any, config: Any, spread: bool) -> Any:
+    """`model_class(config)` in eval mode, its random weights drawn from SEED. spread=True (the
+    tiny models) widens them, so that a wrong pixel or token shows in the embeddings."""
+    import torch
+
     torch.manual_seed(SEED)
-    model = CLIPModel(config).eval()
-    if not full_size:
-        with torch.no_grad():  # spread the weights out, so that a wrong pixel or token shows
+    model = model_class(config).eval()
+    if spread:
+        with torch.no_grad():
             for param in model.parameters():
                 if param.dim() > 1:
                     param.normal_(0.0, 0.2)

@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .tiny_clip import IMAGE_SIZE, SEED, _CORPUS, _normalise, _quantize
+from .tiny_clip import IMAGE_SIZE, SMALL, _CORPUS, _normalise, _quantize, seeded_model
 
 SIGLIP_TEXT_TOKENS = 64  # SigLIP base's text length: its text graph has no mask, so pad to it
 VOCAB_SIZE = 160
@@ -101,23 +101,14 @@ def write_siglip_tokenizer(out: Path) -> Any:
 def build_tiny_siglip(vocab_size: int, full_size: bool = False) -> Any:
     """A SiglipModel with the real structure, random weights from a fixed seed. full_size=True:
     siglip-base-patch16-224's sizes (SiglipConfig's defaults), for measuring speed."""
-    import torch
     from transformers import SiglipConfig, SiglipModel
 
     text = {"vocab_size": vocab_size, "max_position_embeddings": SIGLIP_TEXT_TOKENS,
             "pad_token_id": 1, "eos_token_id": 1, "bos_token_id": None}
     vision = {"image_size": IMAGE_SIZE, "patch_size": 16 if full_size else 32}
-    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
     config = (SiglipConfig(text_config=text, vision_config=vision) if full_size else
-              SiglipConfig(text_config={**text, **small}, vision_config={**vision, **small}))
-    torch.manual_seed(SEED)
-    model = SiglipModel(config).eval()
-    if not full_size:
-        with torch.no_grad():  # spread the weights out, so that a wrong pixel or token shows
-            for param in model.parameters():
-                if param.dim() > 1:
-                    param.normal_(0.0, 0.2)
-    return model
+              SiglipConfig(text_config={**text, **SMALL}, vision_config={**vision, **SMALL}))
+    return seeded_model(SiglipModel, config, spread=not full_size)
 
 
 def preprocessor_config() -> dict[str, Any]:

@@ -51,15 +51,20 @@ def snippet_html(snippet: str, mark_style: str) -> str:
     return "".join(out).replace("\n", " ")
 
 
+def row_colours(colours: dict[str, str], selected: bool) -> tuple[dict[str, str], str]:
+    """A result row's colours and the style of its marked words: a selected row sits on the
+    accent colour, so every run takes the highlighted-text colour there."""
+    if selected:
+        on = colours["highlight_text"]
+        return ({**colours, "text": on, "muted": on},
+                f"color:{on}; font-weight:600; text-decoration:underline")
+    return colours, f"background:{colours['accent_soft']}; color:{colours['text']}; font-weight:600"
+
+
 def hit_html(hit: SearchHit, colours: dict[str, str], selected: bool = False) -> str:
     """One result. A selected row sits on the accent colour: then every run (name, date,
     path, match) takes the highlighted-text colour, or dark text vanished on #3451d1."""
-    if selected:
-        on = colours["highlight_text"]
-        colours = {**colours, "text": on, "muted": on}
-        mark = f"color:{on}; font-weight:600; text-decoration:underline"
-    else:
-        mark = f"background:{colours['accent_soft']}; color:{colours['text']}; font-weight:600"
+    colours, mark = row_colours(colours, selected)
     name = Path(hit.path).name if hit.path else "(a chat without an image)"
     more = len(hit.paths) - 1
     if more > 0:
@@ -77,12 +82,7 @@ def match_html(match: Match, colours: dict[str, str], selected: bool = False) ->
     """A search-by-meaning result: name, how it was found, its caption (the matching words
     marked, as in a caption-word result), its folder. Selected: in the highlighted-text colour
     on the accent, like hit_html."""
-    if selected:
-        on = colours["highlight_text"]
-        colours = {**colours, "text": on, "muted": on}
-        mark = f"color:{on}; font-weight:600; text-decoration:underline"
-    else:
-        mark = f"background:{colours['accent_soft']}; color:{colours['text']}; font-weight:600"
+    colours, mark = row_colours(colours, selected)
     how = " + ".join(w for w, on in (("meaning", match.by_meaning), ("caption words", match.by_words)) if on)
     meta = f"similarity {match.score:.2f} · {how}" if match.by_meaning else how
     caption = (snippet_html(match.snippet.replace("\n", " "), mark) if match.snippet else
