@@ -26,7 +26,13 @@ Privacy: Ray's usage statistics are switched off before Ray is imported
 token of this run only (see ray_module). This is the one module besides hub.py allowed a
 network module (Ray), and only `caption --cluster` imports it. Ray is optional
 (`pip install 'smolvlm-desktop[cluster]'`); without it `--cluster` is a one-line usage error.
-An address where nothing answers: Ray keeps trying to join for minutes (Ctrl+C stops it).
+
+Addresses are checked before anything is written (prepare): one TCP connection to the
+address Ray would join (Ray itself would retry for minutes where nothing answers), so that a
+wrong or dead address is a one-line usage error within REACH_TIMEOUT_S. `ray://` (Ray
+Client) is refused there too: Ray Data does not run through Ray Client (the driver needs a
+core worker of its own: ray-project/ray#42739, #48682), so the command has to run on a node
+of the cluster (`--cluster auto`, e.g. sent there with `ray job submit`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import math
 import os
 import platform
 import secrets
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -48,6 +55,9 @@ from .engine.files import expected_files, load_model_files
 from .engine.types import CancelToken, GenerationSettings, ModelInfo
 
 STREAM_RETRIES = 3  # fresh streams of the images not yet received, after a failed one
+# A cluster's head accepts a TCP connection in milliseconds, even across the world: an
+# address silent for this long has no cluster behind it.
+REACH_TIMEOUT_S = 5.0
 MAX_BLOCKS = 1000  # Ray Data blocks the image list is cut into (a block is the retry unit)
 
 
@@ -57,7 +67,8 @@ class ClusterError(OSError):
 
 
 class ClusterUnavailable(Exception):
-    """Ray is not installed (a usage error: the option cannot work in this installation)."""
+    """--cluster cannot work as given: Ray is not installed, or no cluster answers at the
+    address, or it is a Ray Client address (a usage error: exit 2, nothing written)."""
 
 
 def ray_module(address: str | None = None) -> Any:
@@ -194,10 +205,46 @@ class RayCaptionStep:
         actors = max(1, total_cpus // self.model.threads)
         captions = dataset.map_batches(
             _CaptionActor, fn_constructor_kwargs=actor_args, batch_size=self.group_size,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
             num_cpus=self.model.threads, batch_format="numpy")
-        for row in captions.iter_rows():
-            yield outcome_from_row(row)
+        for batch in captions.iter_batches(batch_size=None, prefetch_batches=0, batch_format="numpy"):
+            for i in range(len(batch["path"])):
+                yield outcome_from_row({key: column[i] for key, column in batch.items()})
+
+
+def uses_ray_client(address: str) -> bool:
+    """Would ray.init join through Ray Client: a ray:// address, given or (for auto) in
+    RAY_ADDRESS? Ray's own rule (any "://")."""
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS") or address
+    return "://" in address
+
+
+def check_address(ray: Any, address: str) -> None:
+    """ClusterUnavailable, within REACH_TIMEOUT_S, unless a server answers at the HOST:PORT
+    ray.init would join for `address` (Ray's own resolution: auto is RAY_ADDRESS or the
+    cluster this machine runs, 127.0.0.1 may become the machine's outward address)."""
+    if uses_ray_client(address):
+        raise ClusterUnavailable(
+            f"--cluster {address}: Ray Data, which spreads the batch, does not work through Ray "
+            "Client (ray://); run the command on a node of the cluster with --cluster auto "
+            "(e.g. through `ray job submit`)")
+    if address == "local":
+        return
+    try:
+        target = ray._private.services.canonicalize_bootstrap_address_or_die(address)
+    except (ConnectionError, ValueError) as exc:  # auto: none found; a malformed address
+        raise ClusterUnavailable(f"--cluster {address}: {one_line(exc, named=False)}") from None
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = ("connection refused" if isinstance(exc, ConnectionRefusedError)
+                  else f"no answer within {REACH_TIMEOUT_S:.0f} s" if isinstance(exc, TimeoutError)
+                  else one_line(exc, named=False))
+        where = address if target == address else f"{address} ({target})"
+        raise ClusterUnavailable(f"no Ray cluster answers at {where}: {reason}") from None
 
 
 def connect(ray: Any, address: str) -> None:
@@ -205,8 +252,9 @@ def connect(ray: Any, address: str) -> None:
     (no dashboard, no usage statistics, on 127.0.0.1 only); anything else joins an existing
     one. Workers' logs stay on their nodes: stdout carries the answers (--json)."""
     try:
-        if address == "local":
-            ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        if address == "local":  # "local", not None: RAY_ADDRESS must not turn it into a join
+            ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                     logging_level="WARNING")
         else:
             ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -252,9 +300,11 @@ def outcome_from_row(row: Mapping[str, Any]) -> Captioned | NotCaptioned:
                      json.loads(row["token_ids"]), json.loads(row["notes"]))
 
 
-def one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException, named: bool = True) -> str:
+    """The first line of an exception's message (Ray's run to pages), with its type's name."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    first = text[0] if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first}" if named else first
 
 
 # --- the worker side -------------------------------------------------------------------------
@@ -345,14 +395,17 @@ def unpack_model(listing: Mapping[str, int], fetch: Callable[[str], bytes],
 
 def prepare(args: Any, prompt: str, generation: GenerationSettings) -> tuple[ClusterModel, RayCaptionStep]:
     """The model description and the caption step for `caption --cluster`; a UsageError
-    (exit 2, one line) without --write or without Ray."""
+    (exit 2, one line, nothing written) without --write, without Ray, or where no cluster
+    answers (see check_address)."""
     from .cli import UsageError
     from .paths import resolve_model
 
     if not args.write:
         raise UsageError("--cluster goes with --write (the captions are written as files)")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, not {args.threads}")
     try:
-        ray_module(args.cluster)
+        check_address(ray_module(args.cluster), args.cluster)
     except ClusterUnavailable as exc:
         raise UsageError(str(exc)) from None
     model = ClusterModel.describe(resolve_model(args.model), args.variant, args.threads,
