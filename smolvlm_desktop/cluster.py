@@ -13,8 +13,10 @@ once" are not re-implemented here.
 
 Images are read where they are: every node must see the same paths (a shared filesystem);
 an image a worker cannot read fails alone, with the node's name. The model is loaded from
-its folder on each node when the node has it (same files, same sizes), else its files are
-shipped once through Ray's object store.
+its folder on each node when the node has it (same files, same sizes); an actor on a node
+without it fetches its files through Ray's object store from the driver's node (which has
+them: the driver read them), once per node. Nothing is asked of the nodes beforehand, so the
+actors start at once.
 
 A node that dies mid-job: Ray Data restarts its actor and retries its work elsewhere; if the
 stream itself fails (e.g. results held on the dead node), the images not yet received are
@@ -182,14 +184,11 @@ class RayCaptionStep:
             ray.shutdown()
 
     def _actor_args(self, ray: Any) -> dict[str, Any]:
-        """What each actor is built from; the model's files are shipped through the object
-        store only when some node does not hold the folder."""
+        """What each actor is built from: where the model is, and the node to fetch its
+        files from where it is not (this one's: see the module docstring)."""
         listing = model_listing(self.model.folder, self.model.variant)
-        shipped = None
-        if not all_nodes_have(ray, str(self.model.folder), listing):
-            self.on_note("some cluster nodes do not have the model folder: shipping its files")
-            shipped = {rel: ray.put((self.model.folder / rel).read_bytes()) for rel in listing}
-        return {"folder": str(self.model.folder), "listing": listing, "shipped": shipped,
+        return {"folder": str(self.model.folder), "listing": listing,
+                "source_node": ray.get_runtime_context().get_node_id(),
                 "variant": self.model.variant, "threads": self.model.threads,
                 "provider": self.model.provider,
                 "prompt": self.prompt, "generation": self.generation}
@@ -197,19 +196,36 @@ class RayCaptionStep:
     def _stream(self, ray: Any, paths: list[str], actor_args: dict[str, Any]
                 ) -> Iterator[Captioned | NotCaptioned]:
         """One Ray Data pass over `paths`; outcomes in the order they finish."""
+        quiet_ray_data()
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver shows its own
         blocks = max(1, min(MAX_BLOCKS, math.ceil(len(paths) / self.group_size)))
         dataset = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
-        total_cpus = int(ray.cluster_resources().get("CPU", 1))
-        actors = max(1, total_cpus // self.model.threads)
+        actors = actor_count(ray, self.model.threads)
         captions = dataset.map_batches(
             _CaptionActor, fn_constructor_kwargs=actor_args, batch_size=self.group_size,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
             num_cpus=self.model.threads, batch_format="numpy")
+        said = set()
+        # prefetch_batches=0: a block is handed over when it is done (with prefetching, Ray
+        # Data held each one until the next was done too)
         for batch in captions.iter_batches(batch_size=None, prefetch_batches=0, batch_format="numpy"):
             for i in range(len(batch["path"])):
-                yield outcome_from_row({key: column[i] for key, column in batch.items()})
+                row = {key: column[i] for key, column in batch.items()}
+                if row["node_note"] and row["node_note"] not in said:
+                    said.add(row["node_note"])
+                    self.on_note(str(row["node_note"]))
+                yield outcome_from_row(row)
+
+
+def actor_count(ray: Any, threads: int) -> int:
+    """Actors of `threads` CPUs each the cluster holds (each on one node); a ClusterError if
+    no node has that many CPUs (an actor would wait for one for ever)."""
+    per_node = [int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    if not any(cpus >= threads for cpus in per_node):
+        raise ClusterError(f"no cluster node has {threads} CPUs for an actor of --threads "
+                           f"{threads} (the largest has {max(per_node, default=0)})")
+    return sum(cpus // threads for cpus in per_node)
 
 
 def uses_ray_client(address: str) -> bool:
@@ -264,9 +280,7 @@ def connect(ray: Any, address: str) -> None:
 
 def errors_to_stderr(ray: Any) -> None:
     """Ray prints the cluster's errors (a node died...) on the driver's stdout, which here
-    carries the answers (--json): send them to stderr. Ray Data's chatter goes too."""
-    import logging
-
+    carries the answers (--json): send them to stderr."""
     worker = ray._private.worker
     print_to_stdstream = getattr(worker, "print_to_stdstream", None)
     if print_to_stdstream is not None and not getattr(print_to_stdstream, "to_stderr", False):
@@ -275,21 +289,22 @@ def errors_to_stderr(ray: Any) -> None:
 
         to_stderr.to_stderr = True  # type: ignore[attr-defined]
         worker.print_to_stdstream = to_stderr
-    import ray.data  # noqa: F401 - configures its loggers on import: before the levels below
+
+
+def quiet_ray_data() -> None:
+    """Import Ray Data with its chatter on this process's stderr turned down (it sets up
+    its loggers on import: the levels come after)."""
+    import logging
+
+    import ray.data  # noqa: F401
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
 
 
-def all_nodes_have(ray: Any, folder: str, listing: Mapping[str, int]) -> bool:
-    """Ask every live node (a zero-CPU task pinned to each) whether it holds the model."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    probe = ray.remote(num_cpus=0)(has_model)
-    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
-    answers = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-               .remote(folder, listing) for node in nodes]
-    return all(ray.get(answers))
+def read_model_file(folder: str, rel: str) -> bytes:
+    """One file of the model folder (run on the driver's node, for a node without it)."""
+    return (Path(folder) / rel).read_bytes()
 
 
 def outcome_from_row(row: Mapping[str, Any]) -> Captioned | NotCaptioned:
@@ -316,25 +331,24 @@ class _CaptionActor:
     Never raises for one image: an unreadable image or a failed caption comes back as that
     row's error, so the batch goes on."""
 
-    def __init__(self, folder: str, listing: dict[str, int], shipped: dict[str, Any] | None,
+    def __init__(self, folder: str, listing: dict[str, int], source_node: str | None,
                  variant: str, threads: int, prompt: str, generation: GenerationSettings,
                  provider: str = "auto") -> None:
         from .engine.model import VisionLanguageModel
 
-        if has_model(folder, listing):
-            local = folder
-        elif shipped is None:
-            raise FileNotFoundError(f"the model folder {folder} is not on cluster node "
-                                    f"{platform.node()}, and was not shipped")
-        else:
-            import ray
-
-            local = unpack_model(listing, lambda rel: ray.get(shipped[rel]))
+        self.node = platform.node()
+        self.node_note = ""  # said once, with the first answers
+        local = folder
+        if not has_model(folder, listing):
+            if source_node is None:
+                raise FileNotFoundError(f"the model folder {folder} is not on cluster node {self.node}")
+            local = unpack_model(listing, fetch_from(source_node, folder))
+            self.node_note = (f"cluster node {self.node} has no copy of the model folder: its "
+                              "files came through Ray's object store")
         self.model = VisionLanguageModel.load(local, variant=variant, provider=provider,
                                               threads=threads)
         self.prompt = prompt
         self.generation = generation
-        self.node = platform.node()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         from .engine.images import load_image
@@ -342,7 +356,8 @@ class _CaptionActor:
 
         paths = [str(p) for p in batch["path"]]
         rows = {p: {"path": p, "text": "", "error": "", "timings": "{}", "token_ids": "[]",
-                    "notes": "[]"} for p in paths}
+                    "notes": "[]", "node_note": self.node_note} for p in paths}
+        self.node_note = ""
         ready = []
         for path in paths:
             if not os.path.exists(path):
@@ -364,7 +379,18 @@ class _CaptionActor:
                                   token_ids=json.dumps([int(t) for t in result.token_ids]),
                                   notes=json.dumps(loaded.notes))
         return {key: [rows[p][key] for p in paths] for key in
-                ("path", "text", "error", "timings", "token_ids", "notes")}
+                ("path", "text", "error", "timings", "token_ids", "notes", "node_note")}
+
+
+def fetch_from(node: str, folder: str) -> Callable[[str], bytes]:
+    """A file fetcher for unpack_model: each file read by a zero-CPU task pinned to `node`,
+    its bytes carried by Ray's object store."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    reader = ray.remote(num_cpus=0)(read_model_file).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+    return lambda rel: ray.get(reader.remote(folder, rel))
 
 
 def unpack_model(listing: Mapping[str, int], fetch: Callable[[str], bytes],

@@ -117,14 +117,15 @@ def test_a_two_node_cluster_captions_like_one_machine(cluster: LoopbackCluster, 
 def test_a_node_without_the_model_folder_gets_its_files_through_the_object_store(
         cluster: LoopbackCluster, tiny_model_dir: Path, tmp_path: Path, one_machine) -> None:  # type: ignore[no-untyped-def]
     """The worker node runs where the model folder is an empty tmpfs (its own mount
-    namespace), as a machine without a copy of it: its actor loads the files the driver put
-    in Ray's object store, unpacked in that node's temp dir; the captions are the same."""
+    namespace), as a machine without a copy of it: its actor fetches the files from the
+    driver's node through Ray's object store, unpacked in that node's temp dir, and says so
+    once; the captions are the same."""
     folder = tmp_path / "photos"
     make_images(folder, N_IMAGES)
     remote = subprocess.run(caption_command(tiny_model_dir, folder, "--cluster", cluster.address),
                             env=ray_env(), capture_output=True, text=True, timeout=120)
     assert remote.returncode == 0, remote.stderr
-    assert "some cluster nodes do not have the model folder: shipping its files" in remote.stderr
+    assert "has no copy of the model folder: its files came through Ray's object store" in remote.stderr
     unpacked = list((cluster.worker_tmp / "smolvlm-cluster-models").glob("*"))
     assert len(unpacked) == 1 and has_model(unpacked[0], model_listing(tiny_model_dir, "fp32"))
     assert_like_one_machine(remote.stdout, folder, one_machine)
@@ -152,7 +153,7 @@ def test_a_node_killed_mid_job_loses_nothing_and_writes_nothing_twice(
     command = caption_command(tiny_model_dir, folder, "--cluster", doomed_cluster.address)
     rc, lines, stderr = run_until(command, KILL_AFTER, lambda child: doomed_cluster.kill_worker_node())
     assert rc == 0, stderr
-    assert "shipping" not in stderr  # every node sees the model folder here
+    assert "has no copy of the model folder" not in stderr  # every node sees it here
     assert len(lines) > KILL_AFTER, "the job ended before the node was killed"
     assert len(answers("".join(lines))) == N_IMAGES
     assert len(written(folder)) == N_IMAGES
