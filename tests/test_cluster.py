@@ -271,13 +271,15 @@ def test_cluster_without_ray_installed_is_a_one_line_usage_error(
 def test_a_local_cluster_captions_and_leaves_no_ray_token_in_the_home_folder(
         tiny_model_dir: Path, tmp_path: Path) -> None:
     """`--cluster local`: Ray's own single-machine cluster, on 127.0.0.1 (no address given
-    to point anywhere), with the token of this run kept in the environment."""
+    to point anywhere, and RAY_ADDRESS, here a dead one, is not a way to give one), with the
+    token of this run kept in the environment."""
     pytest.importorskip("ray", reason="the 'cluster' extra is not installed")
     folder, home = tmp_path / "photos", tmp_path / "home"
     make_images(folder, 4)
     home.mkdir()
     ray_tmp = tempfile.mkdtemp(prefix="smr", dir="/tmp")  # short: Ray's socket paths
-    env = {**ray_env(), "HOME": str(home), "RAY_TMPDIR": ray_tmp}
+    env = {**ray_env(), "HOME": str(home), "RAY_TMPDIR": ray_tmp,
+           "RAY_ADDRESS": f"127.0.0.1:{free_port()}"}
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         env.pop(name)  # the app sets them itself for a local cluster
     try:
