@@ -13,11 +13,14 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from collections import Counter
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -186,7 +189,20 @@ def usage_error(command: list[str], env: dict[str, str], folder: Path) -> str:
     return done.stderr.strip()
 
 
-@pytest.mark.parametrize("where", ["port 1", "a closed port", "auto from RAY_ADDRESS"])
+@contextmanager
+def silent_port() -> Iterator[int]:
+    """A loopback port where a connection is never answered, as behind a firewall that
+    drops packets: a listening socket whose queue (of one, with a backlog of 0) is held full
+    by a connection never accepted, so the kernel ignores the next one's SYN."""
+    with socket.socket() as server, socket.socket() as filler:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        filler.connect(server.getsockname())
+        yield int(server.getsockname()[1])
+
+
+@pytest.mark.parametrize("where", ["port 1", "a closed port", "auto from RAY_ADDRESS",
+                                   pytest.param("a silent port", marks=pytest.mark.loopback)])
 def test_an_address_where_no_cluster_answers_is_a_quick_usage_error_writing_nothing(
         where: str, tiny_model_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("ray", reason="the 'cluster' extra is not installed")
@@ -195,9 +211,12 @@ def test_an_address_where_no_cluster_answers_is_a_quick_usage_error_writing_noth
     env, address = ray_env(), {"port 1": "127.0.0.1:1"}.get(where, f"127.0.0.1:{free_port()}")
     if where == "auto from RAY_ADDRESS":
         env["RAY_ADDRESS"], address = address, "auto"
-    line = usage_error(caption_command(tiny_model_dir, images, "--cluster", address), env, images)
+    with silent_port() if where == "a silent port" else nullcontext(0) as port:
+        if port:
+            address = f"127.0.0.1:{port}"
+        line = usage_error(caption_command(tiny_model_dir, images, "--cluster", address), env, images)
     assert line.startswith("smolvlm-desktop: error: no Ray cluster answers at ")
-    assert line.endswith(": connection refused")
+    assert line.endswith(": no answer within 5 s" if port else ": connection refused")
 
 
 @pytest.mark.parametrize("given", ["ray://", "auto with RAY_ADDRESS=ray://"])
