@@ -249,7 +249,10 @@ def check_address(ray: Any, address: str) -> None:
         return
     try:
         target = ray._private.services.canonicalize_bootstrap_address_or_die(address)
-    except (ConnectionError, ValueError) as exc:  # auto: none found; a malformed address
+    except ConnectionError:  # auto, and none found
+        raise ClusterUnavailable("--cluster auto: no Ray cluster runs on this machine, and "
+                                 "RAY_ADDRESS does not name one") from None
+    except ValueError as exc:  # a malformed address
         raise ClusterUnavailable(f"--cluster {address}: {one_line(exc, named=False)}") from None
     host, _, port = target.rpartition(":")
     try:
