@@ -1,20 +1,33 @@
 """Overhead of `caption --cluster` against a local batch on the same cores.
 
     .venv/bin/python bench/cluster.py [--arch 256m|tiny] [--images 40] [--new-tokens 32]
-                                      [--cores 2] [--cluster local|HOST:PORT] [--json out.json]
+                                      [--cores 2] [--rounds 3] [--modes local,address,...]
+                                      [--json out.json]
 
-Captions the same N one-tile JPEG photos (512 px: one vision pass) twice with the real
-command, each in a fresh folder and process, with --write jsonl --no-library:
+Captions the same N one-tile JPEG photos (512 px: one vision pass) with the real command,
+each run in a fresh folder and process, with --write jsonl --no-library, in these ways:
 
 * local: one process, --threads CORES (the batch decodes groups of images together);
-* cluster: --cluster ADDRESS with --threads 1, so Ray runs CORES actors of one thread each
-  (`local` starts a private cluster of this machine's cores, as a user on one big machine would).
+* address: --cluster HOST:PORT of a cluster already running (the realistic case: a cluster
+  is started once and serves many jobs), CORES CPUs on this machine, --threads 1, so that
+  Ray runs CORES actors of one thread each;
+* address-1xN: the same cluster with --threads CORES: one actor using the cores exactly as
+  the local run does;
+* local-cluster: --cluster local --threads 1, where the command starts (and stops) a
+  private Ray cluster of this machine's cores itself, as on one big machine.
 
-For each it reports the wall time of the whole command, the time to the first answer
-(start-up: imports, model loads, and for the cluster Ray itself) and the steady rate, from
-the first answer to the last (images per second). Overhead = cluster / local - 1, for the
-whole command and for the steady part. Both runs use the same model files (see bench/arch.py:
-the 256m architecture with random weights; "tiny" is the bundled demo model).
+The cluster for "address" is a one-node loopback cluster started here with `ray start`
+(tests/ray_cluster.py); the first job a new cluster runs also starts Ray Data's own helper
+actors, so one unmeasured job goes first (its time is reported as `first_job_on_cluster`),
+as does one unmeasured local run (the page cache). Then the modes run interleaved, in an
+order rotated each round, so that the machine's load (shared, noisy) falls on all alike.
+
+For each run: wall time of the whole command, time to the first answer (start-up: imports,
+model loads, and for a cluster Ray itself) and the steady rate from the first answer to the
+last; the 1-minute load average just before it. Reported: per mode the medians, and the
+overhead against local as the median over rounds of (mode wall / local wall in the same
+round) - 1. The model files are the same for all (bench/arch.py: the 256m architecture with
+random weights; "tiny" is the bundled demo model).
 """
 
 from __future__ import annotations
@@ -23,18 +36,22 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path[:0] = [str(HERE), str(REPO / "tests")]
 
 import arch as arches  # noqa: E402 - bench/ is not a package on the path
 from child import bench_image  # noqa: E402
+from ray_cluster import LoopbackCluster, ray_env  # noqa: E402 - loopback only
 
-REPO = Path(__file__).resolve().parent.parent
+MODES = ("local", "address", "address-1xN", "local-cluster")
 
 
 def make_photos(folder: Path, count: int, size: int) -> None:
@@ -43,8 +60,9 @@ def make_photos(folder: Path, count: int, size: int) -> None:
         bench_image(size, seed=i).save(folder / f"photo{i:03d}.jpg", quality=90)
 
 
-def timed_run(command: list[str], env: dict[str, str]) -> dict[str, float]:
+def timed_run(command: list[str], env: dict[str, str]) -> dict[str, float | None]:
     """Wall time, time to the first --json answer, and the steady rate after it."""
+    load = os.getloadavg()[0]
     start = time.perf_counter()
     arrivals = []
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -59,8 +77,23 @@ def timed_run(command: list[str], env: dict[str, str]) -> dict[str, float]:
     wall = time.perf_counter() - start
     steady = arrivals[-1] - arrivals[0]
     return {"wall_s": round(wall, 2), "first_answer_s": round(arrivals[0], 2),
-            "images": len(arrivals),
+            "images": len(arrivals), "load_before": round(load, 2),
             "steady_images_per_s": round((len(arrivals) - 1) / steady, 3) if steady > 0 else None}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def median_of(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return round(statistics.median(values), 3) if values else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,34 +103,68 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--cluster", default="local", help="local, or a cluster's HOST:PORT")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--modes", default=",".join(MODES), help=f"some of {', '.join(MODES)}")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    if unknown := set(modes) - set(MODES) or ({"local"} - set(modes)):
+        parser.error(f"modes must be among {', '.join(MODES)} and include local (got {unknown})")
 
     built = arches.ensure_model(arches.ARCHS[args.arch]())
     chosen = arches.ARCHS[args.arch]()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = ray_env()  # usage statistics off, loopback addresses kept, this run's token
+    extra = {"local": ["--threads", str(args.cores)],
+             "address": ["--threads", "1"], "address-1xN": ["--threads", str(args.cores)],
+             "local-cluster": ["--threads", "1", "--cluster", "local"]}
+    cluster = LoopbackCluster(workers=0, cpus=args.cores) if {"address", "address-1xN"} & set(modes) else None
     results: dict[str, object] = {
         "arch": args.arch, "variant": args.variant, "images": args.images,
-        "new_tokens": args.new_tokens, "cores": args.cores, "address": args.cluster,
-        "cpu": platform.processor() or platform.machine()}
-    with tempfile.TemporaryDirectory(prefix="smolvlm-cluster-bench-") as scratch:
-        for name, extra in (("local", ["--threads", str(args.cores)]),
-                            ("cluster", ["--threads", "1", "--cluster", args.cluster])):
-            folder = Path(scratch) / name
-            make_photos(folder, args.images, chosen.tile)
-            command = [sys.executable, "-m", "smolvlm_desktop", "caption", str(folder),
-                       "--model", str(built.model_dir), "--variant", args.variant,
-                       "--detail", str(chosen.tile), "--max-new-tokens", str(args.new_tokens),
-                       "--write", "jsonl", "--no-library", "--json", *extra]
-            results[name] = timed_run(command, env)
-            print(f"{name:8s} {results[name]}", file=sys.stderr)
-    local, cluster = results["local"], results["cluster"]
-    assert isinstance(local, dict) and isinstance(cluster, dict)
-    results["overhead_wall"] = round(cluster["wall_s"] / local["wall_s"] - 1, 3)
-    if local["steady_images_per_s"] and cluster["steady_images_per_s"]:
-        results["overhead_steady"] = round(local["steady_images_per_s"] / cluster["steady_images_per_s"] - 1, 3)
-    print(json.dumps(results, indent=2))
+        "new_tokens": args.new_tokens, "cores": args.cores, "rounds": args.rounds,
+        "cpu": cpu_name(), "cpus": os.cpu_count()}
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    try:
+        if cluster is not None:
+            for mode in ("address", "address-1xN"):
+                extra[mode] += ["--cluster", cluster.address]
+        with tempfile.TemporaryDirectory(prefix="smolvlm-cluster-bench-") as scratch:
+            count = 0
+
+            def run(mode: str) -> dict:
+                nonlocal count
+                count += 1
+                folder = Path(scratch) / f"{count:03d}-{mode}"
+                make_photos(folder, args.images, chosen.tile)
+                command = [sys.executable, "-m", "smolvlm_desktop", "caption", str(folder),
+                           "--model", str(built.model_dir), "--variant", args.variant,
+                           "--detail", str(chosen.tile), "--max-new-tokens", str(args.new_tokens),
+                           "--write", "jsonl", "--no-library", "--json", *extra[mode]]
+                return timed_run(command, env)
+
+            run("local")  # warm-up: the page cache
+            if cluster is not None:
+                results["first_job_on_cluster"] = run("address")
+                print(f"first job on the new cluster {results['first_job_on_cluster']}", file=sys.stderr)
+            for round_ in range(args.rounds):
+                order = modes[round_ % len(modes):] + modes[:round_ % len(modes)]
+                for mode in order:
+                    runs[mode].append(run(mode))
+                    print(f"round {round_ + 1} {mode:14s} {runs[mode][-1]}", file=sys.stderr)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    results["runs"] = runs
+    summary = {}
+    for mode in modes:
+        summary[mode] = {key: median_of(runs[mode], key) for key in
+                         ("wall_s", "first_answer_s", "steady_images_per_s", "load_before")}
+        if mode != "local":
+            ratios = [r["wall_s"] / l["wall_s"] for r, l in zip(runs[mode], runs["local"])]
+            summary[mode]["overhead_wall"] = round(statistics.median(ratios) - 1, 3)
+    results["median"] = summary
+    print(json.dumps(summary, indent=2))
+    print(f"cpu: {results['cpu']}, {results['cpus']} CPUs; load average now "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

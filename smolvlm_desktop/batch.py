@@ -327,7 +327,9 @@ class BatchRunner:
     def _stepped(self, run: _Run, pending: list[_Item]) -> None:
         """The loop with a CaptionStep: skip checks here, captions from the step, then the
         same _finish/_failed as a local group. The time between two outcomes is the time
-        per image the ETA uses (with many workers, that is the cluster's throughput)."""
+        per image the ETA uses (with many workers, that is the cluster's throughput); the
+        wait for the first is the step's start-up (a cluster joined, models loaded), not
+        an image's time, and is left out."""
         todo: dict[Path, _Item] = {}
         for item in pending:
             if self.settings.existing == "skip" and run.writer.has_caption(item.path):
@@ -335,7 +337,7 @@ class BatchRunner:
                 self.on_event(run.tally.progress())
             else:
                 todo.setdefault(item.path, item)
-        last = time.monotonic()
+        last: float | None = None
         assert self.step is not None
         for outcome in self.step(list(todo), run.cancel):
             item = todo.pop(outcome.path, None)
@@ -348,7 +350,8 @@ class BatchRunner:
                 self._finish(run, item, (outcome.text, outcome.timings, outcome.token_ids),
                              outcome.notes)
                 now = time.monotonic()
-                run.tally.recent.append(now - last)
+                if last is not None:
+                    run.tally.recent.append(now - last)
                 last = now
             self.on_event(run.tally.progress())
             if run.cancel.cancelled:

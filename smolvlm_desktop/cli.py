@@ -163,8 +163,8 @@ def add_caption_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recursive", action="store_true", help="look into sub-folders of folders given")
     add_output_options(p)
     p.add_argument("--cluster", metavar="ADDRESS",
-                   help="caption on a Ray cluster (needs --write and the 'cluster' extra): "
-                        "auto, ray://HOST:PORT, HOST:PORT, or local for all this machine's cores")
+                   help="caption on a Ray cluster (needs --write and the 'cluster' extra), run "
+                        "from one of its nodes: auto, HOST:PORT, or local for all this machine's cores")
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:

@@ -13,8 +13,10 @@ once" are not re-implemented here.
 
 Images are read where they are: every node must see the same paths (a shared filesystem);
 an image a worker cannot read fails alone, with the node's name. The model is loaded from
-its folder on each node when the node has it (same files, same sizes), else its files are
-shipped once through Ray's object store.
+its folder on each node when the node has it (same files, same sizes); an actor on a node
+without it fetches its files through Ray's object store from the driver's node (which has
+them: the driver read them), once per node. Nothing is asked of the nodes beforehand, so the
+actors start at once.
 
 A node that dies mid-job: Ray Data restarts its actor and retries its work elsewhere; if the
 stream itself fails (e.g. results held on the dead node), the images not yet received are
@@ -26,7 +28,13 @@ Privacy: Ray's usage statistics are switched off before Ray is imported
 token of this run only (see ray_module). This is the one module besides hub.py allowed a
 network module (Ray), and only `caption --cluster` imports it. Ray is optional
 (`pip install 'smolvlm-desktop[cluster]'`); without it `--cluster` is a one-line usage error.
-An address where nothing answers: Ray keeps trying to join for minutes (Ctrl+C stops it).
+
+Addresses are checked before anything is written (prepare): one TCP connection to the
+address Ray would join (Ray itself would retry for minutes where nothing answers), so that a
+wrong or dead address is a one-line usage error within REACH_TIMEOUT_S. `ray://` (Ray
+Client) is refused there too: Ray Data does not run through Ray Client (the driver needs a
+core worker of its own: ray-project/ray#42739, #48682), so the command has to run on a node
+of the cluster (`--cluster auto`, e.g. sent there with `ray job submit`).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import math
 import os
 import platform
 import secrets
+import socket
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -48,6 +57,9 @@ from .engine.files import expected_files, load_model_files
 from .engine.types import CancelToken, GenerationSettings, ModelInfo
 
 STREAM_RETRIES = 3  # fresh streams of the images not yet received, after a failed one
+# A cluster's head accepts a TCP connection in milliseconds, even across the world: an
+# address silent for this long has no cluster behind it.
+REACH_TIMEOUT_S = 5.0
 MAX_BLOCKS = 1000  # Ray Data blocks the image list is cut into (a block is the retry unit)
 
 
@@ -57,7 +69,8 @@ class ClusterError(OSError):
 
 
 class ClusterUnavailable(Exception):
-    """Ray is not installed (a usage error: the option cannot work in this installation)."""
+    """--cluster cannot work as given: Ray is not installed, or no cluster answers at the
+    address, or it is a Ray Client address (a usage error: exit 2, nothing written)."""
 
 
 def ray_module(address: str | None = None) -> Any:
@@ -171,14 +184,11 @@ class RayCaptionStep:
             ray.shutdown()
 
     def _actor_args(self, ray: Any) -> dict[str, Any]:
-        """What each actor is built from; the model's files are shipped through the object
-        store only when some node does not hold the folder."""
+        """What each actor is built from: where the model is, and the node to fetch its
+        files from where it is not (this one's: see the module docstring)."""
         listing = model_listing(self.model.folder, self.model.variant)
-        shipped = None
-        if not all_nodes_have(ray, str(self.model.folder), listing):
-            self.on_note("some cluster nodes do not have the model folder: shipping its files")
-            shipped = {rel: ray.put((self.model.folder / rel).read_bytes()) for rel in listing}
-        return {"folder": str(self.model.folder), "listing": listing, "shipped": shipped,
+        return {"folder": str(self.model.folder), "listing": listing,
+                "source_node": ray.get_runtime_context().get_node_id(),
                 "variant": self.model.variant, "threads": self.model.threads,
                 "provider": self.model.provider,
                 "prompt": self.prompt, "generation": self.generation}
@@ -186,18 +196,74 @@ class RayCaptionStep:
     def _stream(self, ray: Any, paths: list[str], actor_args: dict[str, Any]
                 ) -> Iterator[Captioned | NotCaptioned]:
         """One Ray Data pass over `paths`; outcomes in the order they finish."""
+        quiet_ray_data()
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver shows its own
         blocks = max(1, min(MAX_BLOCKS, math.ceil(len(paths) / self.group_size)))
         dataset = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
-        total_cpus = int(ray.cluster_resources().get("CPU", 1))
-        actors = max(1, total_cpus // self.model.threads)
+        actors = actor_count(ray, self.model.threads)
         captions = dataset.map_batches(
             _CaptionActor, fn_constructor_kwargs=actor_args, batch_size=self.group_size,
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
             num_cpus=self.model.threads, batch_format="numpy")
-        for row in captions.iter_rows():
-            yield outcome_from_row(row)
+        said = set()
+        # prefetch_batches=0: a block is handed over when it is done (with prefetching, Ray
+        # Data held each one until the next was done too)
+        for batch in captions.iter_batches(batch_size=None, prefetch_batches=0, batch_format="numpy"):
+            for i in range(len(batch["path"])):
+                row = {key: column[i] for key, column in batch.items()}
+                if row["node_note"] and row["node_note"] not in said:
+                    said.add(row["node_note"])
+                    self.on_note(str(row["node_note"]))
+                yield outcome_from_row(row)
+
+
+def actor_count(ray: Any, threads: int) -> int:
+    """Actors of `threads` CPUs each the cluster holds (each on one node); a ClusterError if
+    no node has that many CPUs (an actor would wait for one for ever)."""
+    per_node = [int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+    if not any(cpus >= threads for cpus in per_node):
+        raise ClusterError(f"no cluster node has {threads} CPUs for an actor of --threads "
+                           f"{threads} (the largest has {max(per_node, default=0)})")
+    return sum(cpus // threads for cpus in per_node)
+
+
+def uses_ray_client(address: str) -> bool:
+    """Would ray.init join through Ray Client: a ray:// address, given or (for auto) in
+    RAY_ADDRESS? Ray's own rule (any "://")."""
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS") or address
+    return "://" in address
+
+
+def check_address(ray: Any, address: str) -> None:
+    """ClusterUnavailable, within REACH_TIMEOUT_S, unless a server answers at the HOST:PORT
+    ray.init would join for `address` (Ray's own resolution: auto is RAY_ADDRESS or the
+    cluster this machine runs, 127.0.0.1 may become the machine's outward address)."""
+    if uses_ray_client(address):
+        raise ClusterUnavailable(
+            f"--cluster {address}: Ray Data, which spreads the batch, does not work through Ray "
+            "Client (ray://); run the command on a node of the cluster with --cluster auto "
+            "(e.g. through `ray job submit`)")
+    if address == "local":
+        return
+    try:
+        target = ray._private.services.canonicalize_bootstrap_address_or_die(address)
+    except ConnectionError:  # auto, and none found
+        raise ClusterUnavailable("--cluster auto: no Ray cluster runs on this machine, and "
+                                 "RAY_ADDRESS does not name one") from None
+    except ValueError as exc:  # a malformed address
+        raise ClusterUnavailable(f"--cluster {address}: {one_line(exc, named=False)}") from None
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = ("connection refused" if isinstance(exc, ConnectionRefusedError)
+                  else f"no answer within {REACH_TIMEOUT_S:.0f} s" if isinstance(exc, TimeoutError)
+                  else one_line(exc, named=False))
+        where = address if target == address else f"{address} ({target})"
+        raise ClusterUnavailable(f"no Ray cluster answers at {where}: {reason}") from None
 
 
 def connect(ray: Any, address: str) -> None:
@@ -205,8 +271,9 @@ def connect(ray: Any, address: str) -> None:
     (no dashboard, no usage statistics, on 127.0.0.1 only); anything else joins an existing
     one. Workers' logs stay on their nodes: stdout carries the answers (--json)."""
     try:
-        if address == "local":
-            ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        if address == "local":  # "local", not None: RAY_ADDRESS must not turn it into a join
+            ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                     logging_level="WARNING")
         else:
             ray.init(address=address, log_to_driver=False, logging_level="WARNING")
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -216,9 +283,7 @@ def connect(ray: Any, address: str) -> None:
 
 def errors_to_stderr(ray: Any) -> None:
     """Ray prints the cluster's errors (a node died...) on the driver's stdout, which here
-    carries the answers (--json): send them to stderr. Ray Data's chatter goes too."""
-    import logging
-
+    carries the answers (--json): send them to stderr."""
     worker = ray._private.worker
     print_to_stdstream = getattr(worker, "print_to_stdstream", None)
     if print_to_stdstream is not None and not getattr(print_to_stdstream, "to_stderr", False):
@@ -227,21 +292,22 @@ def errors_to_stderr(ray: Any) -> None:
 
         to_stderr.to_stderr = True  # type: ignore[attr-defined]
         worker.print_to_stdstream = to_stderr
-    import ray.data  # noqa: F401 - configures its loggers on import: before the levels below
+
+
+def quiet_ray_data() -> None:
+    """Import Ray Data with its chatter on this process's stderr turned down (it sets up
+    its loggers on import: the levels come after)."""
+    import logging
+
+    import ray.data  # noqa: F401
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
 
 
-def all_nodes_have(ray: Any, folder: str, listing: Mapping[str, int]) -> bool:
-    """Ask every live node (a zero-CPU task pinned to each) whether it holds the model."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    probe = ray.remote(num_cpus=0)(has_model)
-    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
-    answers = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
-               .remote(folder, listing) for node in nodes]
-    return all(ray.get(answers))
+def read_model_file(folder: str, rel: str) -> bytes:
+    """One file of the model folder (run on the driver's node, for a node without it)."""
+    return (Path(folder) / rel).read_bytes()
 
 
 def outcome_from_row(row: Mapping[str, Any]) -> Captioned | NotCaptioned:
@@ -252,9 +318,11 @@ def outcome_from_row(row: Mapping[str, Any]) -> Captioned | NotCaptioned:
                      json.loads(row["token_ids"]), json.loads(row["notes"]))
 
 
-def one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException, named: bool = True) -> str:
+    """The first line of an exception's message (Ray's run to pages), with its type's name."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    first = text[0] if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first}" if named else first
 
 
 # --- the worker side -------------------------------------------------------------------------
@@ -266,25 +334,24 @@ class _CaptionActor:
     Never raises for one image: an unreadable image or a failed caption comes back as that
     row's error, so the batch goes on."""
 
-    def __init__(self, folder: str, listing: dict[str, int], shipped: dict[str, Any] | None,
+    def __init__(self, folder: str, listing: dict[str, int], source_node: str | None,
                  variant: str, threads: int, prompt: str, generation: GenerationSettings,
                  provider: str = "auto") -> None:
         from .engine.model import VisionLanguageModel
 
-        if has_model(folder, listing):
-            local = folder
-        elif shipped is None:
-            raise FileNotFoundError(f"the model folder {folder} is not on cluster node "
-                                    f"{platform.node()}, and was not shipped")
-        else:
-            import ray
-
-            local = unpack_model(listing, lambda rel: ray.get(shipped[rel]))
+        self.node = platform.node()
+        self.node_note = ""  # said once, with the first answers
+        local = folder
+        if not has_model(folder, listing):
+            if source_node is None:
+                raise FileNotFoundError(f"the model folder {folder} is not on cluster node {self.node}")
+            local = unpack_model(listing, fetch_from(source_node, folder))
+            self.node_note = (f"cluster node {self.node} has no copy of the model folder: its "
+                              "files came through Ray's object store")
         self.model = VisionLanguageModel.load(local, variant=variant, provider=provider,
                                               threads=threads)
         self.prompt = prompt
         self.generation = generation
-        self.node = platform.node()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
         from .engine.images import load_image
@@ -292,7 +359,8 @@ class _CaptionActor:
 
         paths = [str(p) for p in batch["path"]]
         rows = {p: {"path": p, "text": "", "error": "", "timings": "{}", "token_ids": "[]",
-                    "notes": "[]"} for p in paths}
+                    "notes": "[]", "node_note": self.node_note} for p in paths}
+        self.node_note = ""
         ready = []
         for path in paths:
             if not os.path.exists(path):
@@ -314,7 +382,18 @@ class _CaptionActor:
                                   token_ids=json.dumps([int(t) for t in result.token_ids]),
                                   notes=json.dumps(loaded.notes))
         return {key: [rows[p][key] for p in paths] for key in
-                ("path", "text", "error", "timings", "token_ids", "notes")}
+                ("path", "text", "error", "timings", "token_ids", "notes", "node_note")}
+
+
+def fetch_from(node: str, folder: str) -> Callable[[str], bytes]:
+    """A file fetcher for unpack_model: each file read by a zero-CPU task pinned to `node`,
+    its bytes carried by Ray's object store."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    reader = ray.remote(num_cpus=0)(read_model_file).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+    return lambda rel: ray.get(reader.remote(folder, rel))
 
 
 def unpack_model(listing: Mapping[str, int], fetch: Callable[[str], bytes],
@@ -345,14 +424,17 @@ def unpack_model(listing: Mapping[str, int], fetch: Callable[[str], bytes],
 
 def prepare(args: Any, prompt: str, generation: GenerationSettings) -> tuple[ClusterModel, RayCaptionStep]:
     """The model description and the caption step for `caption --cluster`; a UsageError
-    (exit 2, one line) without --write or without Ray."""
+    (exit 2, one line, nothing written) without --write, without Ray, or where no cluster
+    answers (see check_address)."""
     from .cli import UsageError
     from .paths import resolve_model
 
     if not args.write:
         raise UsageError("--cluster goes with --write (the captions are written as files)")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, not {args.threads}")
     try:
-        ray_module(args.cluster)
+        check_address(ray_module(args.cluster), args.cluster)
     except ClusterUnavailable as exc:
         raise UsageError(str(exc)) from None
     model = ClusterModel.describe(resolve_model(args.model), args.variant, args.threads,

@@ -5,7 +5,12 @@ node's raylet is a node dying mid-job. Every node starts with usage statistics o
 dashboard. Addresses: `ray start` turns 127.0.0.1 into the machine's outward address (found
 by a UDP connect to 8.8.8.8), so it runs here with that one function made the identity
 (RAY_START); drivers get RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, under which Ray keeps 127.0.0.1
-too. Loopback throughout.
+too; the head keeps Ray's multi-node switch off, so that the processes it starts keep it.
+Loopback throughout.
+
+A worker node can be made not to see some folders (`hidden`), as a machine without a copy
+of them: it runs in a mount namespace of its own (`unshare`, where the kernel allows it)
+with an empty tmpfs over each; its temp dir is inside the cluster's, removed with it.
 
 Stopping kills only the processes of this cluster, found by its own temp dir in their
 command lines (`ray stop` would stop every Ray process of the user).
@@ -13,6 +18,7 @@ command lines (`ray stop` would stop every Ray process of the user).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -23,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 # Token authentication, the token in the environment only: Ray would otherwise read (or, for
 # ray.init, write) ~/.ray/auth_token, and a token left there by anything else breaks a join.
@@ -33,6 +40,10 @@ RAY_START = [sys.executable, "-c",
              "import sys, ray._private.services as s; s.resolve_ip_for_localhost = lambda h: h; "
              "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()", "start"]
 ROOT = Path(__file__).resolve().parent.parent
+# The head notices a dead node after 3 missed health checks a second apart, not Ray's 5 of
+# 3 s: the test of a node killed mid-job waits for that (a check still waits up to Ray's
+# 10 s for an answer, so a node slowed by a busy machine is not taken for dead).
+FAST_NODE_DEATH = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
 
 
 def ray_env() -> dict[str, str]:
@@ -52,43 +63,63 @@ def free_port() -> int:
 
 
 class LoopbackCluster:
-    """`ray start --head` plus `workers` more nodes, one CPU each."""
+    """`ray start --head` plus `workers` more nodes, `cpus` CPUs each (one by default)."""
 
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(self, workers: int = 1, cpus: int = 1, hidden: Sequence[Path] = ()) -> None:
         # short: Ray's Unix socket paths must fit in 107 bytes
         self.temp_dir = tempfile.mkdtemp(prefix="smr", dir="/tmp")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.worker_raylets: list[int] = []
+        self.cpus = cpus
+        self.worker_tmp = Path(self.temp_dir) / "worker-tmp"  # TMPDIR of worker nodes
+        self.worker_tmp.mkdir()
         try:
-            self._start("--head", "--port", str(self.port), "--include-dashboard", "false")
+            self._start("--head", "--port", str(self.port), "--include-dashboard", "false",
+                        "--system-config", json.dumps(FAST_NODE_DEATH))
             for _ in range(workers):
                 before = set(self.raylets())
-                self._start("--address", self.address)
+                self._start("--address", self.address, hidden=hidden)
                 self.worker_raylets += sorted(set(self.raylets()) - before)
         except BaseException:
             self.stop()
             raise
 
-    def _start(self, *args: str) -> None:
-        done = subprocess.run([*RAY_START, *args, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-                               "--disable-usage-stats", "--temp-dir", self.temp_dir],
-                              env={**ray_env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"},
-                              capture_output=True, text=True, timeout=120)
+    def _start(self, *args: str, hidden: Sequence[Path] = ()) -> None:
+        """One `ray start`. Only a node joining another needs Ray's multi-node switch on
+        (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1): the head keeps it off, so that the processes
+        it starts, which RAY_START's patch does not reach, keep 127.0.0.1 too."""
+        joining = "--address" in args
+        env = {**ray_env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1" if joining else "0"}
+        if joining:
+            env["TMPDIR"] = str(self.worker_tmp)
+        command = [*RAY_START, *args, "--node-ip-address", "127.0.0.1", "--num-cpus", str(self.cpus),
+                   "--disable-usage-stats", "--temp-dir", self.temp_dir]
+        if hidden:
+            prefix = hiding_prefix()
+            if not prefix:  # never mount anything over the folders of this machine itself
+                raise RuntimeError("no mount namespace can be made here to hide folders in")
+            command = [*prefix, "sh", "-c",
+                       'for d in $HIDE; do mount -t tmpfs tmpfs "$d" || exit 1; done; exec "$@"',
+                       "sh", *command]
+            env["HIDE"] = " ".join(str(Path(d).resolve()) for d in hidden)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
         if done.returncode:
             raise RuntimeError(f"ray start {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
 
     def pids(self) -> list[int]:
-        """Every live process of this cluster (its temp dir is on each command line)."""
+        """Every live process of this cluster (its temp dir is on each command line). Zombies
+        are not live: Ray's daemons are re-parented to PID 1, which may be slow to reap them."""
         found = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
                 cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
+                state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+            except (OSError, IndexError):
                 continue
-            if self.temp_dir.encode() in cmdline and int(entry.name) not in _SELF:
+            if self.temp_dir.encode() in cmdline and int(entry.name) not in _SELF and state != "Z":
                 found.append(int(entry.name))
         return found
 
@@ -100,7 +131,9 @@ class LoopbackCluster:
         os.kill(self.worker_raylets[0], signal.SIGKILL)
 
     def stop(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        """SIGTERM, then SIGKILL for what is left after a moment: Ray's GCS and raylets, all
+        told at once, wait for each other to shut down gracefully (ten seconds and more)."""
+        for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
             for pid in self.pids():
                 try:
                     os.kill(pid, sig)
@@ -110,6 +143,20 @@ class LoopbackCluster:
             while self.pids() and time.monotonic() < deadline:
                 time.sleep(0.2)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def hiding_prefix() -> list[str]:
+    """The `unshare` command line for a process with mounts of its own: as root, a mount
+    namespace; otherwise also a user namespace, where the kernel allows unprivileged ones.
+    Empty if neither works here (the tests that need it skip)."""
+    for prefix in (["unshare", "--mount", "--propagation", "private"],
+                   ["unshare", "--map-root-user", "--mount", "--propagation", "private"]):
+        try:
+            if subprocess.run([*prefix, "true"], capture_output=True, timeout=30).returncode == 0:
+                return prefix
+        except (OSError, subprocess.TimeoutExpired):
+            break
+    return []
 
 
 def _cmd(pid: int) -> bytes:

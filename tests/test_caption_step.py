@@ -80,6 +80,34 @@ def test_images_with_a_caption_are_skipped_before_the_step_sees_them(tmp_path: P
     assert images[1].with_suffix(".txt").read_text() == "mine"
 
 
+def test_a_steps_start_up_is_not_counted_in_the_time_per_image(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A cluster waits seconds before its first caption (joining, models loading): that is
+    not an image's time, and an ETA made of it would be far too long. A fake clock for
+    the runner: 100 s to the first caption, then 2 s each."""
+    from types import SimpleNamespace
+
+    from smolvlm_desktop import batch
+    from smolvlm_desktop.batch import Progress
+
+    clock = [0.0]
+    monkeypatch.setattr(batch, "time", SimpleNamespace(monotonic=lambda: clock[0], sleep=batch.time.sleep))
+
+    def script(paths):  # type: ignore[no-untyped-def]
+        clock[0] += 100.0
+        for path in paths:
+            clock[0] += 2.0
+            yield caption(path)
+
+    images = make_images(tmp_path, 4)
+    events: list[object] = []
+    settings = BatchSettings(prompt="Describe.", generation=GEN, outputs=("txt",))
+    BatchRunner(object(), settings, model_name="tiny", step=ScriptedStep(script),
+                on_event=events.append).run(images)
+    progress = [(e.done, e.seconds_per_image, e.eta_seconds) for e in events if isinstance(e, Progress)]
+    assert progress[-4:] == [(1, None, None), (2, 2.0, 4.0), (3, 2.0, 2.0), (4, 2.0, 0.0)]
+
+
 def test_the_actor_reports_an_image_its_node_cannot_see_and_captions_the_rest(
         tiny_model_dir: Path, tiny_model: VisionLanguageModel, tmp_path: Path) -> None:
     images = make_images(tmp_path, 3)

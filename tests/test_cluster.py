@@ -1,25 +1,33 @@
 """`caption --cluster`: the same batch on a real two-node Ray cluster, on the loopback only.
 
-Each test starts its own cluster (tests/ray_cluster.py: two `ray start` nodes of one CPU
-each on 127.0.0.1, usage statistics off, no dashboard) and runs the real command in a child
-process, as a user would. Slow (a cluster takes ~10 s to start): `-m "not cluster"` skips them.
+The tests start real clusters (tests/ray_cluster.py: two `ray start` nodes of one CPU each
+on 127.0.0.1, usage statistics off, no dashboard; one shared by the tests that keep it whole)
+and run the real command in a child process, as a user would. Slow (a cluster takes ~10 s
+to start): `-m "not cluster"` skips them. Addresses where nothing answers are loopback ports
+nothing listens on.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from collections import Counter
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from smolvlm_desktop.cli import EXIT_USAGE, main
-from ray_cluster import LoopbackCluster, ray_env
+from smolvlm_desktop.cluster import has_model, model_listing
+from smolvlm_desktop.paths import library_path
+from ray_cluster import LoopbackCluster, free_port, hiding_prefix, ray_env
 from test_batch import make_images
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -27,9 +35,12 @@ N_IMAGES = 40
 KILL_AFTER = 8  # results received before the worker node is killed
 
 
-def started_cluster():  # type: ignore[no-untyped-def]
+HIDING = sys.platform.startswith("linux") and bool(hiding_prefix())
+
+
+def started_cluster(hidden: list[Path]):  # type: ignore[no-untyped-def]
     pytest.importorskip("ray", reason="the 'cluster' extra is not installed")
-    started = LoopbackCluster(workers=1)
+    started = LoopbackCluster(workers=1, hidden=hidden)
     try:
         yield started
     finally:
@@ -37,8 +48,17 @@ def started_cluster():  # type: ignore[no-untyped-def]
     assert not started.pids(), "a Ray process of the test cluster outlived it"
 
 
-cluster = pytest.fixture(scope="module")(started_cluster)  # shared by the tests that keep it whole
-doomed_cluster = pytest.fixture(started_cluster)  # its own, for the test that kills a node
+@pytest.fixture(scope="module")
+def cluster(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    """Shared by the tests that keep it whole. Its worker node does not see the model folder
+    where a mount namespace can hide it (HIDING), as a machine without a copy of the model."""
+    yield from started_cluster([tiny_model_dir] if HIDING else [])
+
+
+@pytest.fixture
+def doomed_cluster():  # type: ignore[no-untyped-def]
+    """Its own, for the test that kills a node; every node sees the model folder."""
+    yield from started_cluster([])
 
 
 def caption_command(tiny_model_dir: Path, folder: Path, *extra: str) -> list[str]:
@@ -65,25 +85,53 @@ def written(folder: Path) -> dict[str, str]:
     return texts
 
 
-def test_a_two_node_cluster_captions_like_one_machine(cluster: LoopbackCluster, tiny_model_dir: Path,
-                                                      tmp_path: Path) -> None:
-    """Relative paths too: the workers' working folder is not the command's."""
-    make_images(tmp_path / "local", N_IMAGES)
-    make_images(tmp_path / "cluster", N_IMAGES)
-    env = ray_env()
-    local = subprocess.run(caption_command(tiny_model_dir, Path("local")), env=env, cwd=tmp_path,
+@pytest.fixture(scope="module")
+def one_machine(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+                ) -> tuple[dict[str, tuple[str, list[int]]], dict[str, str]]:
+    """What a local run (no --cluster) answers and writes for the N_IMAGES test images:
+    each image's (text, token ids), and each caption written."""
+    folder = tmp_path_factory.mktemp("one-machine") / "photos"
+    make_images(folder, N_IMAGES)
+    local = subprocess.run(caption_command(tiny_model_dir, folder), env=ray_env(),
                            capture_output=True, text=True, timeout=120)
     assert local.returncode == 0, local.stderr
-    remote = subprocess.run(caption_command(tiny_model_dir, Path("cluster"), "--cluster", cluster.address),
-                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert remote.returncode == 0, remote.stderr
+    texts = {n: (r["text"], r["token_ids"]) for n, r in answers(local.stdout).items()}
+    assert len(texts) == N_IMAGES
+    return texts, written(folder)
 
-    here, there = answers(local.stdout), answers(remote.stdout)
-    assert len(there) == N_IMAGES
-    assert {n: (r["text"], r["token_ids"]) for n, r in there.items()} == \
-           {n: (r["text"], r["token_ids"]) for n, r in here.items()}
-    assert written(tmp_path / "cluster") == written(tmp_path / "local")
-    assert len(written(tmp_path / "cluster")) == N_IMAGES
+
+def assert_like_one_machine(stdout: str, folder: Path, one_machine) -> None:  # type: ignore[no-untyped-def]
+    texts, files = one_machine
+    assert {n: (r["text"], r["token_ids"]) for n, r in answers(stdout).items()} == texts
+    assert written(folder) == files
+
+
+def test_a_two_node_cluster_captions_like_one_machine(cluster: LoopbackCluster, tiny_model_dir: Path,
+                                                      tmp_path: Path, one_machine) -> None:  # type: ignore[no-untyped-def]
+    """Relative paths too: the workers' working folder is not the command's."""
+    make_images(tmp_path / "photos", N_IMAGES)
+    remote = subprocess.run(caption_command(tiny_model_dir, Path("photos"), "--cluster", cluster.address),
+                            env=ray_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert remote.returncode == 0, remote.stderr
+    assert_like_one_machine(remote.stdout, tmp_path / "photos", one_machine)
+
+
+@pytest.mark.skipif(not HIDING, reason="needs a mount namespace (unshare) to hide the model from a node")
+def test_a_node_without_the_model_folder_gets_its_files_through_the_object_store(
+        cluster: LoopbackCluster, tiny_model_dir: Path, tmp_path: Path, one_machine) -> None:  # type: ignore[no-untyped-def]
+    """The worker node runs where the model folder is an empty tmpfs (its own mount
+    namespace), as a machine without a copy of it: its actor fetches the files from the
+    driver's node through Ray's object store, unpacked in that node's temp dir, and says so
+    once; the captions are the same."""
+    folder = tmp_path / "photos"
+    make_images(folder, N_IMAGES)
+    remote = subprocess.run(caption_command(tiny_model_dir, folder, "--cluster", cluster.address),
+                            env=ray_env(), capture_output=True, text=True, timeout=120)
+    assert remote.returncode == 0, remote.stderr
+    assert "has no copy of the model folder: its files came through Ray's object store" in remote.stderr
+    unpacked = list((cluster.worker_tmp / "smolvlm-cluster-models").glob("*"))
+    assert len(unpacked) == 1 and has_model(unpacked[0], model_listing(tiny_model_dir, "fp32"))
+    assert_like_one_machine(remote.stdout, folder, one_machine)
 
 
 def run_until(command: list[str], results: int, action) -> tuple[int, list[str], str]:  # type: ignore[no-untyped-def]
@@ -108,6 +156,7 @@ def test_a_node_killed_mid_job_loses_nothing_and_writes_nothing_twice(
     command = caption_command(tiny_model_dir, folder, "--cluster", doomed_cluster.address)
     rc, lines, stderr = run_until(command, KILL_AFTER, lambda child: doomed_cluster.kill_worker_node())
     assert rc == 0, stderr
+    assert "has no copy of the model folder" not in stderr  # every node sees it here
     assert len(lines) > KILL_AFTER, "the job ended before the node was killed"
     assert len(answers("".join(lines))) == N_IMAGES
     assert len(written(folder)) == N_IMAGES
@@ -125,6 +174,102 @@ def test_ctrl_c_stops_a_cluster_batch_and_the_same_command_finishes_it(
     assert "resuming job" in again.stderr
     answers("".join(first) + again.stdout)  # no image reported twice over both runs
     assert len(written(folder)) == N_IMAGES
+
+
+def usage_error(command: list[str], env: dict[str, str], folder: Path) -> str:
+    """Run a command that must fail as a usage error having written nothing: its one line.
+
+    The timeout is the check that it fails quickly: Ray's own joining retries for minutes."""
+    before = sorted(folder.iterdir())
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_USAGE, done.stderr
+    assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert sorted(folder.iterdir()) == before, "a caption file was written"
+    assert not library_path().exists(), "the library was opened (a job recorded)"
+    return done.stderr.strip()
+
+
+@contextmanager
+def silent_port() -> Iterator[int]:
+    """A loopback port where a connection is never answered, as behind a firewall that
+    drops packets: a listening socket whose queue (of one, with a backlog of 0) is held full
+    by a connection never accepted, so the kernel ignores the next one's SYN."""
+    with socket.socket() as server, socket.socket() as filler:
+        server.bind(("127.0.0.1", 0))
+        server.listen(0)
+        filler.connect(server.getsockname())
+        yield int(server.getsockname()[1])
+
+
+@pytest.mark.parametrize("where", ["port 1", "a closed port", "auto from RAY_ADDRESS",
+                                   pytest.param("a silent port", marks=pytest.mark.loopback)])
+def test_an_address_where_no_cluster_answers_is_a_quick_usage_error_writing_nothing(
+        where: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="the 'cluster' extra is not installed")
+    images = tmp_path / "photos"
+    make_images(images, 2)
+    env, address = ray_env(), {"port 1": "127.0.0.1:1"}.get(where, f"127.0.0.1:{free_port()}")
+    if where == "auto from RAY_ADDRESS":
+        env["RAY_ADDRESS"], address = address, "auto"
+    with silent_port() if where == "a silent port" else nullcontext(0) as port:
+        if port:
+            address = f"127.0.0.1:{port}"
+        line = usage_error(caption_command(tiny_model_dir, images, "--cluster", address), env, images)
+    assert line.startswith("smolvlm-desktop: error: no Ray cluster answers at ")
+    assert line.endswith(": no answer within 5 s" if port else ": connection refused")
+
+
+@pytest.mark.parametrize("given", ["ray://", "auto with RAY_ADDRESS=ray://"])
+def test_a_ray_client_address_is_refused_in_one_line_naming_the_way_that_works(
+        given: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Ray Data does not run through Ray Client (ray-project/ray#42739): refused before any
+    connection (the port here has nothing behind it, and is never tried)."""
+    pytest.importorskip("ray", reason="the 'cluster' extra is not installed")
+    images = tmp_path / "photos"
+    make_images(images, 2)
+    env, address = ray_env(), f"ray://127.0.0.1:{free_port()}"
+    if given.startswith("auto"):
+        env["RAY_ADDRESS"], address = address, "auto"
+    line = usage_error(caption_command(tiny_model_dir, images, "--cluster", address), env, images)
+    assert line.startswith(f"smolvlm-desktop: error: --cluster {address}: Ray Data")
+    assert "Ray Client" in line and "--cluster auto" in line
+
+
+@pytest.mark.skipif(os.name == "nt", reason="pseudo-terminals are POSIX")
+def test_a_cluster_batch_in_a_terminal_shows_a_progress_bar_with_the_rate(
+        cluster: LoopbackCluster, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """stderr on a real pseudo-terminal, as a person running the command sees it (100
+    columns: tqdm draws nothing on a terminal of none, which a new one has)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    folder = tmp_path / "photos"
+    make_images(folder, 8)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    command = [c for c in caption_command(tiny_model_dir, folder, "--cluster", cluster.address) if c != "--json"]
+    child = subprocess.Popen(command, env={**ray_env(), "TERM": "xterm"}, stdout=subprocess.PIPE,
+                             stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    child.communicate(timeout=120)
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert child.returncode == 0, screen
+    bars = [line for line in screen.replace("\r", "\n").splitlines() if line[:1].isdigit() and "/" in line]
+    assert bars, screen  # (Ray's own lines may come after it: ray-project/ray#57733)
+    assert bars[-1].startswith("8/8 ") and ("images/s" in bars[-1] or "s/image" in bars[-1]), screen
+    assert len(written(folder)) == 8
 
 
 def test_cluster_without_ray_installed_is_a_one_line_usage_error(
@@ -145,13 +290,15 @@ def test_cluster_without_ray_installed_is_a_one_line_usage_error(
 def test_a_local_cluster_captions_and_leaves_no_ray_token_in_the_home_folder(
         tiny_model_dir: Path, tmp_path: Path) -> None:
     """`--cluster local`: Ray's own single-machine cluster, on 127.0.0.1 (no address given
-    to point anywhere), with the token of this run kept in the environment."""
+    to point anywhere, and RAY_ADDRESS, here a dead one, is not a way to give one), with the
+    token of this run kept in the environment."""
     pytest.importorskip("ray", reason="the 'cluster' extra is not installed")
     folder, home = tmp_path / "photos", tmp_path / "home"
     make_images(folder, 4)
     home.mkdir()
     ray_tmp = tempfile.mkdtemp(prefix="smr", dir="/tmp")  # short: Ray's socket paths
-    env = {**ray_env(), "HOME": str(home), "RAY_TMPDIR": ray_tmp}
+    env = {**ray_env(), "HOME": str(home), "RAY_TMPDIR": ray_tmp,
+           "RAY_ADDRESS": f"127.0.0.1:{free_port()}"}
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         env.pop(name)  # the app sets them itself for a local cluster
     try:

@@ -99,8 +99,10 @@ def _imported_modules(path: Path) -> set[str]:
 # local sockets (AF_UNIX; loopback on Windows), never an address outside the machine.
 LOCAL_SOCKETS = {"smolvlm_desktop/app.py": {"socket"}}
 # cluster.py is `caption --cluster` alone: Ray, to the cluster at the address the user gives
-# (the window, the API and a batch without --cluster never import it: test_caption_step.py).
-CLUSTER = {"smolvlm_desktop/cluster.py": {"ray"}}
+# (the window, the API and a batch without --cluster never import it: test_caption_step.py),
+# and socket for one TCP connection to that same address first (an address where nothing
+# answers is a quick error instead of Ray's minutes of retries).
+CLUSTER = {"smolvlm_desktop/cluster.py": {"ray", "socket"}}
 
 
 def test_only_hub_py_imports_a_network_module():

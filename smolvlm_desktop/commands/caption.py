@@ -305,9 +305,7 @@ def drive(model: VisionLanguageModel, settings, library, images: list[Path], job
                            f"still written but no longer recorded in it. If it stays so, "
                            f"{RESET_HINT}.", sys.stderr)
         elif isinstance(event, Progress) and bar is not None:
-            # The runner's own ETA: it leaves skipped images out of the rate, tqdm's would not.
-            bar.set_postfix_str(f"about {event.eta_seconds:.0f} s left" if event.eta_seconds else "",
-                                refresh=False)
+            bar.set_postfix_str(rate_and_eta(event), refresh=False)
             bar.total = event.total
             bar.update(event.done + event.skipped + event.failed - bar.n)
 
@@ -329,6 +327,18 @@ def drive(model: VisionLanguageModel, settings, library, images: list[Path], job
     elif then is not None:
         then(summary.job_id)
     return len(summary.failed)
+
+
+def rate_and_eta(progress) -> str:  # type: ignore[no-untyped-def]
+    """The bar's rate and time left, from the runner's own figures: they leave skipped images
+    out, tqdm's would not; on a cluster the rate is the whole cluster's (see BatchRunner)."""
+    parts = []
+    per_image = progress.seconds_per_image
+    if per_image:
+        parts.append(f"{1 / per_image:.2f} images/s" if per_image <= 1 else f"{per_image:.1f} s/image")
+    if progress.eta_seconds:
+        parts.append(f"about {progress.eta_seconds:.0f} s left")
+    return ", ".join(parts)
 
 
 def progress_bar(reporter: Reporter, total: int):  # -> tqdm | None
