@@ -205,15 +205,22 @@ def test_pull_of_fastvlm_with_the_licence_accepted_installs_a_fastvlm_folder(
     assert (hub.read_manifest(folder) or {}).get("licence_accepted") == "apple-amlr"
 
 
-# Bounds as for SmolVLM's tiny int8 (tests/test_engine_reference.py); measured figures are
-# printed with -s.
+# The bounds of SmolVLM's tiny int8 (tests/test_engine_reference.py). Measured on the committed
+# files (printed with -s): top-1 0.907, cosine 0.9974 over these 75 positions. The official
+# release's way (every graph dynamic int8, one scale per tensor) gave 0.867 and 0.9958 here.
+# Where the disagreements come from (20 prompts, 477 positions, each graph int8 alone): the
+# decoder (top-1 0.925, cosine 0.9988), the vision graph (0.916, 0.9975; per-tensor dynamic
+# int8: 0.839, 0.9936) and the embedding (0.973, 0.9998). Top-1 is the fragile bar on this
+# model: its logits are close to independent draws over 341 tokens, so 17% of positions have
+# a top-two gap under 0.05 standard deviations (SmolVLM's tiny has none), and any int8 flips
+# about half of those; over the 477 positions top-1 is 0.870 (official way: 0.876) while the
+# cosine rose from 0.9957 to 0.9963 with the whole encoder in int8 (the official way leaves
+# its convolutions in fp32).
 INT8_MIN_TOP1_AGREEMENT = 0.90
 INT8_MIN_MEAN_COSINE = 0.99
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured top-1 agreement 0.867 (< 0.90; cosine 0.9958) over 75 positions on the "
-                          "tiny random FastVLM: the bar SmolVLM's tiny int8 meets is not met yet; not investigated")
 def test_int8_agrees_with_fp32_under_teacher_forcing(tiny_fastvlm) -> None:
     from smolvlm_desktop.engine.model import VisionLanguageModel
     from smolvlm_desktop.engine.types import GenerationSettings, Message
