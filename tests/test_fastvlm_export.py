@@ -201,3 +201,11 @@ def test_the_engine_decodes_the_tiny_fastvlm_in_place_and_in_batches() -> None:
             assert model.decodes_in_batches, variant
         finally:
             model.close()
+
+
+def test_a_fastvlm_checkpoint_to_build_without_torch_is_refused_naming_models_export(tmp_path: Path) -> None:
+    from smolvlm_desktop.export.build import build_from_safetensors
+
+    (tmp_path / "config.json").write_text((TINY / "transformers_config.json").read_text())
+    with pytest.raises(ExportError, match="models export"):
+        build_from_safetensors(tmp_path, tmp_path / "out")

@@ -10,15 +10,18 @@ The same three files, names and inputs as onnx-community/FastVLM-0.5B-ONNX
   and the LM head tied or not as the checkpoint has it. From numpy weights: no torch.
 * ``embed_tokens.onnx``: one Gather (export.vision.build_embed).
 * ``vision_encoder.onnx``: FastViTHD (timm's ``fastvit_mci3``) and the projector, traced by
-  torch.onnx from transformers' own modules, so it needs torch, torchvision and timm. Why not
-  op by op like SigLIP: the encoder is five stages of re-parameterised convolutions (RepMixer,
-  large-kernel patch embeddings, conditional position encodings, a squeeze-excite head) that
-  trace to the same plain Conv/Mul/Add/MatMul nodes a hand-written graph would have, and ONNX
-  Runtime fuses its Conv+BatchNorm, GELU and attention patterns when the session loads; a
-  numpy builder would only drop the torch dependency, at the cost of re-implementing timm.
+  torch.onnx from transformers' own modules, so it needs torch, torchvision and timm; then its
+  1x1 convolutions are rewritten as MatMuls (``pointwise_convs_as_matmuls``), so that its int8
+  file can run them on 8-bit GEMM kernels. Why not op by op like SigLIP: the encoder is five
+  stages of re-parameterised convolutions (RepMixer, large-kernel patch embeddings,
+  conditional position encodings, a squeeze-excite head) that trace to the same plain
+  Conv/Mul/Add/MatMul nodes a hand-written graph would have, and ONNX Runtime fuses their
+  GELU and attention patterns when the session loads; a numpy builder would only drop the
+  torch dependency, at the cost of re-implementing timm.
 
 Every fp32 graph is checked against the unmodified transformers model before
-``export_fastvlm`` returns (``ExportError`` on a mismatch), as export.checkpoint does for SmolVLM.
+``export_fastvlm`` returns (``ExportError`` on a mismatch), as export.checkpoint does for
+SmolVLM. The int8 variants: ``quantize_fastvlm``.
 """
 
 from __future__ import annotations

@@ -95,8 +95,10 @@ def fastvlm_05b_config(image_token_id: int = QWEN2_FIRST_SPECIAL + 3) -> dict[st
     }
 
 
-def build_model(config_kwargs: dict[str, Any], seed: int = SEED) -> Any:
-    """FastVlmForConditionalGeneration with random weights from `seed` (fp32, eval)."""
+def build_model(config_kwargs: dict[str, Any], seed: int = SEED, layer_scale: float = 0.2) -> Any:
+    """FastVlmForConditionalGeneration with random weights from `seed` (fp32, eval).
+    `layer_scale`: the std of the encoder's residual branch weights (smaller for a deep one,
+    so that its activations stay in range)."""
     import torch
     from timm.layers import set_fused_attn
     from transformers import FastVlmConfig, FastVlmForConditionalGeneration
@@ -109,7 +111,7 @@ def build_model(config_kwargs: dict[str, Any], seed: int = SEED) -> Any:
     with torch.no_grad():  # std 1/sqrt(fan-in): the init's 0.02 would let the picture fade out in the encoder
         for name, p in model.named_parameters():
             if "layer_scale" in name:  # residual branch weights, [C, 1, 1]
-                p.normal_(0.0, 0.2)
+                p.normal_(0.0, layer_scale)
             elif p.dim() >= 2:
                 p.normal_(0.0, GAIN / max(p[0].numel(), 1) ** 0.5)
             elif name.endswith("bias"):
