@@ -167,6 +167,22 @@ def test_models_list_shows_fastvlm_strengths_and_licence(capsys: pytest.CaptureF
     assert "licence: apple-amlr" in details and "asks before the first download" in details
 
 
+def test_models_list_shows_each_familys_published_scores_and_licence(capsys: pytest.CaptureFixture) -> None:
+    """The chooser's one line per family (issue 18's published scores) and its licence, which only
+    FastVLM's asks to accept."""
+    from smolvlm_desktop.cli import EXIT_OK, main
+
+    assert main(["models", "list"]) == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    expected = {"SmolVLM-256M-Instruct": ("DocVQA 58.3", "licence: apache-2.0"),
+                "SmolVLM-500M-Instruct": ("DocVQA 70.5", "licence: apache-2.0"),
+                FASTVLM_NAME: ("DocVQA 82.5", "licence: apple-amlr (asks")}
+    for name, (scores, licence) in expected.items():
+        at = next(i for i, line in enumerate(lines) if line[2:].split()[:1] == [name])
+        assert scores in lines[at + 1] and lines[at + 2].strip().startswith(licence), lines[at:at + 3]
+    assert "asks" not in next(line for line in lines if "licence: apache-2.0" in line)
+
+
 @pytest.mark.loopback
 def test_pull_of_fastvlm_asks_for_the_licence_first_and_touches_no_network(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
