@@ -129,6 +129,28 @@ def measure_model(model_dir: Path, threads: int, repeats: int, new_tokens: int) 
     return {"runs": runs, "info": info, "peak_rss_mb": peak_rss_mb()}
 
 
+def fidelity(model_dir: Path, threads: int, new_tokens: int = 16) -> dict[str, float]:
+    """int8 against fp32 under teacher forcing (as tests/test_engine_reference.py judges the tiny
+    models): fp32's greedy continuation of two questions about the photo, then both variants'
+    logits at each of its positions; top-1 agreement and mean cosine."""
+    import numpy as np
+
+    from smolvlm_desktop.engine.model import VisionLanguageModel
+    from smolvlm_desktop.engine.types import GenerationSettings, Message
+
+    fp32 = VisionLanguageModel.load(model_dir, variant="fp32", provider="cpu", threads=threads)
+    int8 = VisionLanguageModel.load(model_dir, variant="int8", provider="cpu", threads=threads)
+    agree, cosines = [], []
+    for question in (QUESTION, "What is written in it?"):
+        messages = [Message("user", question, images=(photo(),))]
+        continuation = fp32.generate(messages, GenerationSettings(max_new_tokens=new_tokens)).token_ids
+        a = fp32.teacher_forced_logits(messages, continuation)
+        b = int8.teacher_forced_logits(messages, continuation)
+        agree.extend(np.argmax(a, -1) == np.argmax(b, -1))
+        cosines.extend((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)))
+    return {"top1_agreement": float(np.mean(agree)), "mean_cosine": float(np.mean(cosines)), "positions": len(agree)}
+
+
 # --- the machine's rates (same run) -------------------------------------------------------------
 def _session(model: Any, threads: int, optimise: bool = True) -> Any:
     import onnxruntime as ort
@@ -388,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="build the random-weight FastVLM-0.5B (needs torch, timm)")
     r = sub.add_parser("run", help="measure FastVLM-0.5B and SmolVLM side by side")
     c = sub.add_parser("child", help=argparse.SUPPRESS)
+    f = sub.add_parser("fidelity", help="int8 vs fp32 of one model folder, teacher-forced")
+    f.add_argument("model_dir", type=Path)
+    f.add_argument("--threads", type=int, default=2)
     for q in (b, r):
         q.add_argument("--cache", type=Path, help="where built models are kept (as bench/run.py's --cache)")
     r.add_argument("--models", default="fastvlm,256m", help="comma-separated: fastvlm, 256m, 500m")
@@ -401,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.command == "build":
         print(build(args.cache))
+    elif args.command == "fidelity":
+        print(json.dumps(fidelity(args.model_dir, args.threads)))
     elif args.command == "child":
         print(RESULT_MARKER + json.dumps(measure_model(args.model_dir, args.threads, args.repeats, args.new_tokens)),
               flush=True)

@@ -90,7 +90,8 @@ def test_the_qwen2_decoder_written_op_by_op_matches_transformers(tmp_path: Path,
 
 @pytest.mark.reference
 def test_the_qwen2_biases_are_in_the_graph(tmp_path: Path) -> None:
-    """A decoder built without the q/k/v biases differs: the check above can tell."""
+    """A decoder built with zero q/k/v biases differs (the check above can tell), and one
+    whose checkpoint lacks a bias is refused rather than built without it."""
     import onnx
 
     model = qwen2(tied=True)
@@ -99,13 +100,16 @@ def test_the_qwen2_biases_are_in_the_graph(tmp_path: Path) -> None:
     graph = onnx.load(str(tmp_path / "decoder_model_merged.onnx")).graph
     assert sum(n.op_type == "Add" and "qkv_bias" in n.name for n in graph.node) == 2  # one per layer
     assert sum(n.op_type == "GroupQueryAttention" for n in graph.node) == 2
-    unbiased = {k: v for k, v in weights.items() if not k.endswith("_proj.bias")}
-    (tmp_path / "unbiased").mkdir()
-    build_text_graphs(checkpoint_config(model), unbiased, tmp_path / "unbiased")
+    zeroed = {k: (np.zeros_like(v) if k.endswith("_proj.bias") else v) for k, v in weights.items()}
+    (tmp_path / "zeroed").mkdir()
+    build_text_graphs(checkpoint_config(model), zeroed, tmp_path / "zeroed")
     from smolvlm_desktop.export import verify_decoder
 
     with pytest.raises(ExportError, match="differs from PyTorch"):
-        verify_decoder(model, session(tmp_path / "unbiased" / "decoder_model_merged.onnx"))
+        verify_decoder(model, session(tmp_path / "zeroed" / "decoder_model_merged.onnx"))
+    missing = {k: v for k, v in weights.items() if not k.endswith("k_proj.bias")}
+    with pytest.raises(ExportError, match="has no tensor model.layers.0.self_attn.k_proj.bias"):
+        build_text_graphs(checkpoint_config(model), missing, tmp_path / "zeroed")
 
 
 def test_text_weights_show_the_checkpoint_under_the_decoders_names() -> None:

@@ -124,7 +124,7 @@ def build_decoder(text: Any, weights: Mapping[str, np.ndarray], path: Path, opse
                                  f"{hint}/input_norm")
         qkv_w = np.concatenate([_matrix(weights, f"{w}self_attn.{p}_proj.weight") for p in "qkv"], axis=1)
         qkv = g.op("MatMul", [normed, g.const(f"{hint}.qkv", qkv_w)], f"{hint}/qkv")
-        if f"{w}self_attn.q_proj.bias" in weights:  # Qwen2
+        if getattr(text, "model_type", "llama") == "qwen2":  # its q/k/v biases (a missing one: KeyError)
             qkv_b = np.concatenate([weights[f"{w}self_attn.{p}_proj.bias"] for p in "qkv"])
             qkv = g.op("Add", [qkv, g.const(f"{hint}.qkv_bias", qkv_b)], f"{hint}/qkv_bias")
         q, k, v = g.op("Split", [qkv, split_qkv], f"{hint}/qkv", outputs=3, axis=-1)
