@@ -167,6 +167,22 @@ def test_models_list_shows_fastvlm_strengths_and_licence(capsys: pytest.CaptureF
     assert "licence: apple-amlr" in details and "asks before the first download" in details
 
 
+def test_models_list_shows_each_familys_published_scores_and_licence(capsys: pytest.CaptureFixture) -> None:
+    """The chooser's one line per family (issue 18's published scores) and its licence, which only
+    FastVLM's asks to accept."""
+    from smolvlm_desktop.cli import EXIT_OK, main
+
+    assert main(["models", "list"]) == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    expected = {"SmolVLM-256M-Instruct": ("DocVQA 58.3", "licence: apache-2.0"),
+                "SmolVLM-500M-Instruct": ("DocVQA 70.5", "licence: apache-2.0"),
+                FASTVLM_NAME: ("DocVQA 82.5", "licence: apple-amlr (asks")}
+    for name, (scores, licence) in expected.items():
+        at = next(i for i, line in enumerate(lines) if line[2:].split()[:1] == [name])
+        assert scores in lines[at + 1] and lines[at + 2].strip().startswith(licence), lines[at:at + 3]
+    assert "asks" not in next(line for line in lines if "licence: apache-2.0" in line)
+
+
 @pytest.mark.loopback
 def test_pull_of_fastvlm_asks_for_the_licence_first_and_touches_no_network(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
@@ -205,15 +221,22 @@ def test_pull_of_fastvlm_with_the_licence_accepted_installs_a_fastvlm_folder(
     assert (hub.read_manifest(folder) or {}).get("licence_accepted") == "apple-amlr"
 
 
-# Bounds as for SmolVLM's tiny int8 (tests/test_engine_reference.py); measured figures are
-# printed with -s.
+# The bounds of SmolVLM's tiny int8 (tests/test_engine_reference.py). Measured on the committed
+# files (printed with -s): top-1 0.907, cosine 0.9974 over these 75 positions. The official
+# release's way (every graph dynamic int8, one scale per tensor) gave 0.867 and 0.9958 here.
+# Where the disagreements come from (20 prompts, 477 positions, each graph int8 alone): the
+# decoder (top-1 0.925, cosine 0.9988), the vision graph (0.916, 0.9975; per-tensor dynamic
+# int8: 0.839, 0.9936) and the embedding (0.973, 0.9998). Top-1 is the fragile bar on this
+# model: its logits are close to independent draws over 341 tokens, so 17% of positions have
+# a top-two gap under 0.05 standard deviations (SmolVLM's tiny has none), and any int8 flips
+# about half of those; over the 477 positions top-1 is 0.870 (official way: 0.876) while the
+# cosine rose from 0.9957 to 0.9963 with the whole encoder in int8 (the official way leaves
+# its convolutions in fp32).
 INT8_MIN_TOP1_AGREEMENT = 0.90
 INT8_MIN_MEAN_COSINE = 0.99
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="measured top-1 agreement 0.867 (< 0.90; cosine 0.9958) over 75 positions on the "
-                          "tiny random FastVLM: the bar SmolVLM's tiny int8 meets is not met yet; not investigated")
 def test_int8_agrees_with_fp32_under_teacher_forcing(tiny_fastvlm) -> None:
     from smolvlm_desktop.engine.model import VisionLanguageModel
     from smolvlm_desktop.engine.types import GenerationSettings, Message

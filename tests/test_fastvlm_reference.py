@@ -103,3 +103,69 @@ def test_prompt_ids_identical_to_transformers_llava_processor(engine) -> None:
     ids, pixels = _inputs(engine, messages)
     assert theirs["input_ids"][0].tolist() == ids.tolist()
     assert theirs["pixel_values"].shape == (1, *pixels.shape[1:])
+
+
+# --- the project's graphs against the official release's way of making them --------------------
+
+@pytest.fixture(scope="module")
+def official_layout(tmp_path_factory, reference):
+    """The same weights traced by torch.onnx as the official release's files were (decoder
+    included, dynamic int8), beside the committed folder's side files."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("traced") / "tiny-fastvlm-traced"
+    shutil.copytree(TINY, folder)
+    shutil.rmtree(folder / "onnx")
+    _build_script().trace_official(reference, folder)
+    model = VisionLanguageModel.load(folder, variant="fp32", threads=1)
+    yield model
+    model.close()
+
+
+def test_the_projects_graphs_answer_as_the_traced_official_layout_does(engine, official_layout) -> None:
+    """Same greedy tokens and, position by position, the same logits within 1e-4, from graphs
+    that decode differently: the project's decoder writes its cache in place, the traced one
+    copies it."""
+    assert type(engine.new_decoder_state()).__name__ == "InPlaceDecoderState"
+    assert type(official_layout.new_decoder_state()).__name__ == "DecoderState"
+    for messages in QUESTIONS.values():
+        ours = engine.generate(messages, GenerationSettings(max_new_tokens=24))
+        theirs = official_layout.generate(messages, GenerationSettings(max_new_tokens=24))
+        assert ours.token_ids == theirs.token_ids
+        np.testing.assert_allclose(engine.teacher_forced_logits(messages, ours.token_ids),
+                                   official_layout.teacher_forced_logits(messages, ours.token_ids), atol=1e-4, rtol=1e-4)
+
+
+def test_the_committed_folder_is_what_the_build_script_writes(tmp_path: Path) -> None:
+    import hashlib
+
+    _build_script().write_folder(tmp_path / "tiny")
+
+    def digests(folder: Path) -> dict[str, str]:
+        return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    assert digests(tmp_path / "tiny") == digests(TINY)
+
+
+def test_models_export_writes_a_fastvlm_checkpoint_as_the_committed_graphs(tmp_path: Path, engine, reference) -> None:
+    """`models export` on a transformers FastVLM checkpoint folder (save_pretrained, model_type
+    fast_vlm): the project's exporter, checked against transformers, gives the committed graphs'
+    answers."""
+    import shutil
+
+    from smolvlm_desktop.cli import EXIT_OK, main
+
+    checkpoint = tmp_path / "checkpoint"
+    reference.save_pretrained(checkpoint)
+    for name in ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json",
+                 "generation_config.json"):
+        shutil.copy(TINY / name, checkpoint / name)
+    assert main(["models", "export", str(checkpoint), str(tmp_path / "out")]) == EXIT_OK
+    exported = VisionLanguageModel.load(tmp_path / "out", variant="fp32", threads=1)
+    try:
+        for messages in QUESTIONS.values():
+            settings = GenerationSettings(max_new_tokens=12)
+            assert exported.generate(messages, settings).token_ids == engine.generate(messages, settings).token_ids
+    finally:
+        exported.close()

@@ -48,8 +48,9 @@ def list_models() -> int:
         print(f"{mark} {row.name:<30} {' '.join(details):<28} {where}")
         if row.summary and row.state != "installed":
             print(f"  {'':<30} {row.summary}")
-        if row.ask_before_download and row.state != "installed":
-            print(f"  {'':<30} licence: {row.licence} (asks before the first download: --accept-licence)")
+        if row.licence and row.state != "installed":
+            asks = " (asks before the first download: --accept-licence)" if row.ask_before_download else ""
+            print(f"  {'':<30} licence: {row.licence}{asks}")
     return EXIT_OK
 
 

@@ -59,6 +59,11 @@ def build_from_safetensors(src: Path, dst: Path, quantize: Sequence[str] = ("int
     `quantize` variants. Needs numpy, onnx and onnxruntime; no torch, no transformers."""
     src, dst = Path(src), Path(dst)
     check_quantizations(quantize)
+    from .fastvlm import is_fastvlm
+
+    if is_fastvlm(src):
+        raise ExportError(f"{src}: a FastVLM checkpoint; its vision tower (timm's FastViTHD) is exported with "
+                          "PyTorch: use `smolvlm-desktop models export` with the export extra and timm")
     config = read_config(src)
     reasons = unsupported(config)
     if reasons:

@@ -323,10 +323,16 @@ def export_checkpoint(src: Path, dst: Path, quantize: Sequence[str] = ("int8",),
     The graphs are written by the same builders a user's machine runs (export.build), from the
     weights of the loaded transformers model; only a model those cannot write is traced. Every
     fp32 graph is then verified against the unmodified transformers model (``ExportError`` on
-    any mismatch) and ``quantize`` lists the extra variants to write ("int8", "uint8").
+    any mismatch) and ``quantize`` lists the extra variants to write ("int8", "uint8"). A FastVLM
+    checkpoint (model_type fast_vlm) is exported by export.fastvlm instead.
     """
     src, dst = Path(src), Path(dst)
     check_quantizations(quantize)
+    from .fastvlm import export_fastvlm, is_fastvlm
+
+    if is_fastvlm(src):  # the FastVLM family: export/fastvlm.py
+        export_fastvlm(src, dst, quantize, opset)
+        return
     lm = load_checkpoint(src)
     config = read_config(src)
     onnx_dir = dst / "onnx"

@@ -17,8 +17,10 @@ and the KV cache included. The com.microsoft ops it uses are in every
 ONNX Runtime the app supports; on an execution provider without them, ONNX Runtime runs
 those nodes on the CPU.
 
-Only the plain Llama text model is written this way (no biases, default RoPE, head size a
-multiple of 8); anything else keeps the traced export (`unsupported_reason` says why).
+Two text models are written this way: Llama (SmolVLM's; no biases) and Qwen2 (FastVLM's:
+the same layer with biases on q, k and v, one Add after the q/k/v MatMul), both with the
+default RoPE and a head size that is a multiple of 8; anything else keeps the traced export
+(`unsupported_reason` says why).
 """
 
 from __future__ import annotations
@@ -37,10 +39,16 @@ from .layout import save_normalised
 
 def unsupported_reason(text_config: Any) -> str | None:
     """None when the text model can be written by hand; otherwise what stands in the way."""
-    if getattr(text_config, "model_type", "llama") != "llama":
-        return f"text model type {text_config.model_type!r} is not llama"
+    model_type = getattr(text_config, "model_type", "llama")
+    if model_type not in ("llama", "qwen2"):
+        return f"text model type {model_type!r} is not llama or qwen2"
+    # Qwen2's q/k/v biases are part of the model (always there, no config flag); Llama's
+    # attention_bias would put one on o_proj as well, which is not written here.
     if getattr(text_config, "attention_bias", False) or getattr(text_config, "mlp_bias", False):
         return "the text model has attention or MLP biases"
+    if model_type == "qwen2" and (getattr(text_config, "use_sliding_window", False)
+                                  or "sliding_attention" in (getattr(text_config, "layer_types", None) or ())):
+        return "the text model uses sliding-window attention"
     if getattr(text_config, "hidden_act", "silu") != "silu":
         return f"activation {text_config.hidden_act!r} is not silu"
     heads = int(text_config.num_attention_heads)
@@ -116,6 +124,9 @@ def build_decoder(text: Any, weights: Mapping[str, np.ndarray], path: Path, opse
                                  f"{hint}/input_norm")
         qkv_w = np.concatenate([_matrix(weights, f"{w}self_attn.{p}_proj.weight") for p in "qkv"], axis=1)
         qkv = g.op("MatMul", [normed, g.const(f"{hint}.qkv", qkv_w)], f"{hint}/qkv")
+        if getattr(text, "model_type", "llama") == "qwen2":  # its q/k/v biases (a missing one: KeyError)
+            qkv_b = np.concatenate([weights[f"{w}self_attn.{p}_proj.bias"] for p in "qkv"])
+            qkv = g.op("Add", [qkv, g.const(f"{hint}.qkv_bias", qkv_b)], f"{hint}/qkv_bias")
         q, k, v = g.op("Split", [qkv, split_qkv], f"{hint}/qkv", outputs=3, axis=-1)
         q = g.op("RotaryEmbedding", [q, "position_ids", cos_name, sin_name], f"{hint}/rope_q",
                  domain=MS_DOMAIN, num_heads=heads, interleaved=0)

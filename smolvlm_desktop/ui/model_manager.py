@@ -271,8 +271,9 @@ class ModelManagerDialog(QDialog):
         text = ""
         if status is not None:
             text = status.summary[:1].upper() + status.summary[1:] if status.summary else ""
-            if status.ask_before_download and status.state != "installed":
-                text += ("\n" if text else "") + f"Licence: {status.licence} (you are asked before the download)"
+            if status.licence and status.state != "installed":
+                asks = " (you are asked before the download)" if status.ask_before_download else ""
+                text += ("\n" if text else "") + f"Licence: {status.licence}{asks}"
             if status.folder:
                 text += ("\n" if text else "") + str(status.folder)
         self.summary.setText(text)
