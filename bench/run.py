@@ -239,7 +239,7 @@ def photo_facts(results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
 SHARE_STAGES = (("vision_1", "vision, one tile", "tile"),
                 ("photo13_read_per_tile", "13-tile photo: reading, per tile", "tile"),
                 ("photo17_read_per_tile", "17-tile photo: reading, per tile", "tile"),
-                ("prefill", "prefill, 512-px image prompt", "prompt_tokens"),
+                ("prefill", "prefill, {tile}-px image prompt", "prompt_tokens"),
                 ("photo13_prefill", "13-tile photo: prefill", "photo13_prompt_tokens"),
                 ("photo17_prefill", "17-tile photo: prefill", "photo17_prompt_tokens"))
 
@@ -259,7 +259,7 @@ def stage_shares(arch: Arch, table: list[dict[str, Any]], results: dict[str, dic
         gops = {c: (ops / (ms / 1000) / 1e9 if ms else None)
                 for c, ms in ((c, _ms(v, rows[key]["unit"])) for c, v in rows[key]["values"].items())}
         suffix = "" if count == "tile" else f" ({info[count]} tokens)"
-        shares.append({"key": key, "label": label + suffix, "gop": ops / 1e9, "gops": gops,
+        shares.append({"key": key, "label": label.format(tile=arch.tile) + suffix, "gop": ops / 1e9, "gops": gops,
                        "share_of_int8": {c: (g / int8_gops if g is not None and int8_gops else None)
                                          for c, g in gops.items()}})
     return shares
@@ -318,9 +318,12 @@ def print_report(report: dict[str, Any]) -> None:
         print(format_shares(report["shares"], configs, report["kernels"]["gemm"]["int8_gops"]))
     photos = photo_facts(report["results"])
     if photos:
-        print(f"photo rows: at the model's own detail ({photos['photo_detail']} px); ONNX "
-              f"{report.get('photo_repeats', '?')} runs each, transformers 1 (no warm-up); reading = "
-              "preprocessing + vision; first token counted from the call")
+        runs = report.get("photo_repeats", "?")
+        print(f"photo rows: at the model's own detail ({photos['photo_detail']} px); median of {runs} ONNX "
+              f"run{'' if runs == 1 else 's'} after a warm-up, 1 transformers run (no warm-up: 15-40 s a "
+              "13-tile first token); reading = preprocessing + vision; first token counted from the call")
+        for row in photo_batch_gains(report["table"]):
+            print(f"photo batch, {row['config']}: {row['ratio']:.2f}x the 13-tile photos per hour of one at a time")
     caches = {LABELS[c]: r["info"].get("ort_cache") for c, r in report["results"].items()
               if r["info"].get("ort_cache") not in (None, "off")}
     if caches:
@@ -361,6 +364,14 @@ def format_shares(shares: list[dict[str, Any]], configs: list[str], int8_gops: f
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:],
                       "operations counted from the architecture (bench/kernels.py): matrix products "
                       "and attention; GOP/s = operations / the stage's time"])
+
+
+def photo_batch_gains(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per ONNX configuration: 13-tile photos per hour as a batch / one at a time."""
+    rows = {r["key"]: r["values"] for r in table}
+    single, batch = rows.get("photo13_singles_per_hour", {}), rows.get("photo13_batch_per_hour", {})
+    return [{"config": LABELS[c], "ratio": batch[c] / single[c]} for c in single
+            if c != REFERENCE and single.get(c) and batch.get(c)]
 
 
 def batch_rates(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
