@@ -8,12 +8,16 @@ in one process would mix their peaks; and a fresh process is what "cold start" m
 
 The process first does what a user's first caption does (load, then one 512-px image + 32
 tokens) and notes the wall-clock time of the first token and the peak RSS so far. Then it
-times each stage separately, warm, several times. The last line of stdout is
-``BENCH-RESULT {json}``; progress goes to stderr.
+times each stage separately, warm, several times; then the photo rows (a 13-tile and a
+17-tile photo at the model's own detail, and a batch of such photos), then the conversation.
+The last line of stdout is ``BENCH-RESULT {json}``; progress goes to stderr.
 
-The ONNX side uses the engine itself (``VisionLanguageModel``, its graph sessions, its
-``new_decoder_state``); the transformers side uses ``Idefics3ForConditionalGeneration`` the way its
-``generate`` does (KV cache, logits of the last position only).
+The ONNX side uses the engine itself (``VisionLanguageModel``): its vision step, and for the
+prompt and the tokens its own ``generate`` with the ``Timings`` it reports, so that whatever
+graphs and paths the engine takes for a prompt are what is measured. Every timed caption reads
+its image afresh, as a new photo does (the engine keeps features by pixels, and the bench
+shows it the same pixels again). The transformers side uses ``Idefics3ForConditionalGeneration``
+the way its ``generate`` does (KV cache, logits of the last position only).
 """
 
 from __future__ import annotations
@@ -35,12 +39,27 @@ CONFIGS = ("int8", "fp32", "torch")
 
 
 def bench_image(size: int, seed: int = 7) -> Image.Image:
-    """A deterministic size x size RGB image with structure (a gradient plus noise)."""
+    """A deterministic size x size RGB image with structure (a gradient plus noise), built in
+    16-bit so that a 2048-px photo costs the process 25 MB, not the 300 MB of int64 planes."""
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size, 0:size]
-    base = np.stack([x * 255 // (size - 1), y * 255 // (size - 1), ((x + y) * 7) % 256], axis=-1)
-    noise = rng.integers(0, 40, size=(size, size, 3))
-    return Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB")
+    y, x = np.ogrid[0:size, 0:size]  # a column and a row: broadcast, never size x size
+    base = np.empty((size, size, 3), np.int16)
+    base[..., 0] = x * 255 // (size - 1)
+    base[..., 1] = y * 255 // (size - 1)
+    base[..., 2] = ((x + y) * 7) % 256
+    base += rng.integers(0, 40, size=(size, size, 3), dtype=np.int16)
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
+
+
+# The photo rows: a 4:3 and a square photo whose long edge is the model's own detail (2048 px on
+# SmolVLM-256M: 4x3 tiles + the whole image = 13 vision passes, 4x4 + 1 = 17), by row key.
+PHOTOS = {"photo13": (4, 3), "photo17": (4, 4)}
+
+
+def photo(longest: int, aspect: tuple[int, int], seed: int = 7) -> Image.Image:
+    """A `longest`-px photo of the given width:height (the same pixels for every config)."""
+    w, h = aspect
+    return bench_image(longest, seed).resize((longest, longest * h // w))
 
 
 def peak_rss_mb() -> float | None:
@@ -66,13 +85,13 @@ def peak_rss_mb() -> float | None:
 class Runner(Protocol):
     """One configuration's way of running each stage; `prepare` is never timed."""
 
+    own_detail: int  # the model's own detail: the longest edge its processor resizes to
+
     def prepare(self, image: Image.Image, detail: int) -> Any: ...
     def tiles(self, prepared: Any) -> int: ...
     def prompt_tokens(self, prepared: Any) -> int: ...
     def vision(self, prepared: Any) -> Any: ...
-    def prefill(self, prepared: Any, features: Any) -> Any: ...
-    def decode(self, state: Any, steps: int) -> None: ...
-    def caption(self, image: Image.Image, detail: int, new_tokens: int,
+    def caption(self, image: Image.Image, detail: int | None, new_tokens: int,
                 on_first_token: Callable[[], None] | None = None) -> int: ...
 
 
@@ -93,6 +112,8 @@ class OnnxRunner:
         self.model = VisionLanguageModel.load(model_dir, variant=variant, provider="cpu", threads=threads,
                                               cache_dir=ort_cache)
         self.run_options = _run_options()
+        self.own_detail = int(self.model.info.longest_edge)
+        self.last_timings: Any = None  # the Timings of the last caption
 
     def _messages(self, image: Image.Image) -> list[Any]:
         from smolvlm_desktop.engine.types import Message
@@ -118,37 +139,32 @@ class OnnxRunner:
         """The engine's own vision step (how it splits the tiles into graph calls included)."""
         return self.model._vision(prepared.pixel_values, prepared.pixel_attention_mask, self.run_options)
 
-    def prefill(self, prepared: OnnxPrepared, features: np.ndarray) -> tuple[Any, int]:
-        """Embed the prompt, splice the image in, run the decoder over it: (state, next token)."""
-        from smolvlm_desktop.engine.model import splice_image_features
-
-        embeds = self._embed(prepared.ids[None, :])
-        embeds = splice_image_features(embeds, prepared.ids, features, self.model.files.image_token_id)
-        state = self.model.new_decoder_state()
-        logits = state.forward(embeds, self.run_options)
-        return state, int(np.argmax(logits))
-
-    def decode(self, state: tuple[Any, int], steps: int) -> None:
-        decoder, token = state
-        for _ in range(steps):
-            logits = decoder.forward(self._embed(np.array([[token]], dtype=np.int64)), self.run_options)
-            token = int(np.argmax(logits))
-
-    def caption(self, image: Image.Image, detail: int, new_tokens: int,
+    def caption(self, image: Image.Image, detail: int | None, new_tokens: int,
                 on_first_token: Callable[[], None] | None = None) -> int:
-        """What the app does for one caption: model.stream from a PIL image, greedy."""
+        """What the app does for one caption of a new photo: model.stream from a PIL image,
+        greedy. The features kept from an earlier caption of the same pixels are dropped
+        first, so that every caption reads its image (detail None: the model's own)."""
         from smolvlm_desktop.engine.types import GenerationSettings
 
+        self.model.features.clear()
         settings = GenerationSettings(max_new_tokens=new_tokens, detail=detail)
         generation = self.model.stream(self._messages(image), settings)
         for i, _ in enumerate(generation):
             if i == 0 and on_first_token:
                 on_first_token()
         assert generation.result is not None
+        self.last_timings = generation.result.timings
         return generation.result.timings.new_tokens
 
-    def _embed(self, ids: np.ndarray) -> np.ndarray:
-        return self.model.graphs["embed_tokens"].run({"input_ids": ids}, self.run_options)[0]
+    def answer(self, image: Image.Image, detail: int | None, new_tokens: int, *, read_image: bool) -> Any:
+        """The engine's own Timings of one greedy answer: with `read_image` as for a new photo
+        (vision included), else with the image's features kept (the prompt and tokens only)."""
+        from smolvlm_desktop.engine.types import GenerationSettings
+
+        if read_image:
+            self.model.features.clear()
+        settings = GenerationSettings(max_new_tokens=new_tokens, detail=detail)
+        return self.model.generate(self._messages(image), settings).timings
 
 
 def _run_options() -> Any:
@@ -182,13 +198,15 @@ class TorchRunner:
         self.torch = torch
         self.processor = AutoProcessor.from_pretrained(model_dir)
         self.model = _load_torch_model(checkpoint)
+        self.own_detail = int(self.processor.image_processor.size["longest_edge"])
 
-    def prepare(self, image: Image.Image, detail: int) -> Any:
-        """The processor's tensors for one image + the question (what `generate` is given)."""
+    def prepare(self, image: Image.Image, detail: int | None) -> Any:
+        """The processor's tensors for one image + the question (what `generate` is given);
+        detail None: the processor's own size, as a transformers user gets by default."""
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        return self.processor(text=text, images=[[image]], return_tensors="pt",
-                              size={"longest_edge": detail})
+        size = {} if detail is None else {"size": {"longest_edge": detail}}
+        return self.processor(text=text, images=[[image]], return_tensors="pt", **size)
 
     def tiles(self, prepared: Any) -> int:
         return int(prepared["pixel_values"].shape[1])
@@ -226,7 +244,7 @@ class TorchRunner:
                 state.cache = returned_cache(out)
                 state.token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
 
-    def caption(self, image: Image.Image, detail: int, new_tokens: int,
+    def caption(self, image: Image.Image, detail: int | None, new_tokens: int,
                 on_first_token: Callable[[], None] | None = None) -> int:
         """Processor + greedy `generate`; min_new_tokens keeps it from stopping early."""
         inputs = self.prepare(image, detail)
@@ -323,66 +341,202 @@ def measure(args: argparse.Namespace) -> Measurement:
     log(f"{args.config}: first caption done {since_spawn():.1f} s after start; timing stages")
     m.stages_ms, stage_info = measure_stages(runner, args, one, five)
     m.info.update(stage_info)
-    log(f"{args.config}: a chat about a 13-tile photo (cold, read ahead, follow-up, Regenerate)")
-    conversation, conversation_info = measure_conversation(runner, args)
-    m.stages_ms.update(conversation)
-    m.info.update(conversation_info)
     if isinstance(runner, OnnxRunner) and args.batch_images > 1:
         log(f"{args.config}: {args.batch_images} photos as single captions, then as one batch")
-        m.stages_ms.update(measure_batch(runner, args))
-        m.info["batch_images"] = args.batch_images
+        batch, batch_info = measure_batch(runner, args)
+        m.stages_ms.update(batch)
+        m.info.update(batch_info, batch_images=args.batch_images)
+    if args.photos:
+        log(f"{args.config}: a 13-tile and a 17-tile photo at the model's own detail "
+            f"({photo_repeats(runner, args)} repeats)")
+        photos, photo_info = measure_photos(runner, args)
+        m.stages_ms.update(photos)
+        m.info.update(photo_info)
+        if isinstance(runner, OnnxRunner) and args.photo_batch > 0:
+            log(f"{args.config}: {args.photo_batch} 13-tile photos as one batch")
+            batch, batch_info = measure_photo_batch(runner, args)
+            m.stages_ms.update(batch)
+            m.info.update(batch_info)
+    log(f"{args.config}: a chat about a 13-tile photo (cold, read ahead, follow-up, Regenerate)")
+    conversation, conversation_info = measure_conversation(runner, args, m.stages_ms.get("photo13_first_token"))
+    m.stages_ms.update(conversation)
+    m.info.update(conversation_info)
     m.peak_rss_mb["whole_run"] = peak_rss_mb()
     return m
 
 
 def measure_stages(runner: Runner, args: argparse.Namespace, one: Image.Image,
-                   five: Image.Image) -> tuple[dict[str, list[float]], dict[str, int]]:
+                   five: Image.Image) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """Raw millisecond samples per stage, and what was measured (tiles, prompt length)."""
     reps = args.repeats
     one_tile, five_tiles = runner.prepare(one, args.tile), runner.prepare(five, 2 * args.tile)
     samples = {"vision_1": timed(lambda: runner.vision(one_tile), reps),
                # 5 passes: fewer repeats, it is the slowest stage and only a cross-check.
                "vision_5": timed(lambda: runner.vision(five_tiles), max(1, min(reps, 3)))}
-    features = runner.vision(one_tile)
-    samples["prefill"] = timed(lambda: runner.prefill(one_tile, features), reps)
-    samples["decode_per_token"] = [
-        t / args.new_tokens for t in timed_decode(runner, one_tile, features, args.new_tokens, reps)]
-    samples["end_to_end"] = timed(lambda: runner.caption(one, args.tile, args.new_tokens), reps)
-    info = {"tiles_1": runner.tiles(one_tile), "tiles_5": runner.tiles(five_tiles),
-            "prompt_tokens": runner.prompt_tokens(one_tile)}
+    if isinstance(runner, OnnxRunner):
+        samples["prefill"], samples["decode_per_token"] = engine_prompt_and_decode(runner, one, args)
+    else:
+        assert isinstance(runner, TorchRunner)
+        features = runner.vision(one_tile)
+        samples["prefill"] = timed(lambda: runner.prefill(one_tile, features), reps)
+        samples["decode_per_token"] = [
+            t / args.new_tokens for t in timed_decode(runner, one_tile, features, args.new_tokens, reps)]
+    tiles_read: list[int] = []
+
+    def end_to_end() -> None:
+        runner.caption(one, args.tile, args.new_tokens)
+        if isinstance(runner, OnnxRunner):
+            tiles_read.append(runner.last_timings.tiles_read)
+
+    samples["end_to_end"] = timed(end_to_end, reps)
+    info: dict[str, Any] = {"tiles_1": runner.tiles(one_tile), "tiles_5": runner.tiles(five_tiles),
+                            "prompt_tokens": runner.prompt_tokens(one_tile)}
+    if tiles_read:
+        info["end_to_end_tiles_read"] = tiles_read[-reps:]
     return samples, info
 
 
-def measure_batch(runner: "OnnxRunner", args: argparse.Namespace) -> dict[str, list[float]]:
+def engine_prompt_and_decode(runner: "OnnxRunner", image: Image.Image,
+                             args: argparse.Namespace) -> tuple[list[float], list[float]]:
+    """Prefill ms and decode ms per token from the engine's own Timings of whole answers with
+    the image's features kept: whatever graph and path the engine takes for a prompt and for
+    each token is what is timed (embedding and the image splice included, as for transformers).
+    A run of N tokens makes N - 1 decoder passes: the first token comes from the prefill."""
+    runner.answer(image, args.tile, args.new_tokens, read_image=True)  # warm-up; the image is kept
+    prefill, decode = [], []
+    for _ in range(args.repeats):
+        t = runner.answer(image, args.tile, args.new_tokens, read_image=False)
+        assert t.tiles_read == 0 and t.new_tokens == args.new_tokens, t
+        prefill.append(t.prefill_ms)
+        decode.append(t.decode_ms / (t.new_tokens - 1))
+    return prefill, decode
+
+
+def write_photos(folder: Path, n: int, size: tuple[int, int], seed: int) -> list[Path]:
+    """n different JPEG photos of `size` (different pixels: none is read from another's features)."""
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"photo{i:02d}.jpg")
+        bench_image(max(size), seed=seed + i).resize(size).save(paths[-1], quality=90)
+    return paths
+
+
+def run_batch(model: Any, paths: list[Path], generation: Any) -> int:
+    """The app's batch (BatchRunner: the next image decoded ahead, groups decoded together,
+    caption files written) over `paths`, from nothing kept; the tiles it read."""
+    from smolvlm_desktop.batch import BatchRunner, BatchSettings
+
+    model.features.clear()
+    before = model.vision_runs
+    settings = BatchSettings(QUESTION, generation, outputs=("txt",), existing="overwrite")
+    summary = BatchRunner(model, settings).run(paths)
+    assert summary.done == len(paths), summary
+    return model.vision_runs - before
+
+
+def measure_batch(runner: "OnnxRunner", args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """Per-image milliseconds for N one-tile JPEGs on disk: captioned one at a time (load +
-    generate, what `caption` does per image) and as one batch (BatchRunner: the next image
-    decoded ahead, groups decoded together, caption files written)."""
+    generate, what `caption` does per image) and as one batch (run_batch); each run from
+    nothing kept, as new photos are."""
     import tempfile
 
-    from smolvlm_desktop.batch import BatchRunner, BatchSettings
     from smolvlm_desktop.engine.images import load_image
     from smolvlm_desktop.engine.types import GenerationSettings
 
     generation = GenerationSettings(max_new_tokens=args.new_tokens, detail=args.tile)
     model, n = runner.model, args.batch_images
+    read: dict[str, list[int]] = {"single_captions_tiles_read": [], "batch_tiles_read": []}
     with tempfile.TemporaryDirectory(prefix="smolvlm-bench-") as folder:
-        paths = []
-        for i in range(n):
-            paths.append(Path(folder) / f"photo{i:02d}.jpg")
-            bench_image(args.tile, seed=100 + i).save(paths[-1], quality=90)
+        paths = write_photos(Path(folder), n, (args.tile, args.tile), seed=100)
 
         def singles() -> None:
+            model.features.clear()
+            before = model.vision_runs
             for path in paths:
                 model.generate(runner._messages(load_image(path).image), generation)
+            read["single_captions_tiles_read"].append(model.vision_runs - before)
 
         def batch() -> None:
-            settings = BatchSettings(QUESTION, generation, outputs=("txt",), existing="overwrite")
-            summary = BatchRunner(model, settings).run(paths)
-            assert summary.done == n, summary
+            read["batch_tiles_read"].append(run_batch(model, paths, generation))
 
         repeats = max(1, min(args.repeats, 2))
-        return {"single_captions_per_image": [t / n for t in timed(singles, repeats, warmup=0)],
-                "batch_per_image": [t / n for t in timed(batch, repeats, warmup=0)]}
+        samples = {"single_captions_per_image": [t / n for t in timed(singles, repeats, warmup=0)],
+                   "batch_per_image": [t / n for t in timed(batch, repeats, warmup=0)]}
+    return samples, read
+
+
+# transformers runs each photo row once: its 13-tile first token alone is 15-40 s on 2 cores.
+TORCH_PHOTO_REPEATS = 1
+
+
+def photo_repeats(runner: Runner, args: argparse.Namespace) -> int:
+    return TORCH_PHOTO_REPEATS if isinstance(runner, TorchRunner) else args.photo_repeats
+
+
+def measure_photos(runner: Runner, args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """The 13-tile and the 17-tile photo at the model's own detail: reading it (preprocessing +
+    vision) per tile, prefill, first token (from the call: everything a new photo costs) and
+    end to end with --photo-tokens new tokens. Every run reads the photo afresh.
+
+    ONNX: first token, reading and prefill from the engine's Timings of the same runs (one
+    untimed warm-up of the 13-tile photo, for the new shapes); transformers: first token and
+    end to end by `generate`, reading (processor + vision) and prefill by their own calls,
+    TORCH_PHOTO_REPEATS times, no warm-up."""
+    samples: dict[str, list[float]] = {}
+    info: dict[str, Any] = {"photo_new_tokens": args.photo_tokens, "photo_detail": runner.own_detail,
+                            "photo_size": {}}
+    reps = photo_repeats(runner, args)
+    for key, aspect in PHOTOS.items():
+        image = photo(runner.own_detail, aspect)
+        info["photo_size"][key] = list(image.size)
+        if isinstance(runner, OnnxRunner):
+            if key == "photo13":
+                runner.answer(image, None, 1, read_image=True)
+            runs = [runner.answer(image, None, 1, read_image=True) for _ in range(reps)]
+            samples[f"{key}_read_per_tile"] = [t.image_ms / t.tiles_read for t in runs]
+            samples[f"{key}_prefill"] = [t.prefill_ms for t in runs]
+            samples[f"{key}_first_token"] = [t.first_token_ms for t in runs]
+            info[f"{key}_tiles_read"] = [t.tiles_read for t in runs]
+            info[f"{key}_tiles"], info[f"{key}_prompt_tokens"] = runs[0].tiles_read, runs[0].prompt_tokens
+        else:
+            assert isinstance(runner, TorchRunner)
+            samples.update(torch_photo_stages(runner, image, key, reps))
+            prepared = runner.prepare(image, None)
+            info[f"{key}_tiles"], info[f"{key}_prompt_tokens"] = runner.tiles(prepared), runner.prompt_tokens(prepared)
+            samples[f"{key}_first_token"] = timed(lambda: runner.caption(image, None, 1), reps, warmup=0)
+        samples[f"{key}_end_to_end"] = timed(lambda: runner.caption(image, None, args.photo_tokens), reps, warmup=0)
+    return samples, info
+
+
+def torch_photo_stages(runner: "TorchRunner", image: Image.Image, key: str, reps: int) -> dict[str, list[float]]:
+    """transformers' reading of a photo (its processor + get_image_features) per tile, and its
+    prefill over the prompt with those features, `reps` times."""
+    read, prefill = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        prepared = runner.prepare(image, None)
+        features = runner.vision(prepared)
+        read.append((time.perf_counter() - t0) * 1000 / runner.tiles(prepared))
+        prefill += timed(lambda: runner.prefill(prepared, features), 1, warmup=0)
+    return {f"{key}_read_per_tile": read, f"{key}_prefill": prefill}
+
+
+def measure_photo_batch(runner: "OnnxRunner",
+                        args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """--photo-batch different 13-tile JPEGs through the app's batch (run_batch) at the model's
+    own detail, --photo-tokens each, once (each image is 13 vision passes already): ms per image."""
+    import tempfile
+
+    from smolvlm_desktop.engine.types import GenerationSettings
+
+    generation = GenerationSettings(max_new_tokens=args.photo_tokens)  # detail: the model's own
+    n, read = args.photo_batch, []
+    w, h = PHOTOS["photo13"]
+    with tempfile.TemporaryDirectory(prefix="smolvlm-bench-photos-") as folder:
+        paths = write_photos(Path(folder), n, (runner.own_detail, runner.own_detail * h // w), seed=200)
+        samples = timed(lambda: read.append(run_batch(runner.model, paths, generation)), 1, warmup=0)
+    return {"photo_batch_per_image": [t / n for t in samples]}, {"photo_batch_images": n,
+                                                                 "photo_batch_tiles_read": read}
 
 
 FOLLOW_UP = "What else is in it?"
@@ -391,20 +545,23 @@ FOLLOW_UP = "What else is in it?"
 def conversation_photo(tile: int) -> tuple[Image.Image, int]:
     """A 4:3 photo and the detail at which it is 13 tiles (4 x 3 and the whole image), as a
     2048x1536 photo is at SmolVLM-256M's own detail; the image and the detail."""
-    photo = bench_image(4 * tile).resize((4 * tile, 3 * tile))
-    return photo, 4 * tile
+    return photo(4 * tile, PHOTOS["photo13"]), 4 * tile
 
 
-def measure_conversation(runner: Runner, args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, Any]]:
+def measure_conversation(runner: Runner, args: argparse.Namespace,
+                         photo_first_token: list[float] | None = None) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """Milliseconds to the first token in a chat about a 13-tile photo (the engine's own
     Timings.first_token_ms, from the call): the first question cold (nothing read before),
     the first question after the photo was read ahead (while the person typed: not timed),
     a follow-up with the answer in the history, Regenerate of that follow-up, and the same
     follow-up with nothing kept (what every turn cost before conversations were kept).
-    transformers: its cold first question only (processor + generate up to one token)."""
+    transformers: its cold first question only (processor + generate up to one token); that
+    is the 13-tile photo row's first token when it was measured (same photo, same detail)."""
     photo, detail = conversation_photo(args.tile)
     reps = max(1, min(args.repeats, 3))
     if isinstance(runner, TorchRunner):
+        if photo_first_token and detail == runner.own_detail:
+            return {"conversation_cold": list(photo_first_token)}, {}
         return {"conversation_cold": timed(lambda: runner.caption(photo, detail, 1), reps)}, {}
     assert isinstance(runner, OnnxRunner)
     from smolvlm_desktop.engine.types import GenerationSettings, Message
@@ -439,7 +596,7 @@ def measure_conversation(runner: Runner, args: argparse.Namespace) -> tuple[dict
     return samples, info
 
 
-def timed_decode(runner: Runner, prepared: Any, features: Any, steps: int, repeats: int) -> list[float]:
+def timed_decode(runner: "TorchRunner", prepared: Any, features: Any, steps: int, repeats: int) -> list[float]:
     """Milliseconds for `steps` decode steps after an untimed prefill, `repeats` times (+1 warm-up)."""
     out = []
     for i in range(repeats + 1):
@@ -469,6 +626,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="photos for the batch-vs-single-captions stage (ONNX only; 0 skips it)")
     p.add_argument("--ort-cache", type=Path, default=None,
                    help="folder for ONNX Runtime's optimised graphs (as the app passes); none if absent")
+    p.add_argument("--photos", action=argparse.BooleanOptionalAction, default=True,
+                   help="the 13- and 17-tile photo rows (default on)")
+    p.add_argument("--photo-repeats", type=int, default=2, help="ONNX runs per photo row (transformers: 1)")
+    p.add_argument("--photo-tokens", type=int, default=48, help="new tokens per photo caption")
+    p.add_argument("--photo-batch", type=int, default=4, help="13-tile photos in the batch row (ONNX; 0 skips)")
     return p.parse_args(argv)
 
 
