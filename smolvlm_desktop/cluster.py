@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .batch import GROUP_SIZE, Captioned, NotCaptioned, timings_from_dict
-from .engine.files import expected_files, load_model_files
+from .engine.files import PROMPT_GRAPH_SUFFIX, expected_files, load_model_files
 from .engine.types import CancelToken, GenerationSettings, ModelInfo
 
 STREAM_RETRIES = 3  # fresh streams of the images not yet received, after a failed one
@@ -126,6 +126,8 @@ def model_listing(folder: Path, variant: str) -> dict[str, int]:
     """The files a worker needs for this variant (relative path -> size): everything but
     the other variants' graphs."""
     wanted = expected_files(variant)
+    decoder = Path(next(f for f in wanted if "/decoder_model_merged" in f))
+    wanted.append(decoder.with_name(decoder.stem + PROMPT_GRAPH_SUFFIX + decoder.suffix).as_posix())  # if present
     listing = {}
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()

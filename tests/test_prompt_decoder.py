@@ -135,3 +135,14 @@ def test_a_row_of_the_prompt_decoder_does_not_depend_on_its_batch(tiny_model_dir
     for row in range(3):
         alone = decoder.run(["logits"], {k: v[row:row + 1] for k, v in feeds.items()})[0]
         np.testing.assert_allclose(together[row], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_cluster_worker_is_shipped_the_prompt_decoder_with_the_int8_graphs(tiny_model_dir: Path) -> None:
+    """A node that cannot see the model folder gets the files `model_listing` names: with the
+    int8 graphs, the prompt decoder too, or that node would read long prompts slowly."""
+    from smolvlm_desktop.cluster import model_listing
+
+    int8 = model_listing(tiny_model_dir, "int8")
+    assert "onnx/decoder_model_merged_int8_prompt.onnx" in int8
+    assert "onnx/decoder_model_merged.onnx" not in int8
+    assert not any("_prompt" in name for name in model_listing(tiny_model_dir, "fp32"))
