@@ -23,11 +23,14 @@ as does one unmeasured local run (the page cache). Then the modes run interleave
 order rotated each round, so that the machine's load (shared, noisy) falls on all alike.
 
 For each run: wall time of the whole command, time to the first answer (start-up: imports,
-model loads, and for a cluster Ray itself) and the steady rate from the first answer to the
-last; the 1-minute load average just before it. Reported: per mode the medians, and the
-overhead against local as the median over rounds of (mode wall / local wall in the same
-round) - 1. The model files are the same for all (bench/arch.py: the 256m architecture with
-random weights; "tiny" is the bundled demo model).
+model loads, for a cluster Ray itself, and the first group's decoding) and the steady rate
+from the first answer to the last; the CPU time the run cost (the command and everything it
+started, and for "address" what the cluster's processes spent meanwhile: a measure the
+machine's other load does not stretch as it does wall time); the 1-minute load average just
+before it. Reported: per mode the medians, and the overheads against local as the median
+over rounds of (mode / local in the same round) - 1, for wall and CPU time. The model files
+are the same for all (bench/arch.py: the 256m architecture with random weights; "tiny" is
+the bundled demo model).
 """
 
 from __future__ import annotations
@@ -36,10 +39,12 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,23 +65,69 @@ def make_photos(folder: Path, count: int, size: int) -> None:
         bench_image(size, seed=i).save(folder / f"photo{i:03d}.jpg", quality=90)
 
 
-def timed_run(command: list[str], env: dict[str, str]) -> dict[str, float | None]:
-    """Wall time, time to the first --json answer, and the steady rate after it."""
+class CpuWatch(threading.Thread):
+    """CPU seconds (user + system) a run costs: the command's own process and every process
+    whose command line holds `marker` (a cluster's temp dir: its daemons and workers, which
+    are not the command's children), sampled every 0.1 s from /proc, each one's last value
+    kept; a process that ends between two samples loses at most that much. What a process
+    that was already running had spent before the first sample is not counted."""
+
+    def __init__(self, pid: int, marker: str | None) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.marker = pid, marker.encode() if marker else None
+        self.first: dict[int, float] = {}
+        self.last: dict[int, float] = {}
+        self.done = threading.Event()
+        self.sample(baseline=True)
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            self.sample()
+
+    def sample(self, baseline: bool = False) -> None:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            try:
+                if pid != self.pid and not (self.marker and self.marker in (entry / "cmdline").read_bytes()):
+                    continue
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            if baseline:
+                self.first[pid] = seconds
+            self.last[pid] = seconds
+
+    def stop(self) -> float:
+        self.done.set()
+        self.join()
+        return sum(value - self.first.get(pid, 0.0) for pid, value in self.last.items())
+
+
+def timed_run(command: list[str], env: dict[str, str], marker: str | None
+              ) -> dict[str, float | None]:
+    """Wall time, time to the first --json answer, the steady rate after it, CPU time."""
     load = os.getloadavg()[0]
     start = time.perf_counter()
     arrivals = []
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, cwd=REPO) as child:
         assert child.stdout is not None and child.stderr is not None
+        watch = CpuWatch(child.pid, marker)
+        watch.start()
         for line in child.stdout:
             if json.loads(line).get("ok"):
                 arrivals.append(time.perf_counter() - start)
         stderr = child.stderr.read()
+        watch.sample()  # the command's last value, before it is reaped
         if child.wait() != 0:
             raise SystemExit(f"{' '.join(command)} failed:\n{stderr}")
     wall = time.perf_counter() - start
+    cpu = watch.stop()
     steady = arrivals[-1] - arrivals[0]
-    return {"wall_s": round(wall, 2), "first_answer_s": round(arrivals[0], 2),
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "first_answer_s": round(arrivals[0], 2),
             "images": len(arrivals), "load_before": round(load, 2),
             "steady_images_per_s": round((len(arrivals) - 1) / steady, 3) if steady > 0 else None}
 
@@ -139,7 +190,14 @@ def main(argv: list[str] | None = None) -> int:
                            "--model", str(built.model_dir), "--variant", args.variant,
                            "--detail", str(chosen.tile), "--max-new-tokens", str(args.new_tokens),
                            "--write", "jsonl", "--no-library", "--json", *extra[mode]]
-                return timed_run(command, env)
+                if mode == "local-cluster":  # its own Ray temp dir, to find its processes by
+                    ray_tmp = tempfile.mkdtemp(prefix="smr", dir="/tmp")  # short: socket paths
+                    try:
+                        return timed_run(command, {**env, "RAY_TMPDIR": ray_tmp}, ray_tmp)
+                    finally:
+                        shutil.rmtree(ray_tmp, ignore_errors=True)
+                marker = cluster.temp_dir if cluster is not None and mode.startswith("address") else None
+                return timed_run(command, env, marker)
 
             run("local")  # warm-up: the page cache
             if cluster is not None:
@@ -157,10 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     summary = {}
     for mode in modes:
         summary[mode] = {key: median_of(runs[mode], key) for key in
-                         ("wall_s", "first_answer_s", "steady_images_per_s", "load_before")}
+                         ("wall_s", "cpu_s", "first_answer_s", "steady_images_per_s", "load_before")}
         if mode != "local":
-            ratios = [r["wall_s"] / l["wall_s"] for r, l in zip(runs[mode], runs["local"])]
-            summary[mode]["overhead_wall"] = round(statistics.median(ratios) - 1, 3)
+            for key in ("wall", "cpu"):
+                ratios = [r[f"{key}_s"] / l[f"{key}_s"] for r, l in zip(runs[mode], runs["local"])]
+                summary[mode][f"overhead_{key}"] = round(statistics.median(ratios) - 1, 3)
     results["median"] = summary
     print(json.dumps(summary, indent=2))
     print(f"cpu: {results['cpu']}, {results['cpus']} CPUs; load average now "

@@ -213,3 +213,34 @@ def test_a_fastvlm_checkpoint_to_build_without_torch_is_refused_naming_models_ex
     (tmp_path / "config.json").write_text((TINY / "transformers_config.json").read_text())
     with pytest.raises(ExportError, match="models export"):
         build_from_safetensors(tmp_path, tmp_path / "out")
+
+
+def test_the_text_graphs_build_from_a_safetensors_file_reading_each_tensor_once(tmp_path: Path) -> None:
+    """Apple's llava_qwen2 names in a model.safetensors, read lazily with numpy (no torch): the same
+    graphs as from the tensors in memory, and no tensor read to learn that it exists."""
+    safetensors = pytest.importorskip("safetensors.numpy")
+    from smolvlm_desktop.export.weights import SafetensorsWeights, read_safetensors
+
+    model = qwen2(tied=True)
+    weights = numpy_weights(model, "model.")
+    safetensors.save_file(weights, str(tmp_path / "model.safetensors"))
+    lazy = read_safetensors(tmp_path)
+    reads: list[str] = []
+    original = SafetensorsWeights.__getitem__
+
+    def counting(self, name):  # noqa: ANN001, ANN202 - a spy on the real reader
+        reads.append(name)
+        return original(self, name)
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    SafetensorsWeights.__getitem__ = counting
+    try:
+        build_text_graphs(checkpoint_config(model), lazy, tmp_path / "a")
+    finally:
+        SafetensorsWeights.__getitem__ = original
+    build_text_graphs(checkpoint_config(model), weights, tmp_path / "b")
+    for name in ("embed_tokens.onnx", "decoder_model_merged.onnx"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert reads.count("model.embed_tokens.weight") == 2  # the embedding graph, then the tied head
+    assert max(reads.count(name) for name in set(reads) - {"model.embed_tokens.weight"}) == 1

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from . import decoder, vision
-from .layout import DECODER_GRAPH, EMBED_GRAPH, VISION_GRAPH, ExportError, copy_side_files, normalise, save_normalised
+from .layout import (DECODER_GRAPH, EMBED_GRAPH, VISION_GRAPH, ExportError, copy_side_files, normalise,
+                     save_normalised)
 
 MODEL_TYPES = ("fast_vlm", "llava_qwen2")
 # transformers' Qwen2Config defaults: a released config leaves out what equals them.
@@ -79,7 +80,8 @@ def read_fastvlm_config(folder: Path) -> FastVlmCheckpoint:
     except (OSError, ValueError) as exc:
         raise ExportError(f"{folder}: no readable config.json ({exc})") from None
     if not isinstance(data, dict) or data.get("model_type") not in MODEL_TYPES:
-        raise ExportError(f"{folder}: not a FastVLM checkpoint (model_type {data.get('model_type')!r})")
+        found = data.get("model_type") if isinstance(data, dict) else None
+        raise ExportError(f"{folder}: not a FastVLM checkpoint (model_type {found!r})")
     nested = data.get("text_config")
     raw = dict(nested) if isinstance(nested, dict) else dict(data)  # llava_qwen2 keeps it flat
     values = {**_QWEN2_DEFAULTS, **{k: v for k, v in raw.items() if k in _QWEN2_DEFAULTS}}
@@ -104,8 +106,9 @@ def _crop(folder: Path) -> int:
 
 def text_prefix(weights: Mapping[str, np.ndarray]) -> str:
     """The prefix of the language model's tensors in this checkpoint."""
+    names = set(weights)  # by name: `in` on a lazy checkpoint would read the tensor
     for prefix in _TEXT_PREFIXES:
-        if f"{prefix}embed_tokens.weight" in weights:
+        if f"{prefix}embed_tokens.weight" in names:
             return prefix
     raise ExportError("no language model embedding (model.language_model.embed_tokens.weight or "
                       "model.embed_tokens.weight): not a FastVLM checkpoint this app can build")
@@ -113,10 +116,12 @@ def text_prefix(weights: Mapping[str, np.ndarray]) -> str:
 
 class TextWeights(Mapping[str, np.ndarray]):
     """The language model's tensors under the names export.decoder and export.vision.build_embed
-    read (SmolVLM's ``model.text_model.``), without copying a byte: one builder for both families."""
+    read (SmolVLM's ``model.text_model.``), without copying a byte: one builder for both families.
+    Whether a tensor exists is answered from the names, never by reading it (a lazy checkpoint,
+    export.weights.SafetensorsWeights, reads a tensor from disk on every lookup)."""
 
     def __init__(self, weights: Mapping[str, np.ndarray], prefix: str) -> None:
-        self._weights, self._prefix = weights, prefix
+        self._weights, self._prefix, self._names = weights, prefix, set(weights)
 
     def _source(self, name: str) -> str:
         if name.startswith(decoder.TEXT_PREFIX):
@@ -127,7 +132,7 @@ class TextWeights(Mapping[str, np.ndarray]):
         return self._weights[self._source(name)]
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._source(name) in self._weights
+        return isinstance(name, str) and self._source(name) in self._names
 
     def __iter__(self) -> Iterator[str]:
         for name in self._weights:
