@@ -128,7 +128,8 @@ def test_graphs_built_from_the_file_are_the_committed_ones(checkpoint: Path, tmp
     for name in built:
         assert (tmp_path / "out" / "onnx" / name).read_bytes() == (TINY / "onnx" / name).read_bytes(), name
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (TINY / "tokenizer.json").read_bytes()
-    assert steps[-1] == ("done", 6, 6) and [d for _, d, _ in steps] == list(range(7))
+    # 3 fp32 graphs, 3 int8 ones and the int8 prompt decoder
+    assert steps[-1] == ("done", 7, 7) and [d for _, d, _ in steps] == list(range(8))
 
 
 def test_rope_tables_match_transformers_within_an_ulp(checkpoint: Path) -> None:

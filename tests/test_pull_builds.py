@@ -108,7 +108,7 @@ def test_pull_builds_the_graphs_in_a_process_without_torch(
                                capture_output=True, text=True, timeout=300)
         assert child.returncode == 0, child.stderr
         assert not any("/onnx/" in r.path for r in server.requests), "a building pull fetches no official graph"
-    assert "building [6/6] done" in child.stderr and f"installed {MODEL} (int8, built here" in child.stdout
+    assert "building [7/7] done" in child.stderr and f"installed {MODEL} (int8, built here" in child.stdout
 
     folder = paths.models_dir() / MODEL
     manifest = hub.read_manifest(folder)
@@ -194,7 +194,7 @@ def test_import_of_a_checkpoint_folder_builds_it_and_leaves_the_folder_alone(
         checkpoint: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = {p.name: p.stat().st_mtime_ns for p in checkpoint.iterdir()}
     assert main(["models", "import", str(checkpoint), "--name", "my-finetune"]) == EXIT_OK
-    assert "building [6/6] done" in capsys.readouterr().err
+    assert "building [7/7] done" in capsys.readouterr().err
     folder = paths.models_dir() / "my-finetune"
     manifest = hub.read_manifest(folder)
     assert manifest["source"] == "built" and manifest["origin"] == str(checkpoint)
@@ -239,7 +239,7 @@ def test_the_window_s_download_builds_the_graphs_and_loads_them(
         dialog.task.progress.connect(lambda p: texts.append(dialog.progress_text.text()))
         qtbot.waitUntil(lambda: dialog.task is None, timeout=TIMEOUT_MS)
     assert not dialog.error.isVisibleTo(dialog), dialog.error.text()
-    assert any("building the graphs here, step 6 of 6" in t for t in texts), texts[-3:]
+    assert any("building the graphs here, step 7 of 7" in t for t in texts), texts[-3:]
     assert hub.read_manifest(paths.models_dir() / MODEL)["source"] == "built"
     qtbot.waitUntil(lambda: window.model_state == "ready", timeout=TIMEOUT_MS)
     assert window.model_info.folder == str(paths.models_dir() / MODEL)

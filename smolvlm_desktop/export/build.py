@@ -17,7 +17,7 @@ import numpy as np
 from . import decoder, vision
 from .config import CheckpointConfig, read_config
 from .layout import DECODER_GRAPH, EMBED_GRAPH, GRAPHS, QUANTIZATIONS, VISION_GRAPH, ExportError, copy_side_files
-from .quantize import quantize_variants
+from .quantize import quantize_jobs, quantize_variants
 from .weights import SafetensorsWeights, read_safetensors
 
 # Called with (what is being done, steps done, steps in all) as each graph is written.
@@ -72,7 +72,7 @@ def build_from_safetensors(src: Path, dst: Path, quantize: Sequence[str] = ("int
     check_graph_sizes(weights)
     onnx_dir = dst / "onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
-    steps = len(GRAPHS) * (1 + len(quantize))
+    steps = len(GRAPHS) + len(quantize_jobs(quantize))
 
     def step(what: str, done: int, _total: int) -> None:
         if on_step:

@@ -293,13 +293,19 @@ def _blockwise_int8(weight: np.ndarray, block: int) -> tuple[np.ndarray, np.ndar
     return packed, scales
 
 
+def quantize_jobs(kinds: Sequence[str]) -> list[tuple[str, str]]:
+    """(graph, kind) for each file quantize_variants writes: every graph in every kind, and the
+    int8 decoder's prompt graph (kind "int8_prompt")."""
+    jobs = [(name, kind) for kind in kinds for name in GRAPHS]
+    return jobs + [(DECODER_GRAPH, kind + PROMPT_GRAPH_SUFFIX) for kind in kinds if kind == "int8"]
+
+
 def quantize_variants(onnx_dir: Path, kinds: Sequence[str], text_config: Any,
                       on_step: Callable[[str, int, int], None] | None = None) -> None:
     """Write each fp32 graph's `kinds` variants next to it: the decoder's int8 as MatMulNBits
     (quantize_decoder_weights) plus its prompt graph (quantize_decoder_prompt_weights),
     everything else with dynamic quantisation."""
-    jobs = [(name, kind) for kind in kinds for name in GRAPHS]
-    jobs += [(DECODER_GRAPH, kind + PROMPT_GRAPH_SUFFIX) for kind in kinds if kind == "int8"]
+    jobs = quantize_jobs(kinds)
     block = decoder_weight_block(text_config)
     for done, (name, kind) in enumerate(jobs):
         if on_step:
