@@ -37,7 +37,7 @@ from typing import Sequence
 # Token authentication, the token in the environment only: Ray would otherwise read (or, for
 # ray.init, write) ~/.ray/auth_token, and a token left there by anything else breaks a join.
 TOKEN = secrets.token_hex(32)
-_SELF = {os.getpid(), os.getppid()}  # their command lines may name the temp dir too
+_SELF = {os.getpid(), os.getppid()}  # their environments may hold the marker too
 # `ray start`, with Ray's "127.0.0.1 means the machine's outward address" rule switched off
 RAY_START = [sys.executable, "-c",
              "import sys, ray._private.services as s; s.resolve_ip_for_localhost = lambda h: h; "
@@ -113,21 +113,8 @@ class LoopbackCluster:
             raise RuntimeError(f"ray start {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
 
     def pids(self) -> list[int]:
-        """Every live process of this cluster (MARKER in its environment). Zombies are not
-        live: Ray's daemons are re-parented to PID 1, which may be slow to reap them."""
-        wanted = f"{MARKER}={self.temp_dir}".encode()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) in _SELF:
-                continue
-            try:
-                environ = (entry / "environ").read_bytes().split(b"\0")
-                state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
-            except (OSError, IndexError):
-                continue
-            if wanted in environ and state != "Z":
-                found.append(int(entry.name))
-        return found
+        """Every live process of this cluster."""
+        return marked_processes(self.temp_dir)
 
     def raylets(self) -> list[int]:
         return [pid for pid in self.pids() if _cmd(pid).split(b"\0")[0].endswith(b"/raylet")]
@@ -149,6 +136,25 @@ class LoopbackCluster:
             while self.pids() and time.monotonic() < deadline:
                 time.sleep(0.2)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def marked_processes(value: str) -> list[int]:
+    """The live processes with MARKER=value in their environment (this one and its parent
+    aside). Zombies are not live: Ray's daemons are re-parented to PID 1, which may be slow
+    to reap them."""
+    wanted = f"{MARKER}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in _SELF:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        if wanted in environ and state != "Z":
+            found.append(int(entry.name))
+    return found
 
 
 def hiding_prefix() -> list[str]:
