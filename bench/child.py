@@ -338,6 +338,7 @@ def measure(args: argparse.Namespace) -> Measurement:
 
     m.info["new_tokens"] = runner.caption(one, args.tile, args.new_tokens, first_token)
     m.peak_rss_mb["one_caption"] = peak_rss_mb()
+    gemm_rate(m, args)  # in this process, under the load its stages meet: before them and after
     log(f"{args.config}: first caption done {since_spawn():.1f} s after start; timing stages")
     m.stages_ms, stage_info = measure_stages(runner, args, one, five)
     m.info.update(stage_info)
@@ -362,7 +363,21 @@ def measure(args: argparse.Namespace) -> Measurement:
     m.stages_ms.update(conversation)
     m.info.update(conversation_info)
     m.peak_rss_mb["whole_run"] = peak_rss_mb()
+    gemm_rate(m, args)
     return m
+
+
+def gemm_rate(m: Measurement, args: argparse.Namespace) -> None:
+    """The machine's int8 GEMM rate (bench/kernels.py) measured here, appended to
+    info["gemm_int8_gops"]: a stage's share of it is then read against the rate this process
+    got, whatever the neighbours did during a long run on a shared machine."""
+    if not args.gemm_shape:
+        return
+    from bench import kernels
+
+    m_rows, k, n = (int(x) for x in args.gemm_shape.split(","))
+    rate = kernels.gemm_rates(m_rows, k, n, args.threads, args.kernel_repeats)["int8_gops"]
+    m.info.setdefault("gemm_int8_gops", []).append(rate)
 
 
 def measure_stages(runner: Runner, args: argparse.Namespace, one: Image.Image,
@@ -626,6 +641,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="photos for the batch-vs-single-captions stage (ONNX only; 0 skips it)")
     p.add_argument("--ort-cache", type=Path, default=None,
                    help="folder for ONNX Runtime's optimised graphs (as the app passes); none if absent")
+    p.add_argument("--gemm-shape", default=None, metavar="M,K,N",
+                   help="measure the int8 GEMM rate at this shape before and after the stages")
+    p.add_argument("--kernel-repeats", type=int, default=5)
     p.add_argument("--photos", action=argparse.BooleanOptionalAction, default=True,
                    help="the 13- and 17-tile photo rows (default on)")
     p.add_argument("--photo-repeats", type=int, default=2, help="ONNX runs per photo row (transformers: 1)")

@@ -54,7 +54,7 @@ sys.path[:0] = [str(HERE), str(REPO / "tests")]
 
 import arch as arches  # noqa: E402 - bench/ is not a package on the path
 from child import bench_image  # noqa: E402
-from ray_cluster import LoopbackCluster, ray_env  # noqa: E402 - loopback only
+from ray_cluster import MARKER, LoopbackCluster, ray_env  # noqa: E402 - loopback only
 
 MODES = ("local", "address", "address-1xN", "local-cluster")
 
@@ -67,10 +67,11 @@ def make_photos(folder: Path, count: int, size: int) -> None:
 
 class CpuWatch(threading.Thread):
     """CPU seconds (user + system) a run costs: the command's own process and every process
-    whose command line holds `marker` (a cluster's temp dir: its daemons and workers, which
-    are not the command's children), sampled every 0.1 s from /proc, each one's last value
-    kept; a process that ends between two samples loses at most that much. What a process
-    that was already running had spent before the first sample is not counted."""
+    with `marker` (NAME=value) in its environment (a cluster's daemons and workers, which
+    are not the command's children, and whose command lines Ray rewrites), sampled every
+    0.1 s from /proc, each one's last value kept; a process that ends between two samples
+    loses at most that much. What a process that was already running had spent before the
+    first sample is not counted."""
 
     def __init__(self, pid: int, marker: str | None) -> None:
         super().__init__(daemon=True)
@@ -90,7 +91,8 @@ class CpuWatch(threading.Thread):
                 continue
             pid = int(entry.name)
             try:
-                if pid != self.pid and not (self.marker and self.marker in (entry / "cmdline").read_bytes()):
+                if pid != self.pid and not (
+                        self.marker and self.marker in (entry / "environ").read_bytes().split(b"\0")):
                     continue
                 fields = (entry / "stat").read_text().rpartition(")")[2].split()
             except OSError:
@@ -193,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
                 if mode == "local-cluster":  # its own Ray temp dir, to find its processes by
                     ray_tmp = tempfile.mkdtemp(prefix="smr", dir="/tmp")  # short: socket paths
                     try:
-                        return timed_run(command, {**env, "RAY_TMPDIR": ray_tmp}, ray_tmp)
+                        return timed_run(command, {**env, "RAY_TMPDIR": ray_tmp}, f"RAY_TMPDIR={ray_tmp}")
                     finally:
                         shutil.rmtree(ray_tmp, ignore_errors=True)
-                marker = cluster.temp_dir if cluster is not None and mode.startswith("address") else None
+                marker = (f"{MARKER}={cluster.temp_dir}" if cluster is not None and mode.startswith("address")
+                          else None)
                 return timed_run(command, env, marker)
 
             run("local")  # warm-up: the page cache

@@ -48,9 +48,10 @@ QUESTION = "Describe this image."
 RESULT_MARKER = "FASTVLM-BENCH "
 BUILD_RECIPE = 1
 SEED = 500_000_001
-# The tiny's 1.5 and 0.2 make 24 layers and 44 blocks chaotic (image features ~1e9; int8 vs
-# fp32 top-1 0.62 from the amplified rounding): export/tiny_fastvlm.py's build_model.
-GAIN, LAYER_SCALE = 1.0, 0.02
+# Random weights that neither explode nor forget the picture (export/tiny_fastvlm.py's
+# build_model says why): the tiny's gain 1.5 and layer scale 0.2 made 24 layers and 44 blocks
+# chaotic (image features ~1e9; int8 vs fp32 top-1 0.62 from the amplified rounding).
+GAIN, LAYER_SCALE, BIAS = 1.0, 0.02, 0.0
 
 
 # --- build (torch + timm) ------------------------------------------------------------------------
@@ -61,7 +62,7 @@ def fastvlm_folder(cache: Path | None = None) -> Path:
     from smolvlm_desktop.export.tiny_fastvlm import fastvlm_05b_config
 
     blob = json.dumps({"config": fastvlm_05b_config(), "seed": SEED, "gain": GAIN, "layer_scale": LAYER_SCALE,
-                       "recipe": BUILD_RECIPE, "exporter": exporter_digest()}, sort_keys=True)
+                       "bias": BIAS, "recipe": BUILD_RECIPE, "exporter": exporter_digest()}, sort_keys=True)
     return (cache or cache_root()) / f"fastvlm-0.5b-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
@@ -81,7 +82,7 @@ def build(cache: Path | None = None) -> Path:
     t0 = time.perf_counter()
     log(f"building the random-weight FastVLM-0.5B in {folder} (once; a few minutes)")
     tok = tf.build_tokenizer(first_special=tf.QWEN2_FIRST_SPECIAL)
-    model = tf.build_model(tf.fastvlm_05b_config(tok.token_to_id("<image>")), SEED, LAYER_SCALE, GAIN)
+    model = tf.build_model(tf.fastvlm_05b_config(tok.token_to_id("<image>")), SEED, LAYER_SCALE, GAIN, BIAS)
     stops = [tok.token_to_id(t) for t in ("<|endoftext|>", "<|im_end|>")]
     with torch.no_grad():  # tied head: a stop token's logit is exactly 0, never the best of 152k
         model.get_input_embeddings().weight[stops] = 0.0

@@ -183,7 +183,8 @@ def child_command(config: str, arch: Arch, built: BuiltModel, args: argparse.Nam
            "--tile", str(arch.tile), "--threads", str(args.threads), "--repeats", str(args.repeats),
            "--new-tokens", str(args.new_tokens), "--batch-images", str(args.batch_images),
            "--photos" if args.photos else "--no-photos", "--photo-repeats", str(args.photo_repeats),
-           "--photo-tokens", str(args.photo_tokens), "--photo-batch", str(args.photo_batch)]
+           "--photo-tokens", str(args.photo_tokens), "--photo-batch", str(args.photo_batch),
+           "--gemm-shape", ",".join(map(str, gemm_shape(arch))), "--kernel-repeats", str(args.kernel_repeats)]
     if config == "torch" and built.checkpoint is not None:
         cmd += ["--checkpoint", str(built.checkpoint)]
     if config != "torch" and args.ort_cache:
@@ -193,6 +194,16 @@ def child_command(config: str, arch: Arch, built: BuiltModel, args: argparse.Nam
         ort_cache = (args.cache or cache_root()) / "ort-cache" / f"{built.model_dir.parent.name}-{built.model_dir.name}"
         cmd += ["--ort-cache", str(ort_cache)]
     return cmd
+
+
+def full_size_text(arch: Arch) -> dict[str, Any]:
+    """The text config whose prompt GEMM gives the machine's rate: the tiny model's 8 x 32
+    matrices say nothing about the machine, so it takes 256M's."""
+    return (arch if arch.name != "tiny" else smolvlm_256m()).config["text_config"]
+
+
+def gemm_shape(arch: Arch) -> tuple[int, int, int]:
+    return kernels.gemm_shape(full_size_text(arch))
 
 
 def run_child(config: str, arch: Arch, built: BuiltModel, args: argparse.Namespace) -> dict[str, Any]:
@@ -244,11 +255,20 @@ SHARE_STAGES = (("vision_1", "vision, one tile", "tile"),
                 ("photo17_prefill", "17-tile photo: prefill", "photo17_prompt_tokens"))
 
 
+def int8_rates(results: dict[str, dict[str, Any]], fallback: float) -> dict[str, float]:
+    """Per configuration: the int8 GEMM rate its own process measured (the mean of before and
+    after its stages), else the one measured at the top."""
+    return {c: statistics.fmean(r["info"]["gemm_int8_gops"]) if r["info"].get("gemm_int8_gops") else fallback
+            for c, r in results.items()}
+
+
 def stage_shares(arch: Arch, table: list[dict[str, Any]], results: dict[str, dict[str, Any]],
                  int8_gops: float) -> list[dict[str, Any]]:
     """Per stage and configuration: GOP/s achieved (operations counted by bench/kernels.py
-    from the architecture) and that as a share of the machine's int8 GEMM rate."""
+    from the architecture) and that as a share of the machine's int8 GEMM rate, as measured
+    in that configuration's process (int8_rates)."""
     prompt_ops, tile_ops = kernels.model_ops(arch.config)
+    rates = int8_rates(results, int8_gops)
     info = next(iter(results.values()))["info"] if results else {}
     rows = {r["key"]: r for r in table}
     shares = []
@@ -260,7 +280,7 @@ def stage_shares(arch: Arch, table: list[dict[str, Any]], results: dict[str, dic
                 for c, ms in ((c, _ms(v, rows[key]["unit"])) for c, v in rows[key]["values"].items())}
         suffix = "" if count == "tile" else f" ({info[count]} tokens)"
         shares.append({"key": key, "label": label.format(tile=arch.tile) + suffix, "gop": ops / 1e9, "gops": gops,
-                       "share_of_int8": {c: (g / int8_gops if g is not None and int8_gops else None)
+                       "share_of_int8": {c: (g / rates[c] if g is not None and rates.get(c) else None)
                                          for c, g in gops.items()}})
     return shares
 
@@ -315,7 +335,7 @@ def print_report(report: dict[str, Any]) -> None:
         print("ratio = value / transformers fp32 measured in this run: below 1.00x is faster or smaller "
               "(/h rows: above 1.00x is more)")
     if report.get("shares"):
-        print(format_shares(report["shares"], configs, report["kernels"]["gemm"]["int8_gops"]))
+        print(format_shares(report["shares"], configs, report["results"], report["kernels"]["gemm"]["int8_gops"]))
     photos = photo_facts(report["results"])
     if photos:
         runs = report.get("photo_repeats", "?")
@@ -349,9 +369,10 @@ def print_report(report: dict[str, Any]) -> None:
           f"for one vision pass + 32 tokens, {ref['peak_rss_mb']} MB peak RSS")
 
 
-def format_shares(shares: list[dict[str, Any]], configs: list[str], int8_gops: float) -> str:
+def format_shares(shares: list[dict[str, Any]], configs: list[str], results: dict[str, dict[str, Any]],
+                  int8_gops: float) -> str:
     """The stage rates as a small table: GOP/s and the share of the int8 GEMM rate."""
-    header = [f"share of the int8 GEMM rate ({int8_gops:,.0f} GOP/s)", "GOP", *(LABELS[c] for c in configs)]
+    header = ["share of the int8 GEMM rate", "GOP", *(LABELS[c] for c in configs)]
 
     def cell(share: dict[str, Any], config: str) -> str:
         gops, part = share["gops"].get(config), share["share_of_int8"].get(config)
@@ -361,9 +382,13 @@ def format_shares(shares: list[dict[str, Any]], configs: list[str], int8_gops: f
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
              for line in [header, *body]]
+    measured = ", ".join(f"{LABELS[c]} {' / '.join(f'{g:,.0f}' for g in results[c]['info'].get('gemm_int8_gops', []))}"
+                         for c in configs if results[c]["info"].get("gemm_int8_gops"))
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:],
                       "operations counted from the architecture (bench/kernels.py): matrix products "
-                      "and attention; GOP/s = operations / the stage's time"])
+                      "and attention; GOP/s = operations / the stage's time; share = that / the int8 "
+                      "GEMM rate its own process measured, the mean of before and after its stages"
+                      + (f" (GOP/s: {measured}; at the top {int8_gops:,.0f})" if measured else "")])
 
 
 def photo_batch_gains(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -455,10 +480,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     built = ensure_model(arch, args.cache)
     machine = machine_info()
     log("the CPU's int8 and fp32 GEMM rates (ONNX Runtime, this process)")
-    # The rate of the full-size decoder's prompt shape, whatever arch is measured (the tiny
-    # one's 8 x 32 matrices say nothing about the machine).
-    text = (arch if arch.name != "tiny" else smolvlm_256m()).config["text_config"]
-    measured = kernels.measure(text, args.threads, args.kernel_repeats)
+    measured = kernels.measure(full_size_text(arch), args.threads, args.kernel_repeats)
     for line in kernels.format_kernels(measured).splitlines():
         log(line)
     results = {config: run_child(config, arch, built, args) for config in args.only}

@@ -12,8 +12,11 @@ A worker node can be made not to see some folders (`hidden`), as a machine witho
 of them: it runs in a mount namespace of its own (`unshare`, where the kernel allows it)
 with an empty tmpfs over each; its temp dir is inside the cluster's, removed with it.
 
-Stopping kills only the processes of this cluster, found by its own temp dir in their
-command lines (`ray stop` would stop every Ray process of the user).
+Stopping kills only the processes of this cluster (`ray stop` would stop every Ray process
+of the user), found by a variable in their environment that names the cluster's temp dir:
+every process `ray start` starts inherits it, while Ray rewrites the command lines of many
+(`ray::DashboardAgent`, `ray::MapWorker...`), which a search by command line missed, and
+its agents outlive their raylet.
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ from typing import Sequence
 # Token authentication, the token in the environment only: Ray would otherwise read (or, for
 # ray.init, write) ~/.ray/auth_token, and a token left there by anything else breaks a join.
 TOKEN = secrets.token_hex(32)
-_SELF = {os.getpid(), os.getppid()}  # their command lines may name the temp dir too
+_SELF = {os.getpid(), os.getppid()}  # their environments may hold the marker too
 # `ray start`, with Ray's "127.0.0.1 means the machine's outward address" rule switched off
 RAY_START = [sys.executable, "-c",
              "import sys, ray._private.services as s; s.resolve_ip_for_localhost = lambda h: h; "
              "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()", "start"]
 ROOT = Path(__file__).resolve().parent.parent
+MARKER = "SMOLVLM_TEST_RAY_CLUSTER"  # in every process of a cluster: its temp dir
 # The head notices a dead node after 3 missed health checks a second apart, not Ray's 5 of
 # 3 s: the test of a node killed mid-job waits for that (a check still waits up to Ray's
 # 10 s for an answer, so a node slowed by a busy machine is not taken for dead).
@@ -90,7 +94,8 @@ class LoopbackCluster:
         (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1): the head keeps it off, so that the processes
         it starts, which RAY_START's patch does not reach, keep 127.0.0.1 too."""
         joining = "--address" in args
-        env = {**ray_env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1" if joining else "0"}
+        env = {**ray_env(), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1" if joining else "0",
+               MARKER: self.temp_dir}
         if joining:
             env["TMPDIR"] = str(self.worker_tmp)
         command = [*RAY_START, *args, "--node-ip-address", "127.0.0.1", "--num-cpus", str(self.cpus),
@@ -108,20 +113,8 @@ class LoopbackCluster:
             raise RuntimeError(f"ray start {' '.join(args)} failed:\n{done.stdout}{done.stderr}")
 
     def pids(self) -> list[int]:
-        """Every live process of this cluster (its temp dir is on each command line). Zombies
-        are not live: Ray's daemons are re-parented to PID 1, which may be slow to reap them."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-                state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
-            except (OSError, IndexError):
-                continue
-            if self.temp_dir.encode() in cmdline and int(entry.name) not in _SELF and state != "Z":
-                found.append(int(entry.name))
-        return found
+        """Every live process of this cluster."""
+        return marked_processes(self.temp_dir)
 
     def raylets(self) -> list[int]:
         return [pid for pid in self.pids() if _cmd(pid).split(b"\0")[0].endswith(b"/raylet")]
@@ -143,6 +136,25 @@ class LoopbackCluster:
             while self.pids() and time.monotonic() < deadline:
                 time.sleep(0.2)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def marked_processes(value: str) -> list[int]:
+    """The live processes with MARKER=value in their environment (this one and its parent
+    aside). Zombies are not live: Ray's daemons are re-parented to PID 1, which may be slow
+    to reap them."""
+    wanted = f"{MARKER}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in _SELF:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        if wanted in environ and state != "Z":
+            found.append(int(entry.name))
+    return found
 
 
 def hiding_prefix() -> list[str]:

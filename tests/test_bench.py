@@ -155,7 +155,6 @@ def test_the_cpu_and_its_gemm_rates_come_first(tiny_report: dict, capsys: pytest
 
 def test_each_stage_is_given_as_a_share_of_the_int8_rate(tiny_report: dict,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    rate = tiny_report["kernels"]["gemm"]["int8_gops"]
     rows = {row["key"]: row for row in tiny_report["table"]}
     shares = tiny_report["shares"]
     assert [s["key"] for s in shares] == ["vision_1", "photo13_read_per_tile", "photo17_read_per_tile",
@@ -171,7 +170,9 @@ def test_each_stage_is_given_as_a_share_of_the_int8_rate(tiny_report: dict,
         for config in CONFIGS:
             ms = rows[share["key"]]["values"][config]
             assert share["gops"][config] == pytest.approx(share["gop"] / (ms / 1000))
-            assert share["share_of_int8"][config] == pytest.approx(share["gops"][config] / rate)
+            measured = tiny_report["results"][config]["info"]["gemm_int8_gops"]
+            assert len(measured) == 2 and all(g > 0 for g in measured)  # in its own process: before, after
+            assert share["share_of_int8"][config] == pytest.approx(share["gops"][config] / np.mean(measured))
     bench_run.print_report(tiny_report)
     out = capsys.readouterr().out
     assert "share of the int8 GEMM rate" in out and all(s["label"] in out for s in shares)

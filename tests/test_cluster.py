@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -27,7 +28,7 @@ import pytest
 from smolvlm_desktop.cli import EXIT_USAGE, main
 from smolvlm_desktop.cluster import has_model, model_listing
 from smolvlm_desktop.paths import library_path
-from ray_cluster import LoopbackCluster, free_port, hiding_prefix, ray_env
+from ray_cluster import MARKER, LoopbackCluster, free_port, hiding_prefix, marked_processes, ray_env
 from test_batch import make_images
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -298,7 +299,7 @@ def test_a_local_cluster_captions_and_leaves_no_ray_token_in_the_home_folder(
     home.mkdir()
     ray_tmp = tempfile.mkdtemp(prefix="smr", dir="/tmp")  # short: Ray's socket paths
     env = {**ray_env(), "HOME": str(home), "RAY_TMPDIR": ray_tmp,
-           "RAY_ADDRESS": f"127.0.0.1:{free_port()}"}
+           "RAY_ADDRESS": f"127.0.0.1:{free_port()}", MARKER: ray_tmp}
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         env.pop(name)  # the app sets them itself for a local cluster
     try:
@@ -309,3 +310,8 @@ def test_a_local_cluster_captions_and_leaves_no_ray_token_in_the_home_folder(
     assert done.returncode == 0, done.stderr
     assert len(written(folder)) == 4
     assert not (home / ".ray").exists()
+    # Ray's workers end on their own once their raylet is gone, a moment after the command
+    deadline = time.monotonic() + 30
+    while marked_processes(ray_tmp) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not marked_processes(ray_tmp), "a process of the command's Ray cluster outlived it"

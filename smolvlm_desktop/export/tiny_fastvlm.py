@@ -96,12 +96,14 @@ def fastvlm_05b_config(image_token_id: int = QWEN2_FIRST_SPECIAL + 3) -> dict[st
 
 
 def build_model(config_kwargs: dict[str, Any], seed: int = SEED, layer_scale: float = 0.2,
-                gain: float = GAIN) -> Any:
+                gain: float = GAIN, bias: float = 0.01) -> Any:
     """FastVlmForConditionalGeneration with random weights from `seed` (fp32, eval): each matrix
     or kernel with std `gain` / sqrt(fan-in), the encoder's residual branch weights with std
-    `layer_scale`. A deep model wants both smaller (the full-size one: 1 and 0.02): at 1.5 and
-    0.2, its 24 layers and 44 blocks amplify any difference, an int8 rounding included, so
-    far that int8 against fp32 measures the chaos rather than the quantisation."""
+    `layer_scale`, biases with std `bias`. A deep model wants other values than the tiny's (the
+    full-size one: 1, 0.02 and no biases): at 1.5 and 0.2 its 24 layers and 44 blocks amplify
+    any difference, an int8 rounding included, so far that int8 against fp32 measures the chaos
+    rather than the quantisation; at gain 1 with biases, the picture fades to 0.2% of the image
+    features (the rest is the biases), so that int8 would look perfect for the wrong reason."""
     import torch
     from timm.layers import set_fused_attn
     from transformers import FastVlmConfig, FastVlmForConditionalGeneration
@@ -118,7 +120,7 @@ def build_model(config_kwargs: dict[str, Any], seed: int = SEED, layer_scale: fl
             elif p.dim() >= 2:
                 p.normal_(0.0, gain / max(p[0].numel(), 1) ** 0.5)
             elif name.endswith("bias"):
-                p.normal_(0.0, 0.01)
+                p.normal_(0.0, bias) if bias else p.zero_()
     return model
 
 
