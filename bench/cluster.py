@@ -26,8 +26,8 @@ For each run: wall time of the whole command, time to the first answer (start-up
 model loads, for a cluster Ray itself, and the first group's decoding) and the steady rate
 from the first answer to the last; the CPU time the run cost (the command and everything it
 started, and for "address" what the cluster's processes spent meanwhile: a measure the
-machine's other load does not stretch as it does wall time); the 1-minute load average just
-before it. Reported: per mode the medians, and the overheads against local as the median
+machine's other load does not stretch as it does wall time), and of that the command's own
+process (for a cluster: the driver); the 1-minute load average just before it. Reported: per mode the medians, and the overheads against local as the median
 over rounds of (mode / local in the same round) - 1, for wall and CPU time. The model files
 are the same for all (bench/arch.py: the 256m architecture with random weights; "tiny" is
 the bundled demo model).
@@ -102,10 +102,12 @@ class CpuWatch(threading.Thread):
                 self.first[pid] = seconds
             self.last[pid] = seconds
 
-    def stop(self) -> float:
+    def stop(self) -> tuple[float, float]:
+        """The CPU seconds of all, and of the command's own process alone."""
         self.done.set()
         self.join()
-        return sum(value - self.first.get(pid, 0.0) for pid, value in self.last.items())
+        spent = {pid: value - self.first.get(pid, 0.0) for pid, value in self.last.items()}
+        return sum(spent.values()), spent.get(self.pid, 0.0)
 
 
 def timed_run(command: list[str], env: dict[str, str], marker: str | None
@@ -127,9 +129,10 @@ def timed_run(command: list[str], env: dict[str, str], marker: str | None
         if child.wait() != 0:
             raise SystemExit(f"{' '.join(command)} failed:\n{stderr}")
     wall = time.perf_counter() - start
-    cpu = watch.stop()
+    cpu, command_cpu = watch.stop()
     steady = arrivals[-1] - arrivals[0]
-    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "first_answer_s": round(arrivals[0], 2),
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "command_cpu_s": round(command_cpu, 2),
+            "first_answer_s": round(arrivals[0], 2),
             "images": len(arrivals), "load_before": round(load, 2),
             "steady_images_per_s": round((len(arrivals) - 1) / steady, 3) if steady > 0 else None}
 
@@ -218,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {}
     for mode in modes:
         summary[mode] = {key: median_of(runs[mode], key) for key in
-                         ("wall_s", "cpu_s", "first_answer_s", "steady_images_per_s", "load_before")}
+                         ("wall_s", "cpu_s", "command_cpu_s", "first_answer_s", "steady_images_per_s",
+                          "load_before")}
         if mode != "local":
             for key in ("wall", "cpu"):
                 ratios = [r[f"{key}_s"] / l[f"{key}_s"] for r, l in zip(runs[mode], runs["local"])]
