@@ -153,6 +153,33 @@ def fidelity(model_dir: Path, threads: int, new_tokens: int = 16) -> dict[str, f
     return {"top1_agreement": float(np.mean(agree)), "mean_cosine": float(np.mean(cosines)), "positions": len(agree)}
 
 
+def interleave(dirs: dict[str, Path], threads: int, repeats: int, new_tokens: int) -> dict[str, dict[str, float]]:
+    """The models in one process, one caption each in turn, `repeats` rounds after a warm-up
+    round: on a shared machine, whose load drifts over minutes, the fairest comparison of their
+    times (peak RSS is `run`'s, a process per model). Medians per model."""
+    from smolvlm_desktop.engine.model import VisionLanguageModel
+    from smolvlm_desktop.engine.types import GenerationSettings, Message
+
+    models = {name: VisionLanguageModel.load(folder, variant="int8", provider="cpu", threads=threads)
+              for name, folder in dirs.items()}
+    messages = [Message("user", QUESTION, images=(photo(),))]
+    settings = GenerationSettings(max_new_tokens=new_tokens)
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in models}
+    for rep in range(repeats + 1):
+        for name, model in models.items():
+            model.features.clear()
+            t0 = time.perf_counter()
+            t = model.generate(messages, settings).timings
+            if rep:
+                total_s = time.perf_counter() - t0
+                samples[name].append({"first_token_s": t.first_token_ms / 1000, "end_to_end_s": total_s,
+                                      "image_s": t.image_ms / 1000, "prefill_s": t.prefill_ms / 1000,
+                                      "decode_ms_per_token": t.decode_ms / max(t.new_tokens - 1, 1)})
+    for model in models.values():
+        model.close()
+    return {name: {key: statistics.median(s[key] for s in runs) for key in runs[0]} for name, runs in samples.items()}
+
+
 # --- the machine's rates (same run) -------------------------------------------------------------
 def _session(model: Any, threads: int, optimise: bool = True) -> Any:
     import onnxruntime as ort
@@ -417,6 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="build the random-weight FastVLM-0.5B (needs torch, timm)")
     r = sub.add_parser("run", help="measure FastVLM-0.5B and SmolVLM side by side")
     c = sub.add_parser("child", help=argparse.SUPPRESS)
+    i = sub.add_parser("interleave", help="the models' times, caption by caption in turn, in one process")
+    i.add_argument("--models", default="fastvlm,256m,500m")
+    i.add_argument("--cache", type=Path)
+    i.add_argument("--threads", type=int, default=2)
+    i.add_argument("--repeats", type=int, default=3)
+    i.add_argument("--new-tokens", type=int, default=NEW_TOKENS)
     f = sub.add_parser("fidelity", help="int8 vs fp32 of one model folder, teacher-forced")
     f.add_argument("model_dir", type=Path)
     f.add_argument("--threads", type=int, default=2)
@@ -433,6 +466,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.command == "build":
         print(build(args.cache))
+    elif args.command == "interleave":
+        from bench.run import load_average
+
+        before = load_average()
+        dirs = model_dirs([m.strip() for m in args.models.split(",") if m.strip()], args.cache)
+        medians = interleave(dirs, args.threads, args.repeats, args.new_tokens)
+        print(f"{cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads; load average before {before}, "
+              f"after {load_average()}; medians of {args.repeats} rounds, the models in turn")
+        for name, m in medians.items():
+            print(f"{name:<14} first token {m['first_token_s']:.2f} s (image {m['image_s']:.2f} s, prompt "
+                  f"{m['prefill_s']:.2f} s), end to end {m['end_to_end_s']:.2f} s, "
+                  f"decode {m['decode_ms_per_token']:.1f} ms/token")
     elif args.command == "fidelity":
         print(json.dumps(fidelity(args.model_dir, args.threads)))
     elif args.command == "child":

@@ -66,3 +66,12 @@ def test_the_side_by_side_run_on_the_tiny_models(tmp_path: Path, capsys: pytest.
     printed = capsys.readouterr().out
     for label in ("time to first token", "vision rate / int8 GEMM rate", "decode bytes / bandwidth", "peak RSS"):
         assert label in printed
+
+
+@pytest.mark.slow
+def test_interleaved_rounds_give_a_median_per_model() -> None:
+    dirs = {"tiny-fastvlm": DATA / "tiny-fastvlm", "tiny-smolvlm": DATA / "tiny-smolvlm"}
+    medians = bench.interleave(dirs, threads=1, repeats=2, new_tokens=3)
+    assert list(medians) == list(dirs)
+    for m in medians.values():
+        assert 0 < m["image_s"] <= m["first_token_s"] <= m["end_to_end_s"] and m["decode_ms_per_token"] > 0

@@ -333,10 +333,11 @@ def quantize_fastvlm(onnx_dir: Path, kinds: Sequence[str], text_config: Any) -> 
 
     * the vision graph's MatMuls (its 1x1 convolutions among them) also as MatMulNBits, whose
       activations are quantised per row and block inside the op, not with one scale per
-      tensor: on the tiny FastVLM the logit cosine to fp32 went from 0.9936 to 0.9975 (20
-      prompts, 477 positions), and on the full-size random encoder the image features' cosine
-      from 0.967 to 0.992; it cost speed: 10.6 s against 7.3 s (fp32 14.4 s) for FastVLM-0.5B's
-      1024-px pass on 2 loaded cores (bench/fastvlm.py measures it);
+      tensor: on the full-size random encoder the image features' error against fp32 is 6.9%
+      with it and 43% with one scale per tensor (10% with blocks of 128), on the tiny FastVLM
+      the logits' cosine 0.9975 against 0.9936. It costs speed: FastVLM-0.5B's 1024-px pass
+      took 18.8 s against 10.2 s with one scale per tensor (fp32 25.8 s, blocks of 128 15.7 s;
+      interleaved runs on 2 cores at load 9);
     * the embedding as int8 rows, each with its own scale (quantize_embedding_rows).
     """
     from .quantize import quantize_decoder_weights, quantize_variants
