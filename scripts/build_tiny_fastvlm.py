@@ -3,7 +3,8 @@
     python scripts/build_tiny_fastvlm.py OUT_DIR        # needs torch, torchvision, timm, transformers
 
 Architecturally real, tiny: transformers' FastVlmForConditionalGeneration with a Qwen2 text
-model (q/k/v biases, GQA) of 2 layers and hidden size 64, and timm's fastvit_mci3 vision tower
+model (q/k/v biases, GQA, LM head tied to the embedding as in FastVLM-0.5B) of 2 layers and
+hidden size 64, and timm's fastvit_mci3 vision tower
 (the FastViTHD of FastVLM: RepMixer stages, then attention stages with conditional position
 encoding, downsampling 64 times) with one block per stage and narrow channels. Pictures are
 256 px (crop) so one vision pass gives (256 / 64)^2 = 16 image tokens; the real model reads
@@ -46,8 +47,9 @@ def build_tokenizer() -> Any:
     return tf.build_tokenizer()
 
 def build_model(vocab_size: int, image_token_id: int) -> Any:
-    """The tiny FastVlmForConditionalGeneration, random weights from SEED (fp32, eval)."""
-    return tf.build_model(tf.tiny_config(vocab_size, image_token_id), SEED)
+    """The tiny FastVlmForConditionalGeneration, random weights from SEED (fp32, eval), its
+    LM head tied to std-1 token embeddings."""
+    return tf.build_model(tf.tiny_config(vocab_size, image_token_id), SEED, embed_std=tf.TINY_EMBED_STD)
 
 def trace_official(model: Any, out: Path) -> None:
     """The three graphs traced by torch.onnx under the official names, and their dynamic int8

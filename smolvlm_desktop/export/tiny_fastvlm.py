@@ -24,6 +24,13 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"]
 # Where Qwen2's tokenizer puts them (FastVLM-0.5B: <|endoftext|> 151643 ... <image> 151646).
 QWEN2_FIRST_SPECIAL = 151643
 GAIN = 1.5  # weight std x sqrt(fan-in): large enough that the picture survives 5 random stages
+# The tiny's token embedding std, shared by its tied LM head (FastVLM-0.5B's Qwen2 ties it),
+# as SmolVLM's tiny has it (export/tiny.py). With std 1 rows the token read at a position adds
+# its own row to the residual stream, so that row's logit (~ its squared norm, 64) mostly
+# stands far above the others (std ~8): a clear winner, the input token repeated, which int8
+# rounding does not flip; the untied head's logits were near-independent draws with many
+# near ties (tests/test_fastvlm.py has the figures).
+TINY_EMBED_STD = 1.0
 CHAT_TEMPLATE = (  # transformers' FastVLM conversion script's template (docs/FASTVLM_FORMAT.md)
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
@@ -64,16 +71,18 @@ def build_tokenizer(first_special: int | None = None) -> Any:
 
 
 def tiny_config(vocab_size: int, image_token_id: int) -> dict[str, Any]:
-    """FastVlmConfig arguments of the tiny model: 2 Qwen2 layers of 64, one block per stage."""
+    """FastVlmConfig arguments of the tiny model: 2 Qwen2 layers of 64 with a tied LM head, one
+    block per stage."""
     return {
         "vision_config": {"model_type": "timm_wrapper", "architecture": "fastvit_mci3", "do_pooling": False,
                           "hidden_size": 128, "num_labels": 0, "model_args": TINY_VISION_ARGS},
         "text_config": {"model_type": "qwen2", "vocab_size": vocab_size, "hidden_size": 64,
                         "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
                         "num_key_value_heads": 2, "max_position_embeddings": 512,
-                        "rope_theta": 1000000.0, "tie_word_embeddings": False,
+                        "rope_theta": 1000000.0, "tie_word_embeddings": True,
                         "bos_token_id": 0, "eos_token_id": 0},
         "image_token_index": image_token_id, "image_seq_length": (TINY_CROP // PATCH) ** 2,
+        "tie_word_embeddings": True,  # FastVLM-0.5B's Qwen2-0.5B ties its LM head (fastvlm_05b_config)
     }
 
 
@@ -96,14 +105,16 @@ def fastvlm_05b_config(image_token_id: int = QWEN2_FIRST_SPECIAL + 3) -> dict[st
 
 
 def build_model(config_kwargs: dict[str, Any], seed: int = SEED, layer_scale: float = 0.2,
-                gain: float = GAIN, bias: float = 0.01) -> Any:
+                gain: float = GAIN, bias: float = 0.01, embed_std: float | None = None) -> Any:
     """FastVlmForConditionalGeneration with random weights from `seed` (fp32, eval): each matrix
     or kernel with std `gain` / sqrt(fan-in), the encoder's residual branch weights with std
-    `layer_scale`, biases with std `bias`. A deep model wants other values than the tiny's (the
-    full-size one: 1, 0.02 and no biases): at 1.5 and 0.2 its 24 layers and 44 blocks amplify
-    any difference, an int8 rounding included, so far that int8 against fp32 measures the chaos
-    rather than the quantisation; at gain 1 with biases, the picture fades to 0.2% of the image
-    features (the rest is the biases), so that int8 would look perfect for the wrong reason."""
+    `layer_scale`, biases with std `bias`; then, if `embed_std` is given, the token embedding
+    (and so a tied LM head) redrawn with that std, last, so that every other weight stays as
+    it was. A deep model wants other values than the tiny's (the full-size one: 1, 0.02 and no
+    biases): at 1.5 and 0.2 its 24 layers and 44 blocks amplify any difference, an int8
+    rounding included, so far that int8 against fp32 measures the chaos rather than the
+    quantisation; at gain 1 with biases, the picture fades to 0.2% of the image features (the
+    rest is the biases), so that int8 would look perfect for the wrong reason."""
     import torch
     from timm.layers import set_fused_attn
     from transformers import FastVlmConfig, FastVlmForConditionalGeneration
@@ -121,6 +132,8 @@ def build_model(config_kwargs: dict[str, Any], seed: int = SEED, layer_scale: fl
                 p.normal_(0.0, gain / max(p[0].numel(), 1) ** 0.5)
             elif name.endswith("bias"):
                 p.normal_(0.0, bias) if bias else p.zero_()
+        if embed_std is not None:
+            model.get_input_embeddings().weight.normal_(0.0, embed_std)
     return model
 
 
