@@ -133,6 +133,9 @@ class CatalogEntry:
     licence: str = ""  # the Hub's licence id, e.g. "apple-amlr"
     licence_url: str = ""
     ask_before_download: bool = False  # a licence the user must accept before the first download
+    # Variants pulled with the release's fp32 vision graph instead of their own, which would be
+    # slower on a CPU (engine/files.py VISION_GRAPH: FastVLM's _int8 one is ConvInteger).
+    fp32_vision_for: tuple[str, ...] = ()
 
     def graph_files(self, variant: str) -> list[str]:
         """The ONNX graphs of one variant, named as the official release names them."""
@@ -144,7 +147,10 @@ class CatalogEntry:
             from .engine.embeddings import GRAPHS
 
             return [f"onnx/{g}{VARIANT_SUFFIXES[variant]}.onnx" for g in GRAPHS]
-        return expected_files(variant)
+        files = expected_files(variant)
+        if variant in self.fp32_vision_for:
+            files[0] = expected_files("fp32")[0]  # the vision graph comes first
+        return files
 
 
 def load_catalog(path: Path | None = None) -> list[CatalogEntry]:
@@ -161,6 +167,7 @@ def load_catalog(path: Path | None = None) -> list[CatalogEntry]:
             kind=m.get("kind", paths.CHAT),
             licence=m.get("licence", ""), licence_url=m.get("licence_url", ""),
             ask_before_download=bool(m.get("ask_before_download", False)),
+            fp32_vision_for=tuple(m.get("fp32_vision_for", ())),
         )
         for m in raw["models"]
     ]

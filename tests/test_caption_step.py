@@ -5,6 +5,7 @@ in this process on the tiny model (Ray is not needed for either)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +191,16 @@ def test_a_failed_ray_stream_is_streamed_again_for_what_did_not_come_back_simula
     assert len(notes) == 1 and "3 images go again" in notes[0]
     names = jsonl_names(tmp_path)
     assert sorted(names) == sorted(p.name for p in images)
+
+
+def test_a_variant_read_with_the_fp32_vision_graph_ships_that_graph(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A FastVLM int8 pull keeps the fp32 vision graph (engine/files.py VISION_GRAPH): a cluster
+    node must get that file, not look for vision_encoder_int8.onnx."""
+    folder = tmp_path / "mixed"
+    shutil.copytree(tiny_model_dir, folder)
+    for name in ("vision_encoder_int8.onnx", "embed_tokens.onnx", "decoder_model_merged.onnx"):
+        (folder / "onnx" / name).unlink()
+    listing = model_listing(folder, "int8")
+    assert sorted(rel for rel in listing if rel.startswith("onnx/")) == [
+        "onnx/decoder_model_merged_int8.onnx", "onnx/decoder_model_merged_int8_prompt.onnx",
+        "onnx/embed_tokens_int8.onnx", "onnx/vision_encoder.onnx"]

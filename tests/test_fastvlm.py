@@ -222,6 +222,44 @@ def test_pull_of_fastvlm_with_the_licence_accepted_installs_a_fastvlm_folder(
     assert (hub.read_manifest(folder) or {}).get("licence_accepted") == "apple-amlr"
 
 
+
+@pytest.mark.loopback
+def test_the_int8_pull_of_fastvlm_fetches_the_fp32_vision_graph_and_reads_pictures_with_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The official _int8 vision graph is ConvInteger with int8 weights (transformers.js's int8
+    mode quantises every Conv), several times slower than fp32 on a CPU: the pull takes the fp32
+    vision graph and the int8 text graphs. (The fake Hub serves the tiny's files, its own
+    vision_encoder_int8.onnx included, so a pull that fetched it would show here.)"""
+    from fake_hub import FakeHub
+    from test_hub import tiny_repo
+
+    from smolvlm_desktop import hub, paths
+    from smolvlm_desktop.cli import EXIT_OK, main
+    from smolvlm_desktop.engine.model import VisionLanguageModel
+    from smolvlm_desktop.engine.types import GenerationSettings, Message
+
+    assert hub.catalog_entry(FASTVLM_NAME).graph_files("int8") == [
+        "onnx/vision_encoder.onnx", "onnx/embed_tokens_int8.onnx", "onnx/decoder_model_merged_int8.onnx"]
+    with FakeHub([tiny_repo(FASTVLM_NAME, TINY)]) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        code = main(["models", "pull", FASTVLM_NAME, "--accept-licence"])  # as a user types it
+    assert code == EXIT_OK, capsys.readouterr().err
+    folder = paths.models_dir() / FASTVLM_NAME
+    onnx_files = sorted(p.name for p in (folder / "onnx").iterdir())
+    assert onnx_files == ["decoder_model_merged_int8.onnx", "embed_tokens_int8.onnx", "vision_encoder.onnx"]
+    model = VisionLanguageModel.load(folder, threads=1)
+    try:
+        assert model.variant == "int8"
+        picture = photo(500, 380, 7)
+        answer = model.generate([Message("user", "Describe this picture.", images=(picture,))],
+                                GenerationSettings(max_new_tokens=6))
+        assert model.files.graph_path("vision_encoder", "int8").read_bytes() == (
+            TINY / "onnx" / "vision_encoder.onnx").read_bytes()
+        assert len(answer.token_ids) == 6
+    finally:
+        model.close()
+
+
 # The bounds of SmolVLM's tiny int8 (tests/test_engine_reference.py), measured on enough
 # positions to mean something: 20 prompts (a photo each, six questions in turn), 24 greedy
 # tokens each, 500 teacher-forced positions (one flipped position moves top-1 by 0.002).

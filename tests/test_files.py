@@ -287,3 +287,30 @@ def test_config_without_image_token_id(folder: Path) -> None:
     del config["image_token_id"]
     write_json(folder / "config.json", config)
     assert "config.json lacks image_token_id" in error_of(folder)
+
+
+# --- a quantised variant with the fp32 vision graph -------------------------------------------
+
+def test_a_quantised_variant_without_its_own_vision_graph_reads_pictures_with_the_fp32_one(folder: Path) -> None:
+    """How FastVLM's official release is pulled (catalog `fp32_vision_for`): its _int8 vision
+    graph runs ConvInteger with int8 weights, several times slower than fp32 on a CPU."""
+    (folder / "onnx" / "vision_encoder_int8.onnx").unlink()
+    files = load_model_files(folder)
+    assert files.choose_variant() == "int8"
+    assert files.graph_path("vision_encoder", "int8") == folder / "onnx" / "vision_encoder.onnx"
+    assert files.graph_path("decoder_model_merged", "int8") == folder / "onnx" / "decoder_model_merged_int8.onnx"
+
+
+def test_a_variant_with_its_own_vision_graph_keeps_it(folder: Path) -> None:
+    files = load_model_files(folder)
+    assert files.graph_path("vision_encoder", "int8") == folder / "onnx" / "vision_encoder_int8.onnx"
+
+
+def test_without_an_fp32_vision_graph_a_variant_missing_its_own_stays_incomplete(folder: Path) -> None:
+    add_placeholder_graphs(folder, "fp16")  # so that the folder still has a complete variant
+    (folder / "onnx" / "vision_encoder_int8.onnx").unlink()
+    (folder / "onnx" / "vision_encoder.onnx").unlink()
+    files = load_model_files(folder)
+    assert "int8" not in files.variants
+    with pytest.raises(ModelFolderError, match="lacks onnx/vision_encoder_int8.onnx"):
+        files.choose_variant("int8")

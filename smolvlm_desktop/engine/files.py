@@ -23,6 +23,12 @@ if TYPE_CHECKING:
     from .families import Family
 
 GRAPH_NAMES = ("vision_encoder", "embed_tokens", "decoder_model_merged")
+# A quantised variant whose own vision graph is absent reads pictures with the fp32 one. Some
+# releases' quantised vision graphs are slower on a CPU than fp32: FastVLM's official _int8
+# vision graph turns its convolutions into ConvInteger with int8 weights, which ONNX Runtime's
+# CPU runs several times slower than fp32 Conv (docs/FASTVLM_FORMAT.md), so its pull fetches
+# the fp32 vision graph beside the int8 text graphs (catalog `fp32_vision_for`).
+VISION_GRAPH = GRAPH_NAMES[0]
 # This project's int8 builds carry a second decoder for reading long prompts, named after the
 # variant's decoder with this suffix (decoder_model_merged_int8_prompt.onnx): same inputs and
 # outputs, weights in the form that is fast for many rows (export/quantize.py). Optional: the
@@ -344,6 +350,8 @@ def find_variants(folder: Path) -> dict[str, dict[str, Path]]:
     variants: dict[str, dict[str, Path]] = {}
     for variant, suffix in VARIANT_SUFFIXES.items():
         paths = {g: onnx_dir / f"{g}{suffix}.onnx" for g in GRAPH_NAMES}
+        if not paths[VISION_GRAPH].is_file() and (onnx_dir / f"{VISION_GRAPH}.onnx").is_file():
+            paths[VISION_GRAPH] = onnx_dir / f"{VISION_GRAPH}.onnx"  # see VISION_GRAPH
         if all(p.is_file() for p in paths.values()):
             variants[variant] = paths
     if not variants:
