@@ -365,11 +365,12 @@ class EngineWorker(QObject):
             if event.text:
                 self.token.emit(job.job_id, event.text)
         result = generation.result
-        self.chat_finished.emit(job.job_id, result)
         sizes = [self._image_cache[p].size for t in job.turns for p in t.image_paths
                  if p in self._image_cache]
+        # Measured first: whoever reacts to the finished answer finds its timing already sent.
         self._measure(model, sizes, job.settings.detail, self._with_read_ahead(job.turns, result.timings),
                       result.stop_reason)
+        self.chat_finished.emit(job.job_id, result)
         if job.record and result.text.strip() and not (job.regenerate and result.stop_reason == "cancelled"):
             self._record_chat(job, result.text, model.info.name)
 

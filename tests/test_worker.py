@@ -22,7 +22,7 @@ class Recorder:
     """Records every worker signal with its arguments (PySide6 has no all_signals_and_args)."""
 
     NAMES = ("model_state", "job_started", "token", "chat_finished", "image_started", "image_done",
-             "image_skipped", "progress", "batch_finished", "error", "job_finished")
+             "image_skipped", "progress", "batch_finished", "error", "job_finished", "measured")
 
     def __init__(self, worker: EngineWorker) -> None:
         self.events: list[tuple] = []
@@ -57,6 +57,19 @@ def test_synchronous_chat_streams_tokens_then_the_result(qtbot, tmp_path: Path, 
     assert result.stop_reason in ("stop_token", "max_tokens")
     assert rec.events[-1] == ("job_finished", job.job_id)
     assert rec.of("error") == []
+
+
+
+def test_a_chat_answer_is_measured_before_it_is_reported_finished(qtbot, tmp_path: Path, spec: ModelSpec) -> None:
+    """Whoever reacts to chat_finished (the window's batch-time estimate, a test waiting for the
+    chat to be idle) must find the answer's measurement already sent: across threads the two
+    queued signals arrive in the order they were emitted."""
+    worker = EngineWorker(synchronous=True)
+    rec = Recorder(worker)
+    worker.set_model(spec)
+    worker.submit(chat(make_image(tmp_path / "a.png", size=(640, 640))))
+    names = [e[0] for e in rec.events if e[0] in ("measured", "chat_finished")]
+    assert names == ["measured", "chat_finished"]
 
 
 def test_a_bad_image_is_reported_with_its_path(qtbot, tmp_path: Path, spec: ModelSpec) -> None:
