@@ -139,7 +139,7 @@ class CatalogEntry:
 
     def graph_files(self, variant: str) -> list[str]:
         """The ONNX graphs of one variant, named as the official release names them."""
-        from .engine.files import VARIANT_SUFFIXES, expected_files
+        from .engine.files import VARIANT_SUFFIXES, VISION_GRAPH, expected_files
 
         if variant not in VARIANT_SUFFIXES:
             raise HubError(f"unknown variant {variant!r}; known variants: {', '.join(VARIANT_SUFFIXES)}")
@@ -148,9 +148,10 @@ class CatalogEntry:
 
             return [f"onnx/{g}{VARIANT_SUFFIXES[variant]}.onnx" for g in GRAPHS]
         files = expected_files(variant)
-        if variant in self.fp32_vision_for:
-            files[0] = expected_files("fp32")[0]  # the vision graph comes first
-        return files
+        if variant not in self.fp32_vision_for:
+            return files
+        vision = f"onnx/{VISION_GRAPH}{VARIANT_SUFFIXES[variant]}.onnx"
+        return [f"onnx/{VISION_GRAPH}.onnx" if f == vision else f for f in files]
 
 
 def load_catalog(path: Path | None = None) -> list[CatalogEntry]:
