@@ -1143,6 +1143,7 @@ class ModelStatus:
     kind: str = paths.CHAT  # or paths.EMBEDDING (never offered as a chat model)
     licence: str = ""
     ask_before_download: bool = False
+    family: str = ""  # an installed chat folder's model family ("SmolVLM", "FastVLM"), from its config.json
 
 
 def list_models() -> list[ModelStatus]:
@@ -1182,7 +1183,19 @@ def _installed_status(folder: Path, default: str | None, entry: CatalogEntry | N
         folder.name, "installed", folder, entry.summary if entry else "",
         manifest.get("repo") or (entry.repo if entry else None), manifest.get("revision"),
         tuple(manifest.get("variants") or ()), size,
-        folder.name == (search_default if kind == paths.EMBEDDING else default), manifest.get("source"), kind)
+        folder.name == (search_default if kind == paths.EMBEDDING else default), manifest.get("source"), kind,
+        family=_family_name(folder) if kind == paths.CHAT else "")
+
+
+def _family_name(folder: Path) -> str:
+    """The model family config.json names; "" when it cannot be read (the row still lists)."""
+    from .engine.families import family_for
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    return family_for(config).name if isinstance(config, dict) else ""
 
 
 def _folder_size(folder: Path) -> int:

@@ -184,6 +184,19 @@ def test_models_list_shows_each_familys_published_scores_and_licence(capsys: pyt
     assert "asks" not in next(line for line in lines if "licence: apache-2.0" in line)
 
 
+
+def test_models_list_names_the_family_of_an_installed_fastvlm_folder(capsys: pytest.CaptureFixture) -> None:
+    """An imported folder has no catalog line to say what it is: its row names the family, so a
+    FastVLM fine-tune is not taken for a SmolVLM."""
+    from smolvlm_desktop.cli import EXIT_OK, main
+
+    assert main(["models", "import", str(TINY), "--name", "my-fastvlm"]) == EXIT_OK
+    assert main(["models", "list"]) == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line[2:].split()[:1] == ["my-fastvlm"])
+    assert row[2:].split()[1:3] == ["installed", "FastVLM"], row
+
+
 @pytest.mark.loopback
 def test_pull_of_fastvlm_asks_for_the_licence_first_and_touches_no_network(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

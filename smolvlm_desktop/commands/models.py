@@ -37,9 +37,13 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def list_models() -> int:
+    from ..engine.families import SMOLVLM  # here: the engine's imports (numpy, Pillow) only when listing
+
     for row in hub.list_models():
         mark = "*" if row.is_default else " "
         details = [row.state] + (["embedding"] if row.kind == "embedding" else [])
+        if row.family and row.family != SMOLVLM.name:  # the app's first family needs no label
+            details.append(row.family)
         if row.variants and row.state == "installed":
             details.append(",".join(row.variants))
         if row.size_bytes:
