@@ -168,8 +168,8 @@ def test_ctrl_c_stops_a_cluster_batch_and_the_same_command_finishes_it(
     folder = tmp_path / "photos"
     make_images(folder, N_IMAGES)
     command = caption_command(tiny_model_dir, folder, "--cluster", cluster.address)
-    rc, first, _ = run_until(command, KILL_AFTER, lambda child: child.send_signal(signal.SIGINT))
-    assert rc == 130 and len(first) < N_IMAGES
+    rc, first, stderr = run_until(command, KILL_AFTER, lambda child: child.send_signal(signal.SIGINT))
+    assert rc == 130 and len(first) < N_IMAGES, stderr
     again = subprocess.run(command, env=ray_env(), capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert "resuming job" in again.stderr
