@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -54,6 +53,7 @@ sys.path[:0] = [str(HERE), str(REPO / "tests")]
 
 import arch as arches  # noqa: E402 - bench/ is not a package on the path
 from child import bench_image  # noqa: E402
+from kernels import cpu_info  # noqa: E402
 from ray_cluster import MARKER, LoopbackCluster, ray_env  # noqa: E402 - loopback only
 
 MODES = ("local", "address", "address-1xN", "local-cluster")
@@ -137,16 +137,6 @@ def timed_run(command: list[str], env: dict[str, str], marker: str | None
             "steady_images_per_s": round((len(arrivals) - 1) / steady, 3) if steady > 0 else None}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def median_of(runs: list[dict], key: str) -> float | None:
     values = [r[key] for r in runs if r.get(key) is not None]
     return round(statistics.median(values), 3) if values else None
@@ -177,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, object] = {
         "arch": args.arch, "variant": args.variant, "images": args.images,
         "new_tokens": args.new_tokens, "cores": args.cores, "rounds": args.rounds,
-        "cpu": cpu_name(), "cpus": os.cpu_count()}
+        "cpu": cpu_info()["model"], "cpus": os.cpu_count()}
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     try:
         if cluster is not None:

@@ -41,6 +41,8 @@ if str(REPO) not in sys.path:
 
 import smolvlm_desktop  # noqa: E402,F401 - before onnxruntime: it switches ONNX Runtime's telemetry off
 from bench.arch import cache_root, exporter_digest, log  # noqa: E402
+from bench.child import timed  # noqa: E402
+from bench.kernels import cpu_info  # noqa: E402
 
 PHOTO = (2048, 1536)
 NEW_TOKENS = 48
@@ -194,14 +196,7 @@ def _session(model: Any, threads: int, optimise: bool = True) -> Any:
 
 def _best_ms(fn: Any, repeats: int = 7) -> float:
     """Median of `repeats` timed calls after two warm-ups, in ms."""
-    fn()
-    fn()
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(samples)
+    return statistics.median(timed(fn, repeats, warmup=2))
 
 
 def kernel_rates(threads: int, m: int = 1024, k: int = 768, n: int = 2304) -> dict[str, float]:
@@ -405,25 +400,14 @@ def print_report(report: dict[str, Any]) -> None:
         for k, v in report["rates"].items()))
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.run import load_average
 
     dirs = ({name: Path(folder) for name, folder in (item.split("=", 1) for item in args.folders)}
             if args.folders else model_dirs(args.models, args.cache))
     report: dict[str, Any] = {"threads": args.threads, "repeats": args.repeats, "new_tokens": args.new_tokens,
-                              "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "load_before": load_average()}}
+                              "machine": {"cpu": cpu_info()["model"], "cpus": os.cpu_count(),
+                                          "load_before": load_average()}}
     results = {}
     for name, folder in dirs.items():
         log(f"measuring {name} ({args.repeats} captions after a warm-up)")
@@ -472,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         before = load_average()
         dirs = model_dirs([m.strip() for m in args.models.split(",") if m.strip()], args.cache)
         medians = interleave(dirs, args.threads, args.repeats, args.new_tokens)
-        print(f"{cpu_name()}, {os.cpu_count()} CPUs, {args.threads} threads; load average before {before}, "
+        print(f"{cpu_info()['model']}, {os.cpu_count()} CPUs, {args.threads} threads; load average before {before}, "
               f"after {load_average()}; medians of {args.repeats} rounds, the models in turn")
         for name, m in medians.items():
             print(f"{name:<14} first token {m['first_token_s']:.2f} s (image {m['image_s']:.2f} s, prompt "
