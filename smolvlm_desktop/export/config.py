@@ -44,7 +44,9 @@ class CheckpointConfig:
     tie_word_embeddings: bool
 
 
-def _namespace(values: Any, defaults: dict[str, Any], where: str) -> SimpleNamespace:
+def config_namespace(values: Any, defaults: dict[str, Any], where: str) -> SimpleNamespace:
+    """A config section as attributes, transformers' defaults filling what it leaves out
+    (num_key_value_heads defaults to num_attention_heads, as the config classes do)."""
     if values is not None and not isinstance(values, dict):
         raise ExportError(f"config.json: {where} is not an object")
     merged = {**defaults, **(values or {})}
@@ -65,8 +67,8 @@ def read_config(folder: Path) -> CheckpointConfig:
     if not isinstance(data, dict) or data.get("model_type") not in MODEL_TYPES:
         found = data.get("model_type") if isinstance(data, dict) else None
         raise ExportError(f"{folder}: model_type {found!r} is not one of {', '.join(MODEL_TYPES)}")
-    text = _namespace(data.get("text_config"), _TEXT_DEFAULTS, "text_config")
-    vision = _namespace(data.get("vision_config"), _VISION_DEFAULTS, "vision_config")
+    text = config_namespace(data.get("text_config"), _TEXT_DEFAULTS, "text_config")
+    vision = config_namespace(data.get("vision_config"), _VISION_DEFAULTS, "vision_config")
     # transformers ties the LM head to the embedding per the top-level flag (default False),
     # not the text config's copy.
     tie = bool(data.get("tie_word_embeddings", False))

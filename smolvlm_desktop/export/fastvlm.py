@@ -30,12 +30,12 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from . import decoder, vision
+from .config import config_namespace
 from .layout import (DECODER_GRAPH, EMBED_GRAPH, VISION_GRAPH, ExportError, copy_side_files, normalise,
                      save_normalised)
 
@@ -84,13 +84,11 @@ def read_fastvlm_config(folder: Path) -> FastVlmCheckpoint:
         raise ExportError(f"{folder}: not a FastVLM checkpoint (model_type {found!r})")
     nested = data.get("text_config")
     raw = dict(nested) if isinstance(nested, dict) else dict(data)  # llava_qwen2 keeps it flat
-    values = {**_QWEN2_DEFAULTS, **{k: v for k, v in raw.items() if k in _QWEN2_DEFAULTS}}
-    values["model_type"] = "qwen2"
-    if values["num_key_value_heads"] is None:
-        values["num_key_value_heads"] = values["num_attention_heads"]
+    text = config_namespace({k: v for k, v in raw.items() if k in _QWEN2_DEFAULTS}, _QWEN2_DEFAULTS, "text_config")
+    text.model_type = "qwen2"
     # As FastVlmConfig.__post_init__: the top-level flag, or the text config's where it ties.
     tie = bool(data.get("tie_word_embeddings", False)) or bool(raw.get("tie_word_embeddings", False))
-    return FastVlmCheckpoint(str(data["model_type"]), SimpleNamespace(**values), tie, _crop(folder))
+    return FastVlmCheckpoint(str(data["model_type"]), text, tie, _crop(folder))
 
 
 def _crop(folder: Path) -> int:
