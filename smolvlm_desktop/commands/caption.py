@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from .common import (EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, PROG, Stopped, UsageError,
-                     interrupted_status, json_line, print_error)
+                     interrupt_behind, interrupted_status, json_line, print_error)
 from ..engine.images import load_image
 from ..engine.model import VisionLanguageModel
 from ..engine.types import EngineError, GenerationResult, GenerationSettings, Message
@@ -313,12 +313,15 @@ def drive(model: VisionLanguageModel, settings, library, images: list[Path], job
                          model_name=model.info.name, step=step)
     try:
         summary = runner.run(images, job_id=job_id)
-    except KeyboardInterrupt as exc:  # Ctrl+C or SIGTERM: what is done is saved, the rest resumes
+    except BaseException as exc:  # Ctrl+C or SIGTERM: what is done is saved, the rest resumes
+        interrupt = interrupt_behind(exc)
+        if interrupt is None:
+            raise
         if bar is not None:
             bar.close()
             bar = None
         print(f"interrupted: {resume_hint}", file=sys.stderr)
-        raise Stopped(interrupted_status(exc)) from None
+        raise Stopped(interrupted_status(interrupt)) from None
     finally:
         if bar is not None:
             bar.close()

@@ -40,6 +40,20 @@ def interrupted_status(exc: KeyboardInterrupt) -> int:
     return 128 + int(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 
+def interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl+C or SIGTERM that `exc` is, or that was being handled when `exc` was raised
+    (its __context__ chain): clean-up that fails while a command stops (Ray shutting down
+    mid-call) is part of the stop, not an error of its own. None if no interrupt is behind it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__context__
+    return None
+
+
 def print_error(message: str) -> None:
     """One line on stderr with the one prefix every error of this command has (argparse's own
     style), so a script or a person can tell our errors from anything else on stderr."""
