@@ -48,6 +48,8 @@ import secrets
 import socket
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -61,6 +63,10 @@ STREAM_RETRIES = 3  # fresh streams of the images not yet received, after a fail
 # address silent for this long has no cluster behind it.
 REACH_TIMEOUT_S = 5.0
 MAX_BLOCKS = 1000  # Ray Data blocks the image list is cut into (a block is the retry unit)
+# Ray Data's threads that call into Ray (see wait_for_ray_data), and how long a batch's end
+# (or Ctrl+C) waits for them before shutting Ray down regardless.
+RAY_DATA_THREADS = ("StreamingExecutor", "iter_threaded", "ray-data-metadata-prefetch")
+SETTLE_TIMEOUT_S = 30.0
 
 
 class ClusterError(OSError):
@@ -163,6 +169,7 @@ class RayCaptionStep:
             return
         ray = ray_module(self.address)
         connect(ray, self.address)
+        before = set(threading.enumerate())
         try:
             actor_args = self._actor_args(ray)
             # workers get absolute paths (their working folder is not ours); answers come
@@ -184,7 +191,10 @@ class RayCaptionStep:
                     self.on_note(f"the cluster lost work ({one_line(exc)}); "
                                  f"{len(remaining)} images go again")
         finally:
-            ray.shutdown()
+            try:
+                wait_for_ray_data(before, SETTLE_TIMEOUT_S)
+            finally:
+                ray.shutdown()
 
     def _actor_args(self, ray: Any) -> dict[str, Any]:
         """What each actor is built from: where the model is, and the node to fetch its
@@ -219,6 +229,22 @@ class RayCaptionStep:
                     said.add(row["node_note"])
                     self.on_note(str(row["node_note"]))
                 yield outcome_from_row(row)
+
+
+def wait_for_ray_data(before: set[threading.Thread], timeout: float) -> None:
+    """Wait (up to `timeout` seconds in all) for the threads Ray Data started in this process
+    since `before` to end, so that none is inside Ray while ray.shutdown takes it down.
+
+    Why: a thread that calls into Ray while it shuts down makes Ray end the whole process
+    at once with exit status 1 ("The core worker has already been shutdown"), so a Ctrl+C
+    became a failure with no "interrupted" line. Ray Data's executor gives its own thread
+    only 2 s to stop, which a loaded machine overran. Its threads are known by name; the
+    block prefetcher is not among them: it sleeps until given blocks, and nothing gives it
+    any once the stream is closed."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread not in before and thread.name.startswith(RAY_DATA_THREADS):
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def actor_count(ray: Any, threads: int) -> int:

@@ -177,6 +177,51 @@ def test_ctrl_c_stops_a_cluster_batch_and_the_same_command_finishes_it(
     assert len(written(folder)) == N_IMAGES
 
 
+# Fault injection for a loaded machine, in the driver only (its sitecustomize): Ray Data's
+# executor thread takes 3 s to end once its loop is done, longer than the 2 s its shutdown
+# waits for it. Were Ray shut down under such a thread, Ray could end the process with exit 1
+# ("The core worker has already been shutdown"), as CI once saw; the spy on ray.shutdown says
+# which executor threads were still alive when it was called.
+SLOW_EXECUTOR = """
+import sys, threading, time
+import ray
+from ray.data._internal.execution import streaming_executor as se
+
+real_run = se.StreamingExecutor.run
+
+def run_slow_to_end(self):
+    real_run(self)
+    time.sleep(3)
+
+real_shutdown = ray.shutdown
+
+def spied_shutdown(*args, **kwargs):
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("StreamingExecutor")]
+    print(f"executor threads alive at ray.shutdown: {alive}", file=sys.stderr, flush=True)
+    return real_shutdown(*args, **kwargs)
+
+se.StreamingExecutor.run = run_slow_to_end
+ray.shutdown = spied_shutdown
+"""
+
+
+def test_ctrl_c_on_a_loaded_machine_lets_ray_data_stop_before_ray_shuts_down(
+        cluster: LoopbackCluster, tiny_model_dir: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection (a loaded machine cannot be summoned on cue): see SLOW_EXECUTOR."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(SLOW_EXECUTOR)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")])))
+    folder = tmp_path / "photos"
+    make_images(folder, N_IMAGES)
+    command = caption_command(tiny_model_dir, folder, "--cluster", cluster.address)
+    rc, first, stderr = run_until(command, KILL_AFTER, lambda child: child.send_signal(signal.SIGINT))
+    assert "executor threads alive at ray.shutdown: []" in stderr, stderr
+    assert rc == 130 and "interrupted: run the same command again to resume" in stderr, stderr
+    assert len(answers("".join(first))) <= len(written(folder)) < N_IMAGES
+
+
 def usage_error(command: list[str], env: dict[str, str], folder: Path) -> str:
     """Run a command that must fail as a usage error having written nothing: its one line.
 
