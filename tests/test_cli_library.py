@@ -15,6 +15,7 @@ from PIL import Image
 
 from smolvlm_desktop import paths
 from smolvlm_desktop.cli import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, main
+from test_cli_usage import read_terminal
 
 FAST = ["--model", "demo", "--max-new-tokens", "4", "--threads", "1"]
 
@@ -177,19 +178,10 @@ def search_in_a_terminal(query: str, **env: str) -> str:
                              stdout=slave, stderr=subprocess.PIPE,
                              env={**environ, "TERM": "xterm", **env})
     os.close(slave)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(master)
+    shown = read_terminal(master)
     _, err = child.communicate(timeout=60)
     assert child.returncode == 0, err.decode()
-    return b"".join(chunks).decode("utf-8")
+    return shown.decode("utf-8")
 
 
 @pytest.mark.skipif(os.name == "nt", reason="pseudo-terminals are POSIX")

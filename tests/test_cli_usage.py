@@ -111,6 +111,21 @@ def test_no_display_is_one_line_saying_how_to_run_headless(monkeypatch: pytest.M
     assert "QT_QPA_PLATFORM=offscreen" in err and "caption" in err
 
 
+def read_terminal(master: int) -> bytes:
+    """All a child wrote to the pseudo-terminal `master` until it closed it; closes `master`."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return b"".join(chunks)
+
+
 def render_terminal(data: bytes) -> list[str]:
     """What a terminal shows for `data`: carriage returns, newlines, cursor-up and erase-line
     honoured, colours ignored. Enough to see one line written over another."""
@@ -151,16 +166,7 @@ def test_progress_on_a_terminal_leaves_each_result_on_its_own_line(tmp_path: Pat
                               "--model", "demo", "--write", "txt", "--max-new-tokens", "3", "--threads", "1"],
                              stdin=slave, stdout=slave, stderr=slave, env=env)
     os.close(slave)
-    output = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        output += chunk
-    os.close(master)
+    output = read_terminal(master)
     assert child.wait(timeout=120) == EXIT_OK, output.decode(errors="replace")
     shown = render_terminal(output)
     results = [line for line in shown if ".jpg: " in line]

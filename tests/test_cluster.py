@@ -30,6 +30,7 @@ from smolvlm_desktop.cluster import has_model, model_listing
 from smolvlm_desktop.paths import library_path
 from ray_cluster import MARKER, LoopbackCluster, free_port, hiding_prefix, marked_processes, ray_env
 from test_batch import make_images
+from test_cli_usage import read_terminal
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 N_IMAGES = 40
@@ -299,18 +300,9 @@ def test_a_cluster_batch_in_a_terminal_shows_a_progress_bar_with_the_rate(
     child = subprocess.Popen(command, env={**ray_env(), "TERM": "xterm"}, stdout=subprocess.PIPE,
                              stderr=slave)
     os.close(slave)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(master)
+    shown = read_terminal(master)
     child.communicate(timeout=120)
-    screen = b"".join(chunks).decode("utf-8", "replace")
+    screen = shown.decode("utf-8", "replace")
     assert child.returncode == 0, screen
     bars = [line for line in screen.replace("\r", "\n").splitlines() if line[:1].isdigit() and "/" in line]
     assert bars, screen  # (Ray's own lines may come after it: ray-project/ray#57733)
