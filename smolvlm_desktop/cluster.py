@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from .batch import GROUP_SIZE, Captioned, NotCaptioned, timings_from_dict
-from .engine.files import PROMPT_GRAPH_SUFFIX, expected_files, find_variants, load_model_files
+from .engine.files import expected_files, find_variants, load_model_files, prompt_graph_beside
 from .engine.types import CancelToken, GenerationSettings, ModelInfo
 
 STREAM_RETRIES = 3  # fresh streams of the images not yet received, after a failed one
@@ -134,7 +134,7 @@ def model_listing(folder: Path, variant: str) -> dict[str, int]:
     graphs = find_variants(folder).get(variant)  # a variant may read pictures with the fp32 vision graph
     wanted = [p.relative_to(folder).as_posix() for p in graphs.values()] if graphs else expected_files(variant)
     decoder = Path(next(f for f in wanted if "/decoder_model_merged" in f))
-    wanted.append(decoder.with_name(decoder.stem + PROMPT_GRAPH_SUFFIX + decoder.suffix).as_posix())  # if present
+    wanted.append(prompt_graph_beside(decoder).as_posix())  # if present
     listing = {}
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()

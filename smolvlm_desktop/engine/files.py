@@ -66,6 +66,10 @@ class ImageProcessorConfig:
     do_center_crop: bool = False  # FastVLM's CLIP processor: crop the resized picture to tile_size
 
 
+def prompt_graph_beside(decoder: Path) -> Path:
+    """Where a decoder's prompt decoder (PROMPT_GRAPH_SUFFIX) is, whether or not it exists."""
+    return decoder.with_name(decoder.stem + PROMPT_GRAPH_SUFFIX + decoder.suffix)
+
 
 @dataclass(frozen=True)
 class ModelFiles:
@@ -120,8 +124,7 @@ class ModelFiles:
 
     def prompt_graph_path(self, variant: str) -> Path | None:
         """The variant's prompt decoder (PROMPT_GRAPH_SUFFIX), if the folder has one."""
-        decoder = self.graph_path("decoder_model_merged", variant)
-        path = decoder.with_name(decoder.stem + PROMPT_GRAPH_SUFFIX + decoder.suffix)
+        path = prompt_graph_beside(self.graph_path("decoder_model_merged", variant))
         return path if path.is_file() else None
 
     def _present(self) -> str:
